@@ -1,0 +1,973 @@
+//! The engine: one path that changes a customer's state, for events and fired timers alike.
+//!
+//! [`Engine::process`] takes a customer's state, an input and the time, and returns the effects.
+//! Before any input it runs every deadline of the customer that is due at or before the time, each
+//! at its own due time and in due order; then it applies the event, if any. So a late timer and
+//! an event that overtakes it give the same result as a punctual timer, and the daemon, the
+//! simulator and the tests agree.
+//!
+//! Invariants (checked by property tests): at most one active instance per customer and journey;
+//! every cancel names a send emitted earlier to the same customer and channel; no send breaks a
+//! frequency cap; the same state, input and time give the same effects, action ids included.
+
+use crate::eval::{eval, eval_bool, EventView};
+use crate::ids;
+use crate::localtime::{minute_of_day, next_local_time};
+use crate::state::*;
+use chrono_tz::Tz;
+use journeyd_journey::{Catalog, Category, Expr, Journey, Policies, StepKind, Target, Trigger};
+use journeyd_types::{Action, ActionKind, Attributes, CancelReason, Event, Millis, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// `profile_updated`: its attributes are merged into the profile.
+pub const PROFILE_UPDATED: &str = "profile_updated";
+/// `consent_changed`: attributes `channel` and `granted` record consent.
+pub const CONSENT_CHANGED: &str = "consent_changed";
+
+/// Limits that keep one customer's state and one input's work bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// How many history records a customer keeps (oldest dropped first).
+    pub history_limit: usize,
+    /// How many steps one instance may run in one input before it is ended (a safeguard:
+    /// validation already refuses loops without a wait).
+    pub step_limit: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            history_limit: 64,
+            step_limit: 1_000,
+        }
+    }
+}
+
+/// What the engine is asked to process.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    /// A touchpoint event for the customer.
+    Event(&'a Event),
+    /// The customer's timer fired: run what is due.
+    Timer,
+}
+
+/// A change to the customer's pending timer: clear the old due time, set the new one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimerChange {
+    /// The due time to remove from the timer index, if it changed.
+    pub clear: Option<Millis>,
+    /// The due time to add to the timer index, if it changed.
+    pub set: Option<Millis>,
+}
+
+/// What processing one input produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Effects {
+    /// Actions to emit, in order.
+    pub actions: Vec<Action>,
+    /// History records added (also appended to the state's bounded history).
+    pub records: Vec<Record>,
+    /// The change to the customer's timer.
+    pub timer: TimerChange,
+}
+
+/// The journeys and policies, compiled for fast lookup. Immutable; share it behind an `Arc`.
+#[derive(Debug)]
+pub struct Engine {
+    current: Vec<Arc<Journey>>,
+    versions: HashMap<(String, u32), Arc<Journey>>,
+    policies: Policies,
+    settings: Settings,
+    entry_by_event: HashMap<String, Vec<usize>>,
+    inactivity_by_event: HashMap<String, Vec<usize>>,
+    relevant: HashSet<String>,
+    cap_window: Millis,
+}
+
+/// A send decided by a step, before the contact policies.
+struct Intent {
+    journey: Arc<Journey>,
+    j: u16,
+    step: u16,
+    key: u64,
+    id: u128,
+    vars: Attributes,
+    released: bool,
+}
+
+impl Engine {
+    /// Builds an engine for a catalog.
+    pub fn new(catalog: Catalog) -> Engine {
+        Engine::with_versions(catalog, Vec::new(), Settings::default())
+    }
+
+    /// Builds an engine for a catalog plus older journey versions that customers' instances may
+    /// still run on.
+    pub fn with_versions(
+        catalog: Catalog,
+        older: impl IntoIterator<Item = Arc<Journey>>,
+        settings: Settings,
+    ) -> Engine {
+        let mut versions = HashMap::new();
+        for j in older.into_iter().chain(catalog.journeys.iter().cloned()) {
+            versions.insert((j.id.clone(), j.version), j);
+        }
+        let mut entry_by_event: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut inactivity_by_event: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, j) in catalog.journeys.iter().enumerate() {
+            match &j.entry.trigger {
+                Trigger::Event(t) => entry_by_event.entry(t.clone()).or_default().push(i),
+                Trigger::Inactivity { event, .. } => {
+                    inactivity_by_event.entry(event.clone()).or_default().push(i)
+                }
+            }
+        }
+        let mut relevant: HashSet<String> =
+            [PROFILE_UPDATED, CONSENT_CHANGED].map(String::from).into();
+        for j in versions.values() {
+            relevant.extend(event_types(j));
+        }
+        let cap_window = catalog
+            .policies
+            .frequency_caps
+            .iter()
+            .map(|c| c.per)
+            .max()
+            .unwrap_or(0);
+        Engine {
+            current: catalog.journeys,
+            versions,
+            policies: catalog.policies,
+            settings,
+            entry_by_event,
+            inactivity_by_event,
+            relevant,
+            cap_window,
+        }
+    }
+
+    /// The current journeys, in arbitration order.
+    pub fn journeys(&self) -> &[Arc<Journey>] {
+        &self.current
+    }
+
+    /// The contact policies.
+    pub fn policies(&self) -> &Policies {
+        &self.policies
+    }
+
+    /// A journey by id and version (current or older).
+    pub fn journey(&self, id: &str, version: u32) -> Option<&Arc<Journey>> {
+        self.versions.get(&(id.to_owned(), version))
+    }
+
+    /// Whether any journey or special rule looks at events of this type. Events of other types
+    /// change nothing but the clock (and let due timers run).
+    pub fn is_relevant(&self, event_type: &str) -> bool {
+        self.relevant.contains(event_type)
+    }
+
+    /// Processes one input for one customer at `now` and returns the effects. The state is
+    /// updated in place. Time never goes back: `now` earlier than the customer's clock counts
+    /// as the clock.
+    pub fn process(
+        &self,
+        state: &mut CustomerState,
+        customer_id: &str,
+        input: Input<'_>,
+        now: Millis,
+    ) -> Effects {
+        let before = state.wake;
+        let now = now.max(state.clock);
+        let mut run = Run {
+            engine: self,
+            st: state,
+            cid: customer_id,
+            fx: Effects::default(),
+        };
+        run.run_due(now);
+        if let Input::Event(ev) = input {
+            run.st.clock = now;
+            run.on_event(ev, now);
+            run.run_due(now);
+        }
+        run.st.clock = now;
+        run.prune(now);
+        let after = run.st.next_deadline();
+        run.st.wake = after;
+        let mut fx = run.fx;
+        if before != after {
+            fx.timer = TimerChange {
+                clear: before,
+                set: after,
+            };
+        }
+        fx
+    }
+}
+
+/// Every event type a journey reacts to.
+fn event_types(j: &Journey) -> Vec<String> {
+    let mut out = Vec::new();
+    match &j.entry.trigger {
+        Trigger::Event(t) => out.push(t.clone()),
+        Trigger::Inactivity { event, .. } => out.push(event.clone()),
+    }
+    out.extend(j.exit_on.iter().cloned());
+    out.extend(j.goal.iter().map(|g| g.event.clone()));
+    for s in &j.steps {
+        match &s.kind {
+            StepKind::Send(send) => out.extend(send.cancel_on.iter().cloned()),
+            StepKind::WaitFor(w) => out.extend(w.events.iter().cloned()),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn stored(ev: &Event, keep_attributes: bool) -> StoredEvent {
+    StoredEvent {
+        id: ev.event_id.clone(),
+        event_type: ev.event_type.clone(),
+        channel: ev.channel.clone(),
+        occurred_at: ev.occurred_at,
+        attributes: if keep_attributes {
+            ev.attributes.clone()
+        } else {
+            Attributes::new()
+        },
+    }
+}
+
+fn view_of(ev: &Event) -> EventView<'_> {
+    EventView {
+        id: &ev.event_id,
+        event_type: &ev.event_type,
+        channel: ev.channel.as_deref(),
+        occurred_at: ev.occurred_at,
+        attributes: &ev.attributes,
+    }
+}
+
+fn view_of_stored(ev: &StoredEvent) -> EventView<'_> {
+    EventView {
+        id: &ev.id,
+        event_type: &ev.event_type,
+        channel: ev.channel.as_deref(),
+        occurred_at: ev.occurred_at,
+        attributes: &ev.attributes,
+    }
+}
+
+/// One input's work on one customer.
+struct Run<'e, 's> {
+    engine: &'e Engine,
+    st: &'s mut CustomerState,
+    cid: &'s str,
+    fx: Effects,
+}
+
+impl Run<'_, '_> {
+    fn record(&mut self, j: Option<u16>, version: u32, step: Option<usize>, what: What, at: Millis) {
+        let rec = Record {
+            at,
+            j,
+            version,
+            step: step.map(|s| s as u16),
+            what,
+        };
+        self.fx.records.push(rec.clone());
+        let h = &mut self.st.history;
+        // A trigger skipped again and again (a busy event type) keeps one record, the latest.
+        if let Some(last) = h.last_mut() {
+            if matches!(rec.what, What::EntrySkipped(_))
+                && last.j == rec.j
+                && last.step == rec.step
+                && last.what == rec.what
+            {
+                last.at = rec.at;
+                return;
+            }
+        }
+        h.push(rec);
+        let limit = self.engine.settings.history_limit;
+        if h.len() > limit {
+            h.drain(..h.len() - limit);
+        }
+    }
+
+    fn timezone(&self) -> Tz {
+        self.st
+            .profile
+            .get("timezone")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(self.engine.policies.default_timezone)
+    }
+
+    /// Evaluates a condition; a failure is recorded and counts as false.
+    fn holds(
+        &mut self,
+        expr: &Expr,
+        event: Option<EventView<'_>>,
+        at: (Option<u16>, u32, Option<usize>),
+        now: Millis,
+    ) -> bool {
+        match eval_bool(expr, event, &self.st.profile) {
+            Ok(b) => b,
+            Err(error) => {
+                let what = What::ExprFailed {
+                    expr: expr.source().to_owned(),
+                    error,
+                };
+                self.record(at.0, at.1, at.2, what, now);
+                false
+            }
+        }
+    }
+
+    fn journey_of(&self, j: u16, version: u32) -> Option<Arc<Journey>> {
+        let id = &self.st.journeys[j as usize].id;
+        self.engine.journey(id, version).cloned()
+    }
+
+    /// The journey an instance runs; an instance whose version is unknown is ended.
+    fn instance_journey(&mut self, idx: usize, now: Millis) -> Option<Arc<Journey>> {
+        let (j, version) = (self.st.instances[idx].j, self.st.instances[idx].version);
+        let journey = self.journey_of(j, version);
+        if journey.is_none() {
+            self.end_instance(idx, Ending::VersionGone, now);
+        }
+        journey
+    }
+
+    fn end_instance(&mut self, idx: usize, ending: Ending, now: Millis) {
+        let inst = self.st.instances.remove(idx);
+        self.record(
+            Some(inst.j),
+            inst.version,
+            Some(inst.step as usize),
+            What::Ended(ending),
+            now,
+        );
+    }
+
+    // ---- timers -------------------------------------------------------------------------
+
+    /// Runs every deadline due at or before `now`, each at its own time, in due order.
+    fn run_due(&mut self, now: Millis) {
+        while let Some(due) = self.st.next_deadline().filter(|d| *d <= now) {
+            let t = due.max(self.st.clock);
+            self.st.clock = t;
+            let mut batch = Vec::new();
+            self.release_held(due, &mut batch);
+            self.resume_waits(due, t, &mut batch);
+            self.fire_inactivity(due, t, &mut batch);
+            self.apply_sends(batch, t);
+        }
+    }
+
+    fn release_held(&mut self, due: Millis, batch: &mut Vec<Intent>) {
+        let mut i = 0;
+        while i < self.st.held.len() {
+            if self.st.held[i].release_at > due {
+                i += 1;
+                continue;
+            }
+            let h = self.st.held.remove(i);
+            if let Some(journey) = self.journey_of(h.j, h.version) {
+                batch.push(Intent {
+                    journey,
+                    j: h.j,
+                    step: h.step,
+                    key: h.key,
+                    id: h.id,
+                    vars: h.vars,
+                    released: true,
+                });
+            }
+        }
+    }
+
+    fn resume_waits(&mut self, due: Millis, t: Millis, batch: &mut Vec<Intent>) {
+        let waiting: Vec<(u16, u64)> = self
+            .st
+            .instances
+            .iter()
+            .filter(|i| i.deadline.is_some_and(|d| d <= due))
+            .map(|i| (i.j, i.key))
+            .collect();
+        for (j, key) in waiting {
+            let Some(idx) = self.st.instances.iter().position(|i| i.j == j && i.key == key) else {
+                continue;
+            };
+            let Some(journey) = self.instance_journey(idx, t) else {
+                continue;
+            };
+            let inst = &mut self.st.instances[idx];
+            inst.deadline = None;
+            let step = inst.step as usize;
+            let version = inst.version;
+            let target = match &journey.steps[step].kind {
+                StepKind::WaitFor(w) => {
+                    self.record(Some(j), version, Some(step), What::TimedOut, t);
+                    w.on_timeout
+                }
+                _ => journey.steps[step].next,
+            };
+            let event = self.st.instances[idx].event.clone();
+            self.run_steps(idx, &journey, target, t, event.as_ref().map(view_of_stored), batch);
+        }
+    }
+
+    fn fire_inactivity(&mut self, due: Millis, t: Millis, batch: &mut Vec<Intent>) {
+        for j in 0..self.st.journeys.len() {
+            let j = j as u16;
+            let mem = &mut self.st.journeys[j as usize];
+            if !mem.inactivity.as_ref().is_some_and(|a| a.due <= due) {
+                continue;
+            }
+            let Some(arm) = mem.inactivity.take() else {
+                continue;
+            };
+            let current = self.engine.current.iter().find(|c| {
+                c.id == self.st.journeys[j as usize].id
+                    && matches!(c.entry.trigger, Trigger::Inactivity { .. })
+            });
+            let Some(journey) = current.cloned() else {
+                continue;
+            };
+            if self.st.instance_of(j).is_some() {
+                continue;
+            }
+            let seed = format!("inactivity:{}", arm.event.id);
+            let via = format!("inactivity:{}", arm.event.event_type);
+            self.try_enter(&journey, j, Some(view_of_stored(&arm.event)), &seed, via, t, batch);
+        }
+    }
+
+    // ---- events -------------------------------------------------------------------------
+
+    fn on_event(&mut self, ev: &Event, now: Millis) {
+        self.apply_special(ev, now);
+        if !self.engine.is_relevant(&ev.event_type) {
+            return;
+        }
+        self.cancel_responded(ev, now);
+        self.arm_inactivity(ev);
+        self.check_goals(ev, now);
+        let mut batch = Vec::new();
+        let active: Vec<(u16, u64)> = self.st.instances.iter().map(|i| (i.j, i.key)).collect();
+        for &(j, key) in &active {
+            let Some(idx) = self.st.instances.iter().position(|i| i.j == j && i.key == key) else {
+                continue;
+            };
+            let Some(journey) = self.instance_journey(idx, now) else {
+                continue;
+            };
+            if journey.exit_on.contains(&ev.event_type) {
+                self.exit_on(idx, ev, now);
+                continue;
+            }
+            let step = self.st.instances[idx].step as usize;
+            let StepKind::WaitFor(w) = &journey.steps[step].kind else {
+                continue;
+            };
+            if !w.events.contains(&ev.event_type) {
+                continue;
+            }
+            let version = journey.version;
+            if let Some(c) = &w.condition {
+                if !self.holds(c, Some(view_of(ev)), (Some(j), version, Some(step)), now) {
+                    continue;
+                }
+            }
+            let what = What::Resumed {
+                event: ev.event_type.clone(),
+            };
+            self.record(Some(j), version, Some(step), what, now);
+            let inst = &mut self.st.instances[idx];
+            inst.deadline = None;
+            if journey.steps_use_event {
+                inst.event = Some(stored(ev, true));
+            }
+            self.run_steps(idx, &journey, w.on_event, now, Some(view_of(ev)), &mut batch);
+        }
+        let entries = self.engine.entry_by_event.get(&ev.event_type);
+        for &ji in entries.into_iter().flatten() {
+            let journey = self.engine.current[ji].clone();
+            let j = self.st.journey_index(&journey.id);
+            if active.iter().any(|(a, _)| *a == j) {
+                continue;
+            }
+            let via = ev.event_type.clone();
+            self.try_enter(&journey, j, Some(view_of(ev)), &ev.event_id, via, now, &mut batch);
+        }
+        self.apply_sends(batch, now);
+    }
+
+    fn apply_special(&mut self, ev: &Event, now: Millis) {
+        match ev.event_type.as_str() {
+            PROFILE_UPDATED => {
+                for (k, v) in &ev.attributes {
+                    if *v == Value::Null {
+                        self.st.profile.remove(k);
+                    } else {
+                        self.st.profile.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            CONSENT_CHANGED => {
+                let channel = ev.attributes.get("channel").and_then(Value::as_str);
+                let granted = ev.attributes.get("granted").and_then(Value::as_bool);
+                match (channel, granted) {
+                    (Some(c), Some(g)) => self.st.set_consent(c, g),
+                    _ => {
+                        let why = "consent_changed needs attributes `channel` (string) and `granted` (bool)".to_owned();
+                        self.record(None, 0, None, What::Ignored { why }, now);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn cancel_on(&self, o: &Outstanding) -> Option<Arc<Journey>> {
+        self.journey_of(o.j, o.version)
+    }
+
+    fn cancel_responded(&mut self, ev: &Event, now: Millis) {
+        let mut i = 0;
+        while i < self.st.outstanding.len() {
+            let o = &self.st.outstanding[i];
+            let from_other_channel = ev.channel.as_deref() != Some(o.channel.as_str());
+            let listed = from_other_channel
+                && o.expires_at > now
+                && self.cancel_on(o).is_some_and(|j| match &j.steps[o.step as usize].kind {
+                    StepKind::Send(s) => s.cancel_on.contains(&ev.event_type),
+                    _ => false,
+                });
+            if listed {
+                let o = self.st.outstanding.remove(i);
+                self.cancel(o, CancelReason::Responded, now);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn exit_on(&mut self, idx: usize, ev: &Event, now: Millis) {
+        let (j, key) = (self.st.instances[idx].j, self.st.instances[idx].key);
+        let mut i = 0;
+        while i < self.st.outstanding.len() {
+            let o = &self.st.outstanding[i];
+            if o.j == j && o.key == key && o.expires_at > now {
+                let o = self.st.outstanding.remove(i);
+                self.cancel(o, CancelReason::Exited, now);
+            } else {
+                i += 1;
+            }
+        }
+        let mut i = 0;
+        while i < self.st.held.len() {
+            if self.st.held[i].j == j && self.st.held[i].key == key {
+                let h = self.st.held.remove(i);
+                let step = Some(h.step as usize);
+                self.record(Some(j), h.version, step, What::Dropped { id: h.id }, now);
+            } else {
+                i += 1;
+            }
+        }
+        self.end_instance(idx, Ending::ExitOn(ev.event_type.clone()), now);
+    }
+
+    fn arm_inactivity(&mut self, ev: &Event) {
+        let Some(list) = self.engine.inactivity_by_event.get(&ev.event_type) else {
+            return;
+        };
+        for &ji in list {
+            let journey = &self.engine.current[ji];
+            let Trigger::Inactivity { after, .. } = journey.entry.trigger else {
+                continue;
+            };
+            let keep = journey.steps_use_event
+                || journey.entry.condition.as_ref().is_some_and(Expr::uses_event);
+            let j = self.st.journey_index(&journey.id) as usize;
+            let mem = &mut self.st.journeys[j];
+            // An event older than the one that armed the trigger does not move it back.
+            if mem.inactivity.as_ref().is_some_and(|a| a.event.occurred_at > ev.occurred_at) {
+                continue;
+            }
+            mem.inactivity = Some(Inactivity {
+                due: ev.occurred_at.saturating_add(after),
+                event: stored(ev, keep),
+            });
+        }
+    }
+
+    fn check_goals(&mut self, ev: &Event, now: Millis) {
+        for j in 0..self.st.journeys.len() {
+            let mem = &self.st.journeys[j];
+            let (Some(entered), false) = (mem.entered_at, mem.converted) else {
+                continue;
+            };
+            let version = mem.version;
+            let Some(journey) = self.journey_of(j as u16, version) else {
+                continue;
+            };
+            let Some(goal) = &journey.goal else {
+                continue;
+            };
+            if goal.event == ev.event_type && now - entered <= goal.within {
+                self.st.journeys[j].converted = true;
+                self.record(Some(j as u16), version, None, What::Converted, now);
+            }
+        }
+    }
+
+    // ---- steps --------------------------------------------------------------------------
+
+    #[allow(clippy::too_many_arguments)]
+    fn try_enter(
+        &mut self,
+        journey: &Arc<Journey>,
+        j: u16,
+        event: Option<EventView<'_>>,
+        seed: &str,
+        via: String,
+        now: Millis,
+        batch: &mut Vec<Intent>,
+    ) {
+        let v = journey.version;
+        if let Some(prev) = self.st.journeys[j as usize].entered_at {
+            let skip = match journey.entry.reentry {
+                journeyd_journey::Reentry::Never => Some(Skip::ReentryNever),
+                journeyd_journey::Reentry::Always => None,
+                journeyd_journey::Reentry::Cooldown(d) => {
+                    (now < prev.saturating_add(d)).then(|| Skip::Cooldown {
+                        until: prev.saturating_add(d),
+                    })
+                }
+            };
+            if let Some(skip) = skip {
+                self.record(Some(j), v, None, What::EntrySkipped(skip), now);
+                return;
+            }
+        }
+        if let Some(c) = &journey.entry.condition {
+            if !self.holds(c, event, (Some(j), v, None), now) {
+                self.record(Some(j), v, None, What::EntrySkipped(Skip::ConditionFalse), now);
+                return;
+            }
+        }
+        let mem = &mut self.st.journeys[j as usize];
+        mem.entered_at = Some(now);
+        mem.version = v;
+        mem.converted = false;
+        let stored_event = match (journey.steps_use_event, event) {
+            (true, Some(e)) => Some(StoredEvent {
+                id: e.id.to_owned(),
+                event_type: e.event_type.to_owned(),
+                channel: e.channel.map(str::to_owned),
+                occurred_at: e.occurred_at,
+                attributes: e.attributes.clone(),
+            }),
+            _ => None,
+        };
+        self.st.instances.push(Instance {
+            j,
+            version: v,
+            key: ids::instance_key(&journey.id, seed),
+            step: 0,
+            entered_at: now,
+            deadline: None,
+            visits: 0,
+            event: stored_event,
+        });
+        self.record(Some(j), v, None, What::Entered { via }, now);
+        let idx = self.st.instances.len() - 1;
+        self.run_steps(idx, journey, Some(0), now, event, batch);
+    }
+
+    /// Runs steps from `target` until the instance waits or ends.
+    fn run_steps(
+        &mut self,
+        idx: usize,
+        journey: &Arc<Journey>,
+        mut target: Target,
+        now: Millis,
+        event: Option<EventView<'_>>,
+        batch: &mut Vec<Intent>,
+    ) {
+        let (j, v) = (self.st.instances[idx].j, journey.version);
+        for _ in 0..self.engine.settings.step_limit {
+            let Some(si) = target else {
+                self.end_instance(idx, Ending::Finished, now);
+                return;
+            };
+            let step = &journey.steps[si];
+            self.st.instances[idx].step = si as u16;
+            self.record(Some(j), v, Some(si), What::Step, now);
+            let at = (Some(j), v, Some(si));
+            match &step.kind {
+                StepKind::Send(send) => {
+                    let mut vars = Attributes::new();
+                    for (name, expr) in &send.vars {
+                        match eval(expr, event, &self.st.profile) {
+                            Ok(value) => {
+                                vars.insert(name.clone(), value);
+                            }
+                            Err(error) => {
+                                let what = What::ExprFailed {
+                                    expr: expr.source().to_owned(),
+                                    error,
+                                };
+                                self.record(at.0, at.1, at.2, what, now);
+                            }
+                        }
+                    }
+                    let inst = &mut self.st.instances[idx];
+                    let id = ids::send_id(self.cid, &journey.id, inst.key, &step.id, inst.visits);
+                    inst.visits += 1;
+                    batch.push(Intent {
+                        journey: journey.clone(),
+                        j,
+                        step: si as u16,
+                        key: inst.key,
+                        id,
+                        vars,
+                        released: false,
+                    });
+                    target = step.next;
+                }
+                StepKind::Wait(d) => return self.wait_until(idx, now.saturating_add(*d), at, now),
+                StepKind::WaitFor(w) => {
+                    return self.wait_until(idx, now.saturating_add(w.timeout), at, now)
+                }
+                StepKind::WaitUntil(w) => {
+                    let until = next_local_time(self.timezone(), now, w.minute_of_day, w.days);
+                    return self.wait_until(idx, until, at, now);
+                }
+                StepKind::Branch(b) => {
+                    let mut chosen = None;
+                    for (k, (cond, to)) in b.arms.iter().enumerate() {
+                        if self.holds(cond, event, at, now) {
+                            chosen = Some((k as u16, *to));
+                            break;
+                        }
+                    }
+                    let arm = chosen.map(|c| c.0);
+                    target = chosen.map_or(b.otherwise, |c| c.1);
+                    self.record(at.0, at.1, at.2, What::Branch { arm }, now);
+                }
+                StepKind::Split(arms) => {
+                    let total: u64 = arms.iter().map(|a| u64::from(a.weight)).sum();
+                    let mut pick = ids::bucket(self.cid, &journey.id, &step.id, total);
+                    let mut chosen = arms.len() - 1;
+                    for (k, a) in arms.iter().enumerate() {
+                        if pick < u64::from(a.weight) {
+                            chosen = k;
+                            break;
+                        }
+                        pick -= u64::from(a.weight);
+                    }
+                    target = arms[chosen].next;
+                    let what = What::Split { arm: chosen as u16 };
+                    self.record(at.0, at.1, at.2, what, now);
+                }
+                StepKind::Update(assignments) => {
+                    let mut values = Vec::with_capacity(assignments.len());
+                    for (name, expr) in assignments {
+                        match eval(expr, event, &self.st.profile) {
+                            Ok(value) => values.push((name.clone(), value)),
+                            Err(error) => {
+                                let what = What::ExprFailed {
+                                    expr: expr.source().to_owned(),
+                                    error,
+                                };
+                                self.record(at.0, at.1, at.2, what, now);
+                            }
+                        }
+                    }
+                    let attrs = values.iter().map(|(n, _)| n.clone()).collect();
+                    for (name, value) in values {
+                        if value == Value::Null {
+                            self.st.profile.remove(&name);
+                        } else {
+                            self.st.profile.insert(name, value);
+                        }
+                    }
+                    self.record(at.0, at.1, at.2, What::Updated { attrs }, now);
+                    target = step.next;
+                }
+                StepKind::Exit => {
+                    self.end_instance(idx, Ending::ExitStep, now);
+                    return;
+                }
+            }
+        }
+        self.end_instance(idx, Ending::StepLimit, now);
+    }
+
+    fn wait_until(
+        &mut self,
+        idx: usize,
+        until: Millis,
+        at: (Option<u16>, u32, Option<usize>),
+        now: Millis,
+    ) {
+        self.st.instances[idx].deadline = Some(until);
+        self.record(at.0, at.1, at.2, What::Waiting { until }, now);
+    }
+
+    // ---- sends and policies -------------------------------------------------------------
+
+    /// Applies consent, quiet hours and caps to the sends of one input, highest priority first.
+    fn apply_sends(&mut self, mut batch: Vec<Intent>, t: Millis) {
+        batch.sort_by(|a, b| {
+            b.journey
+                .priority
+                .cmp(&a.journey.priority)
+                .then_with(|| a.journey.id.cmp(&b.journey.id))
+        });
+        for it in batch {
+            let StepKind::Send(send) = &it.journey.steps[it.step as usize].kind else {
+                continue;
+            };
+            let (j, v, step) = (Some(it.j), it.journey.version, Some(it.step as usize));
+            let policies = &self.engine.policies;
+            let channel = send.channel.as_str();
+            if policies.consent_required.iter().any(|c| c == channel)
+                && self.st.consent(channel) != Some(true)
+            {
+                self.record(j, v, step, What::Suppressed(Suppression::NoConsent), t);
+                continue;
+            }
+            if !it.released {
+                if let Some(q) = policies.quiet_hours.as_ref().filter(|q| q.covers(channel)) {
+                    let tz = self.timezone();
+                    if q.contains(minute_of_day(tz, t)) {
+                        let until = next_local_time(tz, t, q.to, 0x7f);
+                        self.st.held.push(Held {
+                            id: it.id,
+                            j: it.j,
+                            version: v,
+                            step: it.step,
+                            key: it.key,
+                            release_at: until,
+                            vars: it.vars,
+                        });
+                        self.record(j, v, step, What::Held { id: it.id, until }, t);
+                        continue;
+                    }
+                }
+            }
+            let service = it.journey.category == Category::Service;
+            if self.cap_full(channel, service, t) {
+                self.record(j, v, step, What::Suppressed(Suppression::FrequencyCap), t);
+                continue;
+            }
+            self.fx.actions.push(Action {
+                action_id: ids::format_id(it.id),
+                kind: ActionKind::Send,
+                customer_id: self.cid.to_owned(),
+                journey: it.journey.id.clone(),
+                journey_version: v,
+                step: it.journey.steps[it.step as usize].id.clone(),
+                channel: channel.to_owned(),
+                template: send.template.clone(),
+                vars: it.vars,
+                cancels: None,
+                reason: None,
+                created_at: t,
+                expires_at: Some(t.saturating_add(send.ttl)),
+            });
+            self.st.outstanding.push(Outstanding {
+                id: it.id,
+                j: it.j,
+                version: v,
+                step: it.step,
+                key: it.key,
+                channel: channel.to_owned(),
+                expires_at: t.saturating_add(send.ttl),
+            });
+            self.st.sent.push(SentMark {
+                at: t,
+                channel: channel.to_owned(),
+                service,
+            });
+            self.record(j, v, step, What::Sent { id: it.id }, t);
+        }
+    }
+
+    /// Whether one more send to `channel` at `t` would break a cap that applies to it.
+    fn cap_full(&self, channel: &str, service: bool, t: Millis) -> bool {
+        let category = if service {
+            Category::Service
+        } else {
+            Category::Marketing
+        };
+        self.engine.policies.frequency_caps.iter().any(|cap| {
+            let channel_ok = |c: &str| cap.channel.as_deref().is_none_or(|cc| cc == c);
+            let category_ok = |cat: Category| cap.category.is_none_or(|cc| cc == cat);
+            if !channel_ok(channel) || !category_ok(category) {
+                return false;
+            }
+            let used = self
+                .st
+                .sent
+                .iter()
+                .filter(|m| m.at > t - cap.per && m.at <= t)
+                .filter(|m| channel_ok(&m.channel))
+                .filter(|m| {
+                    category_ok(if m.service {
+                        Category::Service
+                    } else {
+                        Category::Marketing
+                    })
+                })
+                .count();
+            used >= cap.max as usize
+        })
+    }
+
+    fn cancel(&mut self, o: Outstanding, reason: CancelReason, t: Millis) {
+        let journey = self.journey_of(o.j, o.version);
+        let (step, template) = match &journey {
+            Some(jr) => {
+                let s = &jr.steps[o.step as usize];
+                let template = match &s.kind {
+                    StepKind::Send(send) => send.template.clone(),
+                    _ => String::new(),
+                };
+                (s.id.clone(), template)
+            }
+            None => (String::new(), String::new()),
+        };
+        self.fx.actions.push(Action {
+            action_id: ids::format_id(ids::cancel_id(o.id)),
+            kind: ActionKind::Cancel,
+            customer_id: self.cid.to_owned(),
+            journey: self.st.journeys[o.j as usize].id.clone(),
+            journey_version: o.version,
+            step,
+            channel: o.channel.clone(),
+            template,
+            vars: Attributes::new(),
+            cancels: Some(ids::format_id(o.id)),
+            reason: Some(reason),
+            created_at: t,
+            expires_at: None,
+        });
+        let what = What::Cancelled { id: o.id, reason };
+        self.record(Some(o.j), o.version, Some(o.step as usize), what, t);
+    }
+
+    fn prune(&mut self, now: Millis) {
+        self.st.outstanding.retain(|o| o.expires_at > now);
+        let window = self.engine.cap_window;
+        self.st.sent.retain(|m| m.at > now - window);
+    }
+}

@@ -1,0 +1,148 @@
+//! A customer's history in words: what happened and why, for people (test failures, auditors,
+//! call-centre agents).
+
+use crate::engine::Engine;
+use crate::ids::format_id;
+use crate::state::{CustomerState, Ending, Record, Skip, What};
+use journeyd_journey::format_duration;
+use journeyd_types::time::format_rfc3339;
+use serde::Serialize;
+
+/// One history record, resolved to names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistoryLine {
+    /// When (RFC 3339, UTC).
+    pub at: String,
+    /// The journey id, when about a journey.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub journey: Option<String>,
+    /// The journey version, when about a journey.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// The step id, when about a step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// A short kind: entered, skipped, step, branch, split, waiting, updated, resumed, timed_out,
+    /// sent, held, dropped, suppressed, cancelled, ended, converted, expr_failed, ignored.
+    pub kind: &'static str,
+    /// What happened and why, in words.
+    pub detail: String,
+}
+
+impl std::fmt::Display for HistoryLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.at)?;
+        if let Some(j) = &self.journey {
+            write!(f, " {j}")?;
+            if let Some(v) = self.version {
+                write!(f, "@v{v}")?;
+            }
+        }
+        if let Some(s) = &self.step {
+            write!(f, " [{s}]")?;
+        }
+        write!(f, " {}: {}", self.kind, self.detail)
+    }
+}
+
+impl Engine {
+    /// The customer's history, oldest first, in words.
+    pub fn history(&self, state: &CustomerState) -> Vec<HistoryLine> {
+        state.history.iter().map(|r| self.describe(state, r)).collect()
+    }
+
+    /// One record in words.
+    pub fn describe(&self, state: &CustomerState, r: &Record) -> HistoryLine {
+        let journey_id = r.j.and_then(|j| state.journeys.get(j as usize)).map(|m| m.id.clone());
+        let journey = journey_id.as_deref().and_then(|id| self.journey(id, r.version));
+        let step_id = |s: u16| {
+            journey
+                .and_then(|jr| jr.steps.get(s as usize))
+                .map_or_else(|| format!("#{s}"), |st| st.id.clone())
+        };
+        let step = r.step.map(step_id);
+        let (kind, detail) = match &r.what {
+            What::Entered { via } => ("entered", format!("entered the journey on {via}")),
+            What::EntrySkipped(skip) => (
+                "skipped",
+                match skip {
+                    Skip::Active => "not entered: an instance is already active".to_owned(),
+                    Skip::ReentryNever => "not entered again: reentry is never".to_owned(),
+                    Skip::Cooldown { until } => {
+                        format!("not entered again: cooldown until {}", format_rfc3339(*until))
+                    }
+                    Skip::ConditionFalse => "not entered: the entry condition is false".to_owned(),
+                },
+            ),
+            What::Step => ("step", "step taken".to_owned()),
+            What::Branch { arm } => (
+                "branch",
+                match (arm, r.step.and_then(|s| journey.map(|j| (j, s)))) {
+                    (Some(a), Some((j, s))) => match &j.steps[s as usize].kind {
+                        journeyd_journey::StepKind::Branch(b) => format!(
+                            "branch {} holds: `{}`",
+                            a + 1,
+                            b.arms[*a as usize].0.source()
+                        ),
+                        _ => format!("branch {} taken", a + 1),
+                    },
+                    (Some(a), None) => format!("branch {} taken", a + 1),
+                    (None, _) => "no condition holds: else taken".to_owned(),
+                },
+            ),
+            What::Split { arm } => ("split", format!("split arm {} chosen", arm + 1)),
+            What::Waiting { until } => ("waiting", format!("waiting until {}", format_rfc3339(*until))),
+            What::Updated { attrs } => ("updated", format!("profile updated: {}", attrs.join(", "))),
+            What::Resumed { event } => ("resumed", format!("{event} came")),
+            What::TimedOut => ("timed_out", "the wait timed out".to_owned()),
+            What::Sent { id } => ("sent", format!("action {} emitted", format_id(*id))),
+            What::Held { id, until } => (
+                "held",
+                format!(
+                    "action {} held by quiet hours until {}",
+                    format_id(*id),
+                    format_rfc3339(*until)
+                ),
+            ),
+            What::Dropped { id } => (
+                "dropped",
+                format!("held action {} dropped: the instance exited", format_id(*id)),
+            ),
+            What::Suppressed(s) => ("suppressed", format!("send suppressed: {}", s.as_str())),
+            What::Cancelled { id, reason } => (
+                "cancelled",
+                format!("action {} cancelled: {reason}", format_id(*id)),
+            ),
+            What::Ended(e) => (
+                "ended",
+                match e {
+                    Ending::Finished => "the instance finished".to_owned(),
+                    Ending::ExitStep => "the instance reached an exit step".to_owned(),
+                    Ending::ExitOn(t) => format!("the instance exited on {t}"),
+                    Ending::StepLimit => "the instance ran too many steps without a wait and was ended".to_owned(),
+                    Ending::VersionGone => "the journey version is no longer known; the instance was ended".to_owned(),
+                },
+            ),
+            What::Converted => (
+                "converted",
+                match journey.and_then(|j| j.goal.as_ref()) {
+                    Some(g) => format!("goal {} reached within {}", g.event, format_duration(g.within)),
+                    None => "goal reached".to_owned(),
+                },
+            ),
+            What::ExprFailed { expr, error } => (
+                "expr_failed",
+                format!("`{expr}` could not be evaluated ({error}); a condition counts as false"),
+            ),
+            What::Ignored { why } => ("ignored", why.clone()),
+        };
+        HistoryLine {
+            at: format_rfc3339(r.at),
+            journey: journey_id,
+            version: r.j.map(|_| r.version),
+            step,
+            kind,
+            detail,
+        }
+    }
+}

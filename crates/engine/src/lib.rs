@@ -1,0 +1,17 @@
+//! The journeyd engine: a deterministic state machine per customer.
+//!
+//! `Engine::process(state, customer, input, now) -> Effects`: no I/O, no clock, no randomness.
+//! The daemon, the simulator and the tests all drive this one function; events and fired timers
+//! take the same path.
+
+mod engine;
+mod eval;
+mod history;
+pub mod ids;
+mod localtime;
+mod state;
+
+pub use engine::{Effects, Engine, Input, Settings, TimerChange, CONSENT_CHANGED, PROFILE_UPDATED};
+pub use eval::EventView;
+pub use history::HistoryLine;
+pub use state::*;
