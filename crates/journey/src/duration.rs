@@ -94,15 +94,33 @@ mod tests {
         assert_eq!(parse_duration("3d"), Ok(3 * 86_400_000));
         assert_eq!(parse_duration("1w"), Ok(7 * 86_400_000));
         assert_eq!(parse_duration("1d12h"), Ok(36 * 3_600_000));
-        assert_eq!(parse_duration("1w2d3h4m5s"), Ok(((((7 + 2) * 24 + 3) * 60 + 4) * 60 + 5) * 1000));
+        assert_eq!(
+            parse_duration("1w2d3h4m5s"),
+            Ok(((((7 + 2) * 24 + 3) * 60 + 4) * 60 + 5) * 1000)
+        );
     }
 
     #[test]
     fn refuses_what_is_not_a_duration() {
-        for bad in ["", "3", "d", "0d", "3x", "1h1d", "1d1d", "-3d", "1.5d", "3 d", "99999999999999999w"] {
+        for bad in [
+            "",
+            "3",
+            "d",
+            "0d",
+            "3x",
+            "1h1d",
+            "1d1d",
+            "-3d",
+            "1.5d",
+            "3 d",
+            "99999999999999999w",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad} should be refused");
         }
-        assert!(parse_duration("1h1d").unwrap_err().0.contains("largest to smallest"));
+        assert!(parse_duration("1h1d")
+            .unwrap_err()
+            .0
+            .contains("largest to smallest"));
     }
 
     #[test]

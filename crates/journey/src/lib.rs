@@ -6,11 +6,54 @@
 //! `docs/journeys.md`.
 
 mod diag;
+mod document;
 mod duration;
 mod expr;
+mod load;
 mod model;
+mod yaml;
 
 pub use diag::{Diagnostic, Severity};
+pub use document::{Document, PathStep};
 pub use duration::{format_duration, parse_duration, DurationError};
 pub use expr::Expr;
+pub use load::{load_dir, load_sources, Loaded};
 pub use model::*;
+
+use std::path::PathBuf;
+
+/// Why a journeys folder did not load.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or the folder could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Some files are invalid: every error and warning, sorted by file, line and column.
+    /// Displayed one diagnostic a line (`FILE:LINE:COL: error: MESSAGE`).
+    #[error("{}", lines(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+impl Error {
+    /// The diagnostics of an invalid folder (empty for an I/O error).
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            Error::Invalid(diags) => diags,
+            Error::Io { .. } => &[],
+        }
+    }
+}
+
+fn lines(diags: &[Diagnostic]) -> String {
+    diags
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -323,7 +323,11 @@ mod tests {
 
     #[test]
     fn quiet_hours_span_midnight() {
-        let q = QuietHours { from: 21 * 60, to: 8 * 60, channels: vec!["sms".into()] };
+        let q = QuietHours {
+            from: 21 * 60,
+            to: 8 * 60,
+            channels: vec!["sms".into()],
+        };
         assert!(q.contains(21 * 60));
         assert!(q.contains(23 * 60 + 59));
         assert!(q.contains(0));
@@ -332,7 +336,11 @@ mod tests {
         assert!(!q.contains(12 * 60));
         assert!(q.covers("sms"));
         assert!(!q.covers("email"));
-        let day = QuietHours { from: 12 * 60, to: 14 * 60, channels: vec![] };
+        let day = QuietHours {
+            from: 12 * 60,
+            to: 14 * 60,
+            channels: vec![],
+        };
         assert!(day.contains(13 * 60) && !day.contains(14 * 60) && day.covers("email"));
     }
 }
