@@ -71,6 +71,10 @@ pub fn parse_duration(text: &str) -> Result<i64, DurationError> {
 pub fn format_duration(mut ms: i64) -> String {
     let mut out = String::new();
     for (u, len) in UNITS {
+        // Weeks only when whole: 30 days reads better as `30d` than as `4w2d`.
+        if u == 'w' && ms % len != 0 {
+            continue;
+        }
         if ms >= len {
             out.push_str(&format!("{}{u}", ms / len));
             ms %= len;
@@ -128,5 +132,7 @@ mod tests {
         assert_eq!(format_duration(36 * 3_600_000), "1d12h");
         assert_eq!(format_duration(7 * 86_400_000), "1w");
         assert_eq!(format_duration(1500), "1s500ms");
+        assert_eq!(format_duration(30 * 86_400_000), "30d");
+        assert_eq!(format_duration(14 * 86_400_000), "2w");
     }
 }

@@ -1,0 +1,928 @@
+//! The contract's scenarios, run through the simulator (the engine on a virtual clock, as
+//! `journey simulate` runs it). Each test names the rule of `docs/journeys.md` it checks.
+
+use journeyd_engine::Engine;
+use journeyd_journey::load_sources;
+use journeyd_simulator::{Emitted, Simulator};
+use journeyd_types::{time, Attributes, Event, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+fn engine(files: &[(&str, &str)]) -> Arc<Engine> {
+    let sources: Vec<(PathBuf, String)> = files
+        .iter()
+        .map(|(n, t)| (PathBuf::from(n), t.to_string()))
+        .collect();
+    match load_sources(&sources) {
+        Ok(loaded) => Arc::new(Engine::new(loaded.catalog)),
+        Err(e) => panic!("journeys do not load:\n{e}"),
+    }
+}
+
+fn ev(at: &str, customer: &str, event_type: &str) -> Event {
+    Event {
+        event_id: format!("{customer}-{event_type}-{at}"),
+        customer_id: customer.to_owned(),
+        event_type: event_type.to_owned(),
+        channel: None,
+        occurred_at: time::parse_rfc3339(at).unwrap(),
+        attributes: Attributes::new(),
+    }
+}
+
+trait EventExt {
+    fn on(self, channel: &str) -> Self;
+    fn attr(self, k: &str, v: impl Into<Value>) -> Self;
+}
+
+impl EventExt for Event {
+    fn on(mut self, channel: &str) -> Self {
+        self.channel = Some(channel.to_owned());
+        self
+    }
+    fn attr(mut self, k: &str, v: impl Into<Value>) -> Self {
+        self.attributes.insert(k.to_owned(), v.into());
+        self
+    }
+}
+
+fn run_sim(
+    engine: &Arc<Engine>,
+    events: &[Event],
+    until: Option<&str>,
+) -> (Simulator, Vec<Emitted>) {
+    let mut sim = Simulator::new(engine.clone());
+    let mut out = Vec::new();
+    for e in events {
+        out.extend(sim.push(e).unwrap());
+    }
+    if let Some(u) = until {
+        out.extend(sim.advance_to(time::parse_rfc3339(u).unwrap()));
+    }
+    (sim, out)
+}
+
+fn run(engine: &Arc<Engine>, events: &[Event], until: Option<&str>) -> Vec<Emitted> {
+    run_sim(engine, events, until).1
+}
+
+/// `AT KIND CHANNEL JOURNEY/STEP CUSTOMER [REASON]`
+fn brief(out: &[Emitted]) -> Vec<String> {
+    out.iter()
+        .map(|e| {
+            let a = &e.action;
+            let mut s = format!(
+                "{} {} {} {}/{} {}",
+                time::format_rfc3339(e.at),
+                a.kind.as_str(),
+                a.channel,
+                a.journey,
+                a.step,
+                a.customer_id
+            );
+            if let Some(r) = a.reason {
+                s.push(' ');
+                s.push_str(r.as_str());
+            }
+            s
+        })
+        .collect()
+}
+
+const WINBACK: &str = r#"
+journey: winback
+version: 3
+name: Win back lapsed buyers
+priority: 40
+entry:
+  event: customer_lapsed
+  if: 'profile.ltv_segment in ["high", "medium"]'
+exit:
+  on: [purchase, account_closed]
+goal:
+  event: purchase
+  within: 30d
+steps:
+  - id: offer_email
+    send: { channel: email, template: winback_offer }
+  - id: wait_click
+    wait_for:
+      events: [email_clicked, app_opened]
+      timeout: 3d
+      on_event: thanks
+      on_timeout: sms_nudge
+  - id: sms_nudge
+    send: { channel: sms, template: winback_sms, ttl: 2d, cancel_on: [email_clicked, app_opened] }
+    next: done
+  - id: thanks
+    send: { channel: email, template: winback_thanks }
+  - id: done
+    exit: {}
+"#;
+
+fn high_value(at: &str, c: &str) -> Event {
+    ev(at, c, "profile_updated").attr("ltv_segment", "high")
+}
+
+#[test]
+fn the_contract_example_runs_as_described() {
+    let e = engine(&[("winback.yaml", WINBACK)]);
+    // c1 clicks: thanks. c2 does not: SMS after 3 days. c3 is low value: nothing.
+    let events = vec![
+        high_value("2026-01-05T08:00:00Z", "c1"),
+        high_value("2026-01-05T08:00:00Z", "c2"),
+        ev("2026-01-05T08:00:00Z", "c3", "profile_updated").attr("ltv_segment", "low"),
+        ev("2026-01-05T09:00:00Z", "c1", "customer_lapsed"),
+        ev("2026-01-05T09:00:00Z", "c2", "customer_lapsed"),
+        ev("2026-01-05T09:00:00Z", "c3", "customer_lapsed"),
+        ev("2026-01-06T10:00:00Z", "c1", "email_clicked").on("email"),
+    ];
+    let out = run(&e, &events, Some("2026-01-20T00:00:00Z"));
+    assert_eq!(
+        brief(&out),
+        vec![
+            "2026-01-05T09:00:00Z send email winback/offer_email c1",
+            "2026-01-05T09:00:00Z send email winback/offer_email c2",
+            "2026-01-06T10:00:00Z send email winback/thanks c1",
+            "2026-01-08T09:00:00Z send sms winback/sms_nudge c2",
+        ]
+    );
+    let sms = &out[3].action;
+    assert_eq!(sms.template, "winback_sms");
+    assert_eq!(sms.journey_version, 3);
+    assert_eq!(
+        sms.expires_at,
+        Some(time::parse_rfc3339("2026-01-10T09:00:00Z").unwrap())
+    );
+    assert_eq!(
+        out[0].action.expires_at,
+        Some(time::parse_rfc3339("2026-01-12T09:00:00Z").unwrap()),
+        "default ttl is 7d"
+    );
+}
+
+#[test]
+fn two_runs_give_identical_output_with_stable_distinct_ids() {
+    let e = engine(&[("winback.yaml", WINBACK)]);
+    let events = vec![
+        high_value("2026-01-05T08:00:00Z", "c1"),
+        ev("2026-01-05T09:00:00Z", "c1", "customer_lapsed"),
+    ];
+    let a = run(&e, &events, Some("2026-02-01T00:00:00Z"));
+    let b = run(
+        &engine(&[("winback.yaml", WINBACK)]),
+        &events,
+        Some("2026-02-01T00:00:00Z"),
+    );
+    assert_eq!(a, b);
+    assert_eq!(a.len(), 2);
+    assert_ne!(a[0].action.action_id, a[1].action.action_id);
+    assert!(a.iter().all(|x| x.action.action_id.len() == 32));
+}
+
+#[test]
+fn responded_cancels_sends_in_other_channels_only() {
+    let e = engine(&[("winback.yaml", WINBACK)]);
+    // c1 gets the SMS, then clicks the email: the SMS is cancelled (responded).
+    // c2 gets the SMS and answers by SMS itself: no cancel (same channel).
+    // c3 gets the SMS and opens the app with no channel on the event: cancelled.
+    let mut events = Vec::new();
+    for c in ["c1", "c2", "c3"] {
+        events.push(high_value("2026-01-05T08:00:00Z", c));
+    }
+    for c in ["c1", "c2", "c3"] {
+        events.push(ev("2026-01-05T09:00:00Z", c, "customer_lapsed"));
+    }
+    events.push(ev("2026-01-08T12:00:00Z", "c1", "email_clicked").on("email"));
+    events.push(ev("2026-01-08T12:00:00Z", "c2", "app_opened").on("sms"));
+    events.push(ev("2026-01-08T12:00:00Z", "c3", "app_opened"));
+    let out = run(&e, &events, None);
+    let cancels: Vec<_> = out
+        .iter()
+        .filter(|x| x.action.kind.as_str() == "cancel")
+        .collect();
+    assert_eq!(
+        brief(&cancels.iter().map(|x| (*x).clone()).collect::<Vec<_>>()),
+        vec![
+            "2026-01-08T12:00:00Z cancel sms winback/sms_nudge c1 responded",
+            "2026-01-08T12:00:00Z cancel sms winback/sms_nudge c3 responded",
+        ]
+    );
+    // The cancel names the send's action id and goes to its channel.
+    let sms_c1 = out
+        .iter()
+        .find(|x| {
+            x.action.customer_id == "c1"
+                && x.action.step == "sms_nudge"
+                && x.action.kind.as_str() == "send"
+        })
+        .unwrap();
+    assert_eq!(
+        cancels[0].action.cancels.as_deref(),
+        Some(sms_c1.action.action_id.as_str())
+    );
+    assert_eq!(cancels[0].action.template, "winback_sms");
+    // After its ttl (2d) the SMS is no longer outstanding: no cancel.
+    let late = vec![
+        high_value("2026-01-05T08:00:00Z", "c4"),
+        ev("2026-01-05T09:00:00Z", "c4", "customer_lapsed"),
+        ev("2026-01-10T09:00:01Z", "c4", "email_clicked").on("email"),
+    ];
+    assert!(run(&e, &late, None)
+        .iter()
+        .all(|x| x.action.kind.as_str() == "send"));
+}
+
+#[test]
+fn exit_on_cancels_outstanding_sends_with_reason_exited() {
+    let e = engine(&[("winback.yaml", WINBACK)]);
+    let events = vec![
+        high_value("2026-01-05T08:00:00Z", "c1"),
+        ev("2026-01-05T09:00:00Z", "c1", "customer_lapsed"),
+        ev("2026-01-06T09:00:00Z", "c1", "purchase").on("shop"),
+    ];
+    let (sim, out) = run_sim(&e, &events, Some("2026-01-20T00:00:00Z"));
+    assert_eq!(
+        brief(&out),
+        vec![
+            "2026-01-05T09:00:00Z send email winback/offer_email c1",
+            "2026-01-06T09:00:00Z cancel email winback/offer_email c1 exited",
+        ]
+    );
+    assert_eq!(
+        out[1].action.cancels.as_deref(),
+        Some(out[0].action.action_id.as_str())
+    );
+    // The purchase was also the goal: a conversion is recorded.
+    let history = sim.engine().history(sim.customer("c1").unwrap());
+    assert!(
+        history.iter().any(|h| h.kind == "converted"),
+        "{history:#?}"
+    );
+    assert!(history
+        .iter()
+        .any(|h| h.kind == "ended" && h.detail.contains("exited on purchase")));
+}
+
+#[test]
+fn goal_records_a_conversion_without_ending_the_instance() {
+    let j = r#"
+journey: onboard
+version: 1
+entry: { event: signup }
+goal: { event: first_deposit, within: 7d }
+steps:
+  - id: welcome
+    send: { channel: email, template: welcome }
+  - id: pause
+    wait: 10d
+  - id: tips
+    send: { channel: email, template: tips }
+"#;
+    let e = engine(&[("onboard.yaml", j)]);
+    let events = vec![
+        ev("2026-01-05T09:00:00Z", "c1", "signup"),
+        ev("2026-01-06T09:00:00Z", "c1", "first_deposit"),
+        ev("2026-01-05T09:00:00Z", "c2", "signup"),
+        ev("2026-01-13T09:00:00Z", "c2", "first_deposit"),
+    ];
+    let mut sorted = events.clone();
+    sorted.sort_by_key(|e| e.occurred_at);
+    let (sim, out) = run_sim(&e, &sorted, Some("2026-02-01T00:00:00Z"));
+    assert_eq!(
+        out.iter().filter(|x| x.action.template == "tips").count(),
+        2,
+        "the goal does not end the instance"
+    );
+    let converted = |c: &str| {
+        sim.engine()
+            .history(sim.customer(c).unwrap())
+            .iter()
+            .filter(|h| h.kind == "converted")
+            .count()
+    };
+    assert_eq!(converted("c1"), 1);
+    assert_eq!(converted("c2"), 0, "first_deposit came after 7d");
+}
+
+#[test]
+fn inactivity_entry_fires_after_the_last_event_and_rearms() {
+    let j = r#"
+journey: lapse
+version: 1
+entry:
+  inactivity: { event: purchase, for: 30d }
+  reentry: always
+steps:
+  - id: miss_you
+    send: { channel: email, template: miss_you }
+"#;
+    let e = engine(&[("lapse.yaml", j)]);
+    let events = vec![
+        ev("2026-01-01T10:00:00Z", "c1", "purchase"),
+        ev("2026-01-01T10:00:00Z", "c2", "purchase"),
+        ev("2026-01-20T10:00:00Z", "c2", "purchase"), // re-arms c2 to 2026-02-19
+        ev("2026-01-25T10:00:00Z", "c3", "login"),    // never purchased: never enters
+    ];
+    let out = run(&e, &events, Some("2026-04-01T00:00:00Z"));
+    assert_eq!(
+        brief(&out),
+        vec![
+            "2026-01-31T10:00:00Z send email lapse/miss_you c1",
+            "2026-02-19T10:00:00Z send email lapse/miss_you c2",
+        ],
+        "fires once per last purchase, not again without a new one"
+    );
+}
+
+#[test]
+fn inactivity_entry_condition_sees_the_last_event() {
+    let j = r#"
+journey: lapse
+version: 1
+entry:
+  inactivity: { event: purchase, for: 1d }
+  if: 'event.attributes.amount > 100'
+steps:
+  - id: miss_you
+    send: { channel: email, template: miss_you, vars: { last_amount: 'event.attributes.amount' } }
+"#;
+    let e = engine(&[("lapse.yaml", j)]);
+    let events = vec![
+        ev("2026-01-01T10:00:00Z", "big", "purchase").attr("amount", 250),
+        ev("2026-01-01T10:00:00Z", "small", "purchase").attr("amount", 20),
+    ];
+    let out = run(&e, &events, Some("2026-01-10T00:00:00Z"));
+    assert_eq!(
+        brief(&out),
+        vec!["2026-01-02T10:00:00Z send email lapse/miss_you big"]
+    );
+    assert_eq!(
+        out[0].action.vars.get("last_amount"),
+        Some(&Value::Int(250))
+    );
+}
+
+#[test]
+fn waits_and_wait_until_local_time_in_the_customers_zone() {
+    let j = r#"
+journey: morning
+version: 1
+entry: { event: signup }
+steps:
+  - id: settle
+    wait: 1d12h
+  - id: at_nine
+    wait: { until: "09:00" }
+  - id: hello
+    send: { channel: push, template: hello }
+  - id: weekend
+    wait: { until: "10:30", days: [sat, sun] }
+  - id: weekend_hello
+    send: { channel: push, template: weekend }
+"#;
+    let e = engine(&[("morning.yaml", j)]);
+    let events = vec![
+        ev("2026-01-05T08:00:00Z", "ny", "profile_updated").attr("timezone", "America/New_York"),
+        ev("2026-01-05T08:00:00Z", "utc", "profile_updated").attr("other", 1),
+        ev("2026-01-05T10:00:00Z", "ny", "signup"),
+        ev("2026-01-05T10:00:00Z", "utc", "signup"),
+    ];
+    let out = run(&e, &events, Some("2026-01-20T00:00:00Z"));
+    // 1d12h after Mon 10:00Z is Tue 22:00Z. UTC: next 09:00 is Wed 09:00Z; Sat 10:30Z.
+    // New York (UTC-5): Tue 22:00Z is 17:00 local; next 09:00 local is Wed 14:00Z; Sat 15:30Z.
+    assert_eq!(
+        brief(&out),
+        vec![
+            "2026-01-07T09:00:00Z send push morning/hello utc",
+            "2026-01-07T14:00:00Z send push morning/hello ny",
+            "2026-01-10T10:30:00Z send push morning/weekend_hello utc",
+            "2026-01-10T15:30:00Z send push morning/weekend_hello ny",
+        ]
+    );
+}
+
+#[test]
+fn wait_for_with_condition_event_and_timeout() {
+    let j = r#"
+journey: deposit
+version: 1
+entry: { event: account_opened }
+steps:
+  - id: ask
+    send: { channel: email, template: ask }
+  - id: wait_deposit
+    wait_for:
+      events: [deposit]
+      if: 'event.attributes.amount >= 100'
+      timeout: 5d
+      on_timeout: reminder
+  - id: thanks
+    send: { channel: email, template: thanks, vars: { amount: 'event.attributes.amount' } }
+    next: finished
+  - id: reminder
+    send: { channel: sms, template: reminder }
+  - id: finished
+    exit: {}
+"#;
+    let e = engine(&[("deposit.yaml", j)]);
+    let events = vec![
+        ev("2026-01-05T09:00:00Z", "c1", "account_opened"),
+        ev("2026-01-05T09:00:00Z", "c2", "account_opened"),
+        ev("2026-01-06T09:00:00Z", "c1", "deposit").attr("amount", 50), // too small: keeps waiting
+        ev("2026-01-07T09:00:00Z", "c1", "deposit").attr("amount", 150),
+    ];
+    let out = run(&e, &events, Some("2026-01-20T00:00:00Z"));
+    assert_eq!(
+        brief(&out),
+        vec![
+            "2026-01-05T09:00:00Z send email deposit/ask c1",
+            "2026-01-05T09:00:00Z send email deposit/ask c2",
+            "2026-01-07T09:00:00Z send email deposit/thanks c1",
+            "2026-01-10T09:00:00Z send sms deposit/reminder c2",
+        ]
+    );
+    assert_eq!(out[2].action.vars.get("amount"), Some(&Value::Int(150)));
+}
+
+#[test]
+fn branch_update_and_vars() {
+    let j = r#"
+journey: tiers
+version: 1
+entry: { event: signup }
+steps:
+  - id: remember_plan
+    update: { plan: 'event.attributes.plan', greeted: 'true' }
+  - id: by_plan
+    branch:
+      - if: 'profile.plan == "premium"'
+        next: premium
+      - if: 'profile.plan == "basic"'
+        next: basic
+      - else: other
+  - id: premium
+    send: { channel: email, template: premium, vars: { plan: 'profile.plan', greeted: 'profile.greeted' } }
+    next: done
+  - id: basic
+    send: { channel: email, template: basic }
+    next: done
+  - id: other
+    send: { channel: email, template: other }
+  - id: done
+    exit: {}
+"#;
+    let e = engine(&[("tiers.yaml", j)]);
+    let events = vec![
+        ev("2026-01-05T09:00:00Z", "a", "signup").attr("plan", "premium"),
+        ev("2026-01-05T09:00:00Z", "b", "signup").attr("plan", "basic"),
+        ev("2026-01-05T09:00:00Z", "c", "signup"), // no plan: update fails for plan, branch falls to else
+    ];
+    let (sim, out) = run_sim(&e, &events, None);
+    assert_eq!(
+        out.iter()
+            .map(|x| format!("{}:{}", x.action.customer_id, x.action.template))
+            .collect::<Vec<_>>(),
+        vec!["a:premium", "b:basic", "c:other"]
+    );
+    assert_eq!(
+        out[0].action.vars.get("plan"),
+        Some(&Value::from("premium"))
+    );
+    assert_eq!(out[0].action.vars.get("greeted"), Some(&Value::Bool(true)));
+    assert_eq!(
+        sim.customer("a").unwrap().profile.get("plan"),
+        Some(&Value::from("premium"))
+    );
+    let hist = sim.engine().history(sim.customer("c").unwrap());
+    assert!(
+        hist.iter().any(|h| h.kind == "expr_failed"),
+        "a failed expression is recorded: {hist:#?}"
+    );
+}
+
+#[test]
+fn split_honours_weights_and_keeps_a_customer_in_the_same_arm() {
+    let j = r#"
+journey: ab
+version: 1
+entry: { event: signup }
+steps:
+  - id: test
+    split:
+      - { weight: 80, next: a }
+      - { weight: 20, next: b }
+  - id: a
+    send: { channel: email, template: a }
+    next: done
+  - id: b
+    send: { channel: email, template: b }
+  - id: done
+    exit: {}
+"#;
+    let e = engine(&[("ab.yaml", j)]);
+    let events: Vec<Event> = (0..2000)
+        .map(|i| ev("2026-01-05T09:00:00Z", &format!("c{i}"), "signup"))
+        .collect();
+    let first = run(&e, &events, None);
+    let a = first.iter().filter(|x| x.action.template == "a").count();
+    assert_eq!(first.len(), 2000);
+    assert!((1520..=1680).contains(&a), "80% of 2000 is 1600, got {a}");
+    // The same customers entering again (another run, other event ids) land in the same arms.
+    let again: Vec<Event> = (0..2000)
+        .map(|i| {
+            let mut x = ev("2026-03-05T09:00:00Z", &format!("c{i}"), "signup");
+            x.event_id = format!("other-{i}");
+            x
+        })
+        .collect();
+    let second = run(&e, &again, None);
+    for (x, y) in first.iter().zip(&second) {
+        assert_eq!(
+            x.action.template, y.action.template,
+            "customer {}",
+            x.action.customer_id
+        );
+    }
+}
+
+#[test]
+fn reentry_never_always_and_cooldown() {
+    let mk = |reentry: &str| {
+        format!(
+            "journey: j_{name}\nversion: 1\nentry: {{ event: visit, reentry: {reentry} }}\nsteps:\n  - id: hi\n    send: {{ channel: email, template: hi }}\n",
+            name = reentry.replace(|c: char| !c.is_ascii_alphanumeric(), "")
+        )
+    };
+    let files = [
+        ("never.yaml", mk("never")),
+        ("always.yaml", mk("always")),
+        ("cool.yaml", mk("10d")),
+    ];
+    let e = engine(
+        &files
+            .iter()
+            .map(|(n, t)| (*n, t.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    let events = vec![
+        ev("2026-01-01T09:00:00Z", "c1", "visit"),
+        ev("2026-01-05T09:00:00Z", "c1", "visit"),
+        ev("2026-01-12T09:00:00Z", "c1", "visit"),
+    ];
+    let out = run(&e, &events, None);
+    let count = |j: &str| out.iter().filter(|x| x.action.journey == j).count();
+    assert_eq!(count("j_never"), 1);
+    assert_eq!(count("j_always"), 3);
+    assert_eq!(
+        count("j_10d"),
+        2,
+        "Jan 1 and Jan 12 (Jan 5 is inside the 10-day cooldown)"
+    );
+}
+
+#[test]
+fn at_most_one_active_instance_per_journey() {
+    let j = r#"
+journey: slow
+version: 1
+entry: { event: visit, reentry: always }
+steps:
+  - id: pause
+    wait: 5d
+  - id: hi
+    send: { channel: email, template: hi }
+"#;
+    let e = engine(&[("slow.yaml", j)]);
+    let events = vec![
+        ev("2026-01-01T09:00:00Z", "c1", "visit"),
+        ev("2026-01-02T09:00:00Z", "c1", "visit"), // ignored: active
+        ev("2026-01-07T09:00:00Z", "c1", "visit"), // enters again: the first ended Jan 6
+    ];
+    let out = run(&e, &events, Some("2026-02-01T00:00:00Z"));
+    assert_eq!(
+        brief(&out),
+        vec![
+            "2026-01-06T09:00:00Z send email slow/hi c1",
+            "2026-01-12T09:00:00Z send email slow/hi c1"
+        ]
+    );
+}
+
+const POLICIES: &str = r#"
+policies:
+  default_timezone: Europe/London
+  frequency_caps:
+    - { channel: sms, max: 1, per: 1d }
+    - { channel: "*", category: marketing, max: 3, per: 7d }
+  quiet_hours:
+    from: "21:00"
+    to: "08:00"
+    channels: [sms, push]
+  consent:
+    required: [sms, email]
+"#;
+
+fn send_journey(id: &str, on: &str, channel: &str, priority: i64, category: &str) -> String {
+    format!(
+        "journey: {id}\nversion: 1\npriority: {priority}\ncategory: {category}\nentry: {{ event: {on}, reentry: always }}\nsteps:\n  - id: msg\n    send: {{ channel: {channel}, template: {id}_tpl }}\n"
+    )
+}
+
+fn consented(at: &str, c: &str, channel: &str) -> Event {
+    ev(at, c, "consent_changed")
+        .attr("channel", channel)
+        .attr("granted", true)
+}
+
+#[test]
+fn consent_is_required_for_listed_channels() {
+    let j = send_journey("promo", "visit", "email", 0, "marketing");
+    let e = engine(&[("policies.yaml", POLICIES), ("promo.yaml", &j)]);
+    let events = vec![
+        ev("2026-01-05T10:00:00Z", "c1", "visit"), // no consent yet: suppressed
+        consented("2026-01-05T11:00:00Z", "c1", "email"),
+        ev("2026-01-05T12:00:00Z", "c1", "visit"),
+        ev("2026-01-05T13:00:00Z", "c1", "consent_changed")
+            .attr("channel", "email")
+            .attr("granted", false),
+        ev("2026-01-05T14:00:00Z", "c1", "visit"),
+    ];
+    let (sim, out) = run_sim(&e, &events, None);
+    assert_eq!(
+        brief(&out),
+        vec!["2026-01-05T12:00:00Z send email promo/msg c1"]
+    );
+    let hist = sim.engine().history(sim.customer("c1").unwrap());
+    assert_eq!(
+        hist.iter()
+            .filter(|h| h.detail == "send suppressed: no_consent")
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn frequency_caps_suppress_and_count_by_category() {
+    let promo = send_journey("promo", "visit", "sms", 0, "marketing");
+    let alert = send_journey("alert", "card_blocked", "sms", 0, "service");
+    let e = engine(&[
+        ("policies.yaml", POLICIES),
+        ("promo.yaml", &promo),
+        ("alert.yaml", &alert),
+    ]);
+    let events = vec![
+        consented("2026-01-05T09:00:00Z", "c1", "sms"),
+        ev("2026-01-05T10:00:00Z", "c1", "visit"), // sent
+        ev("2026-01-05T11:00:00Z", "c1", "visit"), // sms 1/1d: suppressed
+        ev("2026-01-05T12:00:00Z", "c1", "card_blocked"), // service, but the sms cap names no category: suppressed
+        ev("2026-01-06T10:00:01Z", "c1", "visit"),        // a day later: sent
+    ];
+    let (sim, out) = run_sim(&e, &events, None);
+    assert_eq!(
+        brief(&out),
+        vec![
+            "2026-01-05T10:00:00Z send sms promo/msg c1",
+            "2026-01-06T10:00:01Z send sms promo/msg c1"
+        ]
+    );
+    let hist = sim.engine().history(sim.customer("c1").unwrap());
+    assert_eq!(
+        hist.iter()
+            .filter(|h| h.detail == "send suppressed: frequency_cap")
+            .count(),
+        2
+    );
+
+    // The marketing cap (3 per 7d, all channels) does not limit service journeys.
+    let promo_mail = send_journey("promo", "visit", "email", 0, "marketing");
+    let notice = send_journey("notice", "statement", "email", 0, "service");
+    let e = engine(&[
+        ("policies.yaml", POLICIES),
+        ("promo.yaml", &promo_mail),
+        ("notice.yaml", &notice),
+    ]);
+    let mut events = vec![consented("2026-01-05T09:00:00Z", "c1", "email")];
+    for h in 10..15 {
+        events.push(ev(&format!("2026-01-05T{h}:00:00Z"), "c1", "visit"));
+    }
+    events.push(ev("2026-01-05T16:00:00Z", "c1", "statement"));
+    let out = run(&e, &events, None);
+    assert_eq!(
+        out.iter().filter(|x| x.action.journey == "promo").count(),
+        3
+    );
+    assert_eq!(
+        out.iter().filter(|x| x.action.journey == "notice").count(),
+        1
+    );
+}
+
+#[test]
+fn arbitration_gives_a_scarce_cap_to_the_higher_priority() {
+    let low = send_journey("a_low", "visit", "sms", 10, "marketing");
+    let high = send_journey("z_high", "visit", "sms", 90, "marketing");
+    let tie = send_journey("b_tie", "visit", "sms", 10, "marketing");
+    let e = engine(&[
+        ("policies.yaml", POLICIES),
+        ("a.yaml", &low),
+        ("z.yaml", &high),
+        ("b.yaml", &tie),
+    ]);
+    let events = vec![
+        consented("2026-01-05T09:00:00Z", "c1", "sms"),
+        ev("2026-01-05T10:00:00Z", "c1", "visit"),
+    ];
+    assert_eq!(
+        brief(&run(&e, &events, None)),
+        vec!["2026-01-05T10:00:00Z send sms z_high/msg c1"]
+    );
+    // Equal priority: the journey id decides.
+    let e = engine(&[
+        ("policies.yaml", POLICIES),
+        ("a.yaml", &low),
+        ("b.yaml", &tie),
+    ]);
+    assert_eq!(
+        brief(&run(&e, &events, None)),
+        vec!["2026-01-05T10:00:00Z send sms a_low/msg c1"]
+    );
+}
+
+#[test]
+fn quiet_hours_hold_sends_until_morning_in_the_customers_zone() {
+    let j = r#"
+journey: nudge
+version: 1
+entry: { event: visit, reentry: always }
+steps:
+  - id: sms
+    send: { channel: sms, template: nudge }
+  - id: mail
+    send: { channel: email, template: nudge_mail }
+"#;
+    let e = engine(&[("policies.yaml", POLICIES), ("nudge.yaml", j)]);
+    let mut events = Vec::new();
+    for c in ["london", "tokyo"] {
+        events.push(consented("2026-01-05T09:00:00Z", c, "sms"));
+        events.push(consented("2026-01-05T09:00:00Z", c, "email"));
+    }
+    events.push(
+        ev("2026-01-05T09:00:00Z", "tokyo", "profile_updated").attr("timezone", "Asia/Tokyo"),
+    );
+    // 22:30 in London (default zone, GMT in January); 07:30 next day in Tokyo.
+    events.push(ev("2026-01-05T22:30:00Z", "london", "visit"));
+    events.push(ev("2026-01-05T22:30:00Z", "tokyo", "visit"));
+    let out = run(&e, &events, Some("2026-01-07T00:00:00Z"));
+    assert_eq!(
+        brief(&out),
+        vec![
+            "2026-01-05T22:30:00Z send email nudge/mail london",
+            "2026-01-05T22:30:00Z send email nudge/mail tokyo",
+            // Tokyo 08:00 = 23:00Z; London 08:00 = 08:00Z.
+            "2026-01-05T23:00:00Z send sms nudge/sms tokyo",
+            "2026-01-06T08:00:00Z send sms nudge/sms london",
+        ]
+    );
+}
+
+#[test]
+fn a_held_send_is_dropped_when_the_instance_exits() {
+    let j = r#"
+journey: nudge
+version: 1
+entry: { event: visit }
+exit: { on: [purchase] }
+steps:
+  - id: sms
+    send: { channel: sms, template: nudge }
+  - id: pause
+    wait: 3d
+"#;
+    let e = engine(&[("policies.yaml", POLICIES), ("nudge.yaml", j)]);
+    let events = vec![
+        consented("2026-01-05T09:00:00Z", "c1", "sms"),
+        ev("2026-01-05T22:30:00Z", "c1", "visit"),
+        ev("2026-01-06T07:00:00Z", "c1", "purchase"),
+    ];
+    let (sim, out) = run_sim(&e, &events, Some("2026-01-10T00:00:00Z"));
+    assert!(out.is_empty(), "{:?}", brief(&out));
+    let hist = sim.engine().history(sim.customer("c1").unwrap());
+    assert!(hist.iter().any(|h| h.kind == "dropped"), "{hist:#?}");
+}
+
+#[test]
+fn caps_are_checked_when_a_held_send_is_released() {
+    let j = send_journey("promo", "visit", "sms", 0, "marketing");
+    let e = engine(&[("policies.yaml", POLICIES), ("promo.yaml", &j)]);
+    let events = vec![
+        consented("2026-01-05T09:00:00Z", "c1", "sms"),
+        ev("2026-01-05T22:00:00Z", "c1", "visit"), // held to 08:00
+        ev("2026-01-05T23:00:00Z", "c1", "visit"), // held to 08:00 too
+    ];
+    let out = run(&e, &events, Some("2026-01-07T00:00:00Z"));
+    assert_eq!(
+        brief(&out),
+        vec!["2026-01-06T08:00:00Z send sms promo/msg c1"],
+        "the second breaks the 1/day sms cap"
+    );
+}
+
+#[test]
+fn profile_updated_merges_and_null_removes() {
+    let e = engine(&[("winback.yaml", WINBACK)]);
+    let events = vec![
+        ev("2026-01-05T08:00:00Z", "c1", "profile_updated")
+            .attr("ltv_segment", "high")
+            .attr("city", "Leeds"),
+        ev("2026-01-05T08:30:00Z", "c1", "profile_updated").attr("ltv_segment", Value::Null),
+        ev("2026-01-05T09:00:00Z", "c1", "customer_lapsed"),
+    ];
+    let (sim, out) = run_sim(&e, &events, None);
+    assert!(
+        out.is_empty(),
+        "the entry condition fails without ltv_segment"
+    );
+    let st = sim.customer("c1").unwrap();
+    assert_eq!(st.profile.get("city"), Some(&Value::from("Leeds")));
+    assert!(!st.profile.contains_key("ltv_segment"));
+}
+
+#[test]
+fn outstanding_sends_stay_cancellable_after_the_instance_ends() {
+    let j = r#"
+journey: promo
+version: 1
+entry: { event: visit }
+steps:
+  - id: offer
+    send: { channel: push, template: offer, cancel_on: [app_opened] }
+"#;
+    let e = engine(&[("promo.yaml", j)]);
+    let events = vec![
+        ev("2026-01-05T10:00:00Z", "c1", "visit"),
+        ev("2026-01-06T10:00:00Z", "c1", "app_opened").on("app"),
+    ];
+    assert_eq!(
+        brief(&run(&e, &events, None)),
+        vec![
+            "2026-01-05T10:00:00Z send push promo/offer c1",
+            "2026-01-06T10:00:00Z cancel push promo/offer c1 responded"
+        ]
+    );
+}
+
+#[test]
+fn events_may_overtake_a_late_timer_with_the_same_result() {
+    // The daemon's timer task may lag; an event for the customer runs the due timers first.
+    let e = engine(&[("winback.yaml", WINBACK)]);
+    let mut a = Simulator::new(e.clone());
+    let mut state = journeyd_engine::CustomerState::default();
+    let c = "c1";
+    let mut out = Vec::new();
+    for x in [
+        high_value("2026-01-05T08:00:00Z", c),
+        ev("2026-01-05T09:00:00Z", c, "customer_lapsed"),
+    ] {
+        out.extend(
+            e.process(
+                &mut state,
+                c,
+                journeyd_engine::Input::Event(&x),
+                x.occurred_at,
+            )
+            .actions,
+        );
+        a.push(&x).unwrap();
+    }
+    // No timer input at all: the click at Jan 9 first runs the timeout due Jan 8.
+    let click = ev("2026-01-09T09:00:00Z", c, "email_clicked").on("email");
+    out.extend(
+        e.process(
+            &mut state,
+            c,
+            journeyd_engine::Input::Event(&click),
+            click.occurred_at,
+        )
+        .actions,
+    );
+    let sim_out: Vec<_> = a.push(&click).unwrap();
+    let expected: Vec<_> = run(
+        &e,
+        &[
+            high_value("2026-01-05T08:00:00Z", c),
+            ev("2026-01-05T09:00:00Z", c, "customer_lapsed"),
+            click.clone(),
+        ],
+        None,
+    )
+    .into_iter()
+    .map(|x| x.action)
+    .collect();
+    assert_eq!(out, expected);
+    assert_eq!(
+        sim_out.len(),
+        2,
+        "the SMS at Jan 8, then its cancel at Jan 9"
+    );
+}
