@@ -119,9 +119,10 @@ impl Engine {
         for (i, j) in catalog.journeys.iter().enumerate() {
             match &j.entry.trigger {
                 Trigger::Event(t) => entry_by_event.entry(t.clone()).or_default().push(i),
-                Trigger::Inactivity { event, .. } => {
-                    inactivity_by_event.entry(event.clone()).or_default().push(i)
-                }
+                Trigger::Inactivity { event, .. } => inactivity_by_event
+                    .entry(event.clone())
+                    .or_default()
+                    .push(i),
             }
         }
         let mut relevant: HashSet<String> =
@@ -270,7 +271,14 @@ struct Run<'e, 's> {
 }
 
 impl Run<'_, '_> {
-    fn record(&mut self, j: Option<u16>, version: u32, step: Option<usize>, what: What, at: Millis) {
+    fn record(
+        &mut self,
+        j: Option<u16>,
+        version: u32,
+        step: Option<usize>,
+        what: What,
+        at: Millis,
+    ) {
         let rec = Record {
             at,
             j,
@@ -400,7 +408,12 @@ impl Run<'_, '_> {
             .map(|i| (i.j, i.key))
             .collect();
         for (j, key) in waiting {
-            let Some(idx) = self.st.instances.iter().position(|i| i.j == j && i.key == key) else {
+            let Some(idx) = self
+                .st
+                .instances
+                .iter()
+                .position(|i| i.j == j && i.key == key)
+            else {
                 continue;
             };
             let Some(journey) = self.instance_journey(idx, t) else {
@@ -418,7 +431,14 @@ impl Run<'_, '_> {
                 _ => journey.steps[step].next,
             };
             let event = self.st.instances[idx].event.clone();
-            self.run_steps(idx, &journey, target, t, event.as_ref().map(view_of_stored), batch);
+            self.run_steps(
+                idx,
+                &journey,
+                target,
+                t,
+                event.as_ref().map(view_of_stored),
+                batch,
+            );
         }
     }
 
@@ -444,7 +464,15 @@ impl Run<'_, '_> {
             }
             let seed = format!("inactivity:{}", arm.event.id);
             let via = format!("inactivity:{}", arm.event.event_type);
-            self.try_enter(&journey, j, Some(view_of_stored(&arm.event)), &seed, via, t, batch);
+            self.try_enter(
+                &journey,
+                j,
+                Some(view_of_stored(&arm.event)),
+                &seed,
+                via,
+                t,
+                batch,
+            );
         }
     }
 
@@ -461,7 +489,12 @@ impl Run<'_, '_> {
         let mut batch = Vec::new();
         let active: Vec<(u16, u64)> = self.st.instances.iter().map(|i| (i.j, i.key)).collect();
         for &(j, key) in &active {
-            let Some(idx) = self.st.instances.iter().position(|i| i.j == j && i.key == key) else {
+            let Some(idx) = self
+                .st
+                .instances
+                .iter()
+                .position(|i| i.j == j && i.key == key)
+            else {
                 continue;
             };
             let Some(journey) = self.instance_journey(idx, now) else {
@@ -493,7 +526,14 @@ impl Run<'_, '_> {
             if journey.steps_use_event {
                 inst.event = Some(stored(ev, true));
             }
-            self.run_steps(idx, &journey, w.on_event, now, Some(view_of(ev)), &mut batch);
+            self.run_steps(
+                idx,
+                &journey,
+                w.on_event,
+                now,
+                Some(view_of(ev)),
+                &mut batch,
+            );
         }
         let entries = self.engine.entry_by_event.get(&ev.event_type);
         for &ji in entries.into_iter().flatten() {
@@ -503,7 +543,15 @@ impl Run<'_, '_> {
                 continue;
             }
             let via = ev.event_type.clone();
-            self.try_enter(&journey, j, Some(view_of(ev)), &ev.event_id, via, now, &mut batch);
+            self.try_enter(
+                &journey,
+                j,
+                Some(view_of(ev)),
+                &ev.event_id,
+                via,
+                now,
+                &mut batch,
+            );
         }
         self.apply_sends(batch, now);
     }
@@ -545,10 +593,12 @@ impl Run<'_, '_> {
             let from_other_channel = ev.channel.as_deref() != Some(o.channel.as_str());
             let listed = from_other_channel
                 && o.expires_at > now
-                && self.cancel_on(o).is_some_and(|j| match &j.steps[o.step as usize].kind {
-                    StepKind::Send(s) => s.cancel_on.contains(&ev.event_type),
-                    _ => false,
-                });
+                && self
+                    .cancel_on(o)
+                    .is_some_and(|j| match &j.steps[o.step as usize].kind {
+                        StepKind::Send(s) => s.cancel_on.contains(&ev.event_type),
+                        _ => false,
+                    });
             if listed {
                 let o = self.st.outstanding.remove(i);
                 self.cancel(o, CancelReason::Responded, now);
@@ -593,11 +643,19 @@ impl Run<'_, '_> {
                 continue;
             };
             let keep = journey.steps_use_event
-                || journey.entry.condition.as_ref().is_some_and(Expr::uses_event);
+                || journey
+                    .entry
+                    .condition
+                    .as_ref()
+                    .is_some_and(Expr::uses_event);
             let j = self.st.journey_index(&journey.id) as usize;
             let mem = &mut self.st.journeys[j];
             // An event older than the one that armed the trigger does not move it back.
-            if mem.inactivity.as_ref().is_some_and(|a| a.event.occurred_at > ev.occurred_at) {
+            if mem
+                .inactivity
+                .as_ref()
+                .is_some_and(|a| a.event.occurred_at > ev.occurred_at)
+            {
                 continue;
             }
             mem.inactivity = Some(Inactivity {
@@ -658,7 +716,13 @@ impl Run<'_, '_> {
         }
         if let Some(c) = &journey.entry.condition {
             if !self.holds(c, event, (Some(j), v, None), now) {
-                self.record(Some(j), v, None, What::EntrySkipped(Skip::ConditionFalse), now);
+                self.record(
+                    Some(j),
+                    v,
+                    None,
+                    What::EntrySkipped(Skip::ConditionFalse),
+                    now,
+                );
                 return;
             }
         }

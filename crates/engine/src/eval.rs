@@ -63,29 +63,40 @@ fn from_cel(v: &cel::Value) -> Result<Value, String> {
                 })
                 .collect::<Result<_, String>>()?,
         ),
-        cel::Value::Timestamp(t) => Value::String(journeyd_types::time::format_rfc3339(
-            t.timestamp_millis(),
-        )),
+        cel::Value::Timestamp(t) => {
+            Value::String(journeyd_types::time::format_rfc3339(t.timestamp_millis()))
+        }
         cel::Value::Duration(d) => Value::Int(d.num_milliseconds()),
         other => return Err(format!("the value {other:?} cannot be stored")),
     })
 }
 
 /// Evaluates an expression. `event` is bound only when there is one.
-pub fn eval(expr: &Expr, event: Option<EventView<'_>>, profile: &Attributes) -> Result<Value, String> {
+pub fn eval(
+    expr: &Expr,
+    event: Option<EventView<'_>>,
+    profile: &Attributes,
+) -> Result<Value, String> {
     let mut ctx = cel::Context::default();
     ctx.add_variable_from_value("profile", map_to_cel(profile));
     if let Some(e) = event {
         let mut m: HashMap<String, cel::Value> = HashMap::with_capacity(5);
         m.insert("id".into(), cel::Value::String(Arc::new(e.id.to_owned())));
-        m.insert("type".into(), cel::Value::String(Arc::new(e.event_type.to_owned())));
+        m.insert(
+            "type".into(),
+            cel::Value::String(Arc::new(e.event_type.to_owned())),
+        );
         m.insert(
             "channel".into(),
-            e.channel
-                .map_or(cel::Value::Null, |c| cel::Value::String(Arc::new(c.to_owned()))),
+            e.channel.map_or(cel::Value::Null, |c| {
+                cel::Value::String(Arc::new(c.to_owned()))
+            }),
         );
         if let Some(t) = chrono::DateTime::from_timestamp_millis(e.occurred_at) {
-            m.insert("occurred_at".into(), cel::Value::Timestamp(t.fixed_offset()));
+            m.insert(
+                "occurred_at".into(),
+                cel::Value::Timestamp(t.fixed_offset()),
+            );
         }
         m.insert("attributes".into(), map_to_cel(e.attributes));
         ctx.add_variable_from_value("event", cel::Value::from(m));
@@ -95,10 +106,17 @@ pub fn eval(expr: &Expr, event: Option<EventView<'_>>, profile: &Attributes) -> 
 }
 
 /// Evaluates a condition: it must give a bool.
-pub fn eval_bool(expr: &Expr, event: Option<EventView<'_>>, profile: &Attributes) -> Result<bool, String> {
+pub fn eval_bool(
+    expr: &Expr,
+    event: Option<EventView<'_>>,
+    profile: &Attributes,
+) -> Result<bool, String> {
     match eval(expr, event, profile)? {
         Value::Bool(b) => Ok(b),
-        other => Err(format!("the condition gave a {}, not a bool", other.type_name())),
+        other => Err(format!(
+            "the condition gave a {}, not a bool",
+            other.type_name()
+        )),
     }
 }
 
@@ -116,12 +134,27 @@ mod tests {
     #[test]
     fn conditions_see_profile_and_event() {
         let attrs: Attributes = [("amount".to_string(), Value::Float(120.5))].into();
-        let ev = EventView { id: "e1", event_type: "purchase", channel: Some("web"), occurred_at: 0, attributes: &attrs };
+        let ev = EventView {
+            id: "e1",
+            event_type: "purchase",
+            channel: Some("web"),
+            occurred_at: 0,
+            attributes: &attrs,
+        };
         let c = Expr::compile(r#"profile.ltv_segment in ["high", "medium"] && event.attributes.amount > 100.0 && event.channel == "web""#).unwrap();
         assert_eq!(eval_bool(&c, Some(ev), &profile()), Ok(true));
         let v = Expr::compile(r#"{"n": profile.age + 1, "t": event.type}"#).unwrap();
         let out = eval(&v, Some(ev), &profile()).unwrap();
-        assert_eq!(out, Value::Map([("n".to_string(), Value::Int(42)), ("t".to_string(), Value::from("purchase"))].into()));
+        assert_eq!(
+            out,
+            Value::Map(
+                [
+                    ("n".to_string(), Value::Int(42)),
+                    ("t".to_string(), Value::from("purchase"))
+                ]
+                .into()
+            )
+        );
     }
 
     #[test]
@@ -131,6 +164,8 @@ mod tests {
         let no_event = Expr::compile("event.type == 'x'").unwrap();
         assert!(eval_bool(&no_event, None, &profile()).is_err());
         let not_bool = Expr::compile("profile.age").unwrap();
-        assert!(eval_bool(&not_bool, None, &profile()).unwrap_err().contains("not a bool"));
+        assert!(eval_bool(&not_bool, None, &profile())
+            .unwrap_err()
+            .contains("not a bool"));
     }
 }

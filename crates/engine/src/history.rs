@@ -48,13 +48,21 @@ impl std::fmt::Display for HistoryLine {
 impl Engine {
     /// The customer's history, oldest first, in words.
     pub fn history(&self, state: &CustomerState) -> Vec<HistoryLine> {
-        state.history.iter().map(|r| self.describe(state, r)).collect()
+        state
+            .history
+            .iter()
+            .map(|r| self.describe(state, r))
+            .collect()
     }
 
     /// One record in words.
     pub fn describe(&self, state: &CustomerState, r: &Record) -> HistoryLine {
-        let journey_id = r.j.and_then(|j| state.journeys.get(j as usize)).map(|m| m.id.clone());
-        let journey = journey_id.as_deref().and_then(|id| self.journey(id, r.version));
+        let journey_id =
+            r.j.and_then(|j| state.journeys.get(j as usize))
+                .map(|m| m.id.clone());
+        let journey = journey_id
+            .as_deref()
+            .and_then(|id| self.journey(id, r.version));
         let step_id = |s: u16| {
             journey
                 .and_then(|jr| jr.steps.get(s as usize))
@@ -69,7 +77,10 @@ impl Engine {
                     Skip::Active => "not entered: an instance is already active".to_owned(),
                     Skip::ReentryNever => "not entered again: reentry is never".to_owned(),
                     Skip::Cooldown { until } => {
-                        format!("not entered again: cooldown until {}", format_rfc3339(*until))
+                        format!(
+                            "not entered again: cooldown until {}",
+                            format_rfc3339(*until)
+                        )
                     }
                     Skip::ConditionFalse => "not entered: the entry condition is false".to_owned(),
                 },
@@ -91,8 +102,13 @@ impl Engine {
                 },
             ),
             What::Split { arm } => ("split", format!("split arm {} chosen", arm + 1)),
-            What::Waiting { until } => ("waiting", format!("waiting until {}", format_rfc3339(*until))),
-            What::Updated { attrs } => ("updated", format!("profile updated: {}", attrs.join(", "))),
+            What::Waiting { until } => (
+                "waiting",
+                format!("waiting until {}", format_rfc3339(*until)),
+            ),
+            What::Updated { attrs } => {
+                ("updated", format!("profile updated: {}", attrs.join(", ")))
+            }
             What::Resumed { event } => ("resumed", format!("{event} came")),
             What::TimedOut => ("timed_out", "the wait timed out".to_owned()),
             What::Sent { id } => ("sent", format!("action {} emitted", format_id(*id))),
@@ -106,7 +122,10 @@ impl Engine {
             ),
             What::Dropped { id } => (
                 "dropped",
-                format!("held action {} dropped: the instance exited", format_id(*id)),
+                format!(
+                    "held action {} dropped: the instance exited",
+                    format_id(*id)
+                ),
             ),
             What::Suppressed(s) => ("suppressed", format!("send suppressed: {}", s.as_str())),
             What::Cancelled { id, reason } => (
@@ -119,14 +138,22 @@ impl Engine {
                     Ending::Finished => "the instance finished".to_owned(),
                     Ending::ExitStep => "the instance reached an exit step".to_owned(),
                     Ending::ExitOn(t) => format!("the instance exited on {t}"),
-                    Ending::StepLimit => "the instance ran too many steps without a wait and was ended".to_owned(),
-                    Ending::VersionGone => "the journey version is no longer known; the instance was ended".to_owned(),
+                    Ending::StepLimit => {
+                        "the instance ran too many steps without a wait and was ended".to_owned()
+                    }
+                    Ending::VersionGone => {
+                        "the journey version is no longer known; the instance was ended".to_owned()
+                    }
                 },
             ),
             What::Converted => (
                 "converted",
                 match journey.and_then(|j| j.goal.as_ref()) {
-                    Some(g) => format!("goal {} reached within {}", g.event, format_duration(g.within)),
+                    Some(g) => format!(
+                        "goal {} reached within {}",
+                        g.event,
+                        format_duration(g.within)
+                    ),
                     None => "goal reached".to_owned(),
                 },
             ),

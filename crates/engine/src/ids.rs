@@ -58,7 +58,10 @@ mod tests {
     #[test]
     fn ids_are_stable_and_distinct() {
         // Pinned: these values are part of the action contract (replays must give the same ids).
-        assert_eq!(format_id(send_id("c1", "winback", 7, "offer_email", 0)).len(), 32);
+        assert_eq!(
+            format_id(send_id("c1", "winback", 7, "offer_email", 0)).len(),
+            32
+        );
         assert_eq!(
             send_id("c1", "winback", 7, "offer_email", 0),
             send_id("c1", "winback", 7, "offer_email", 0)

@@ -1,6 +1,9 @@
 //! Local wall-clock arithmetic in a customer's time zone, with daylight-saving gaps and folds.
 
-use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Timelike};
+use chrono::{
+    DateTime, Datelike, Duration, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone,
+    Timelike,
+};
 use chrono_tz::Tz;
 use journeyd_types::Millis;
 
@@ -20,8 +23,12 @@ pub fn minute_of_day(tz: Tz, t: Millis) -> u16 {
 /// The instant of a local date and time. In a fold (clocks go back) it is the earlier instant;
 /// in a gap (clocks go forward) it is the first instant after the gap.
 fn instant(tz: Tz, date: NaiveDate, minute_of_day: u16) -> Millis {
-    let time = NaiveTime::from_hms_opt(u32::from(minute_of_day) / 60, u32::from(minute_of_day) % 60, 0)
-        .unwrap_or_default();
+    let time = NaiveTime::from_hms_opt(
+        u32::from(minute_of_day) / 60,
+        u32::from(minute_of_day) % 60,
+        0,
+    )
+    .unwrap_or_default();
     let mut naive = date.and_time(time);
     for _ in 0..=24 * 4 {
         match tz.from_local_datetime(&naive) {
@@ -65,19 +72,47 @@ mod tests {
     fn next_time_is_strictly_later_and_local() {
         let ny: Tz = "America/New_York".parse().unwrap();
         // 2026-01-05 is a Monday; 09:00 in New York is 14:00Z in winter.
-        assert_eq!(format_rfc3339(next_local_time(ny, at("2026-01-05T13:00:00Z"), 540, 0x7f)), "2026-01-05T14:00:00Z");
-        assert_eq!(format_rfc3339(next_local_time(ny, at("2026-01-05T14:00:00Z"), 540, 0x7f)), "2026-01-06T14:00:00Z");
+        assert_eq!(
+            format_rfc3339(next_local_time(ny, at("2026-01-05T13:00:00Z"), 540, 0x7f)),
+            "2026-01-05T14:00:00Z"
+        );
+        assert_eq!(
+            format_rfc3339(next_local_time(ny, at("2026-01-05T14:00:00Z"), 540, 0x7f)),
+            "2026-01-06T14:00:00Z"
+        );
         // Saturday only (bit 5).
-        assert_eq!(format_rfc3339(next_local_time(ny, at("2026-01-05T13:00:00Z"), 540, 1 << 5)), "2026-01-10T14:00:00Z");
+        assert_eq!(
+            format_rfc3339(next_local_time(ny, at("2026-01-05T13:00:00Z"), 540, 1 << 5)),
+            "2026-01-10T14:00:00Z"
+        );
     }
 
     #[test]
     fn daylight_saving_gaps_and_folds() {
         let london: Tz = "Europe/London".parse().unwrap();
         // 2026-03-29 01:30 does not exist in London: the clocks jump from 01:00 to 02:00 (BST).
-        assert_eq!(format_rfc3339(next_local_time(london, at("2026-03-28T12:00:00Z"), 90, 0x7f)), "2026-03-29T01:00:00Z");
+        assert_eq!(
+            format_rfc3339(next_local_time(
+                london,
+                at("2026-03-28T12:00:00Z"),
+                90,
+                0x7f
+            )),
+            "2026-03-29T01:00:00Z"
+        );
         // 2026-10-25 01:30 happens twice; the earlier (BST, 00:30Z) is taken.
-        assert_eq!(format_rfc3339(next_local_time(london, at("2026-10-24T12:00:00Z"), 90, 0x7f)), "2026-10-25T00:30:00Z");
-        assert_eq!(minute_of_day(london, at("2026-07-01T20:30:00Z")), 21 * 60 + 30);
+        assert_eq!(
+            format_rfc3339(next_local_time(
+                london,
+                at("2026-10-24T12:00:00Z"),
+                90,
+                0x7f
+            )),
+            "2026-10-25T00:30:00Z"
+        );
+        assert_eq!(
+            minute_of_day(london, at("2026-07-01T20:30:00Z")),
+            21 * 60 + 30
+        );
     }
 }

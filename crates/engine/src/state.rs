@@ -313,7 +313,10 @@ impl CustomerState {
 
     /// Records consent for a channel.
     pub fn set_consent(&mut self, channel: &str, granted: bool) {
-        match self.consent.binary_search_by(|(c, _)| c.as_str().cmp(channel)) {
+        match self
+            .consent
+            .binary_search_by(|(c, _)| c.as_str().cmp(channel))
+        {
             Ok(i) => self.consent[i].1 = granted,
             Err(i) => self.consent.insert(i, (channel.to_owned(), granted)),
         }

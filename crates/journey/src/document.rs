@@ -94,7 +94,10 @@ fn to_json(node: &Node) -> serde_json::Value {
     match &node.kind {
         Kind::Null => J::Null,
         Kind::Scalar { text, quoted: true } => J::String(text.clone()),
-        Kind::Scalar { text, quoted: false } => match text.as_str() {
+        Kind::Scalar {
+            text,
+            quoted: false,
+        } => match text.as_str() {
             "true" | "True" | "TRUE" => J::Bool(true),
             "false" | "False" | "FALSE" => J::Bool(false),
             _ => {
@@ -133,9 +136,17 @@ mod tests {
             doc.to_json(),
             serde_json::json!({"tests": [{"name": "one", "n": 3, "f": 2.5, "q": "3", "b": true, "z": null, "at": "+1d"}]})
         );
-        let at = [PathStep::Key("tests".into()), PathStep::Index(0), PathStep::Key("at".into())];
+        let at = [
+            PathStep::Key("tests".into()),
+            PathStep::Index(0),
+            PathStep::Key("at".into()),
+        ];
         assert_eq!(doc.position(&at), (8, 9));
-        let missing = [PathStep::Key("tests".into()), PathStep::Index(0), PathStep::Key("nope".into())];
+        let missing = [
+            PathStep::Key("tests".into()),
+            PathStep::Index(0),
+            PathStep::Key("nope".into()),
+        ];
         assert_eq!(doc.position(&missing), (2, 5));
     }
 

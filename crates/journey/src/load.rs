@@ -142,10 +142,7 @@ pub fn load_sources(files: &[(PathBuf, String)]) -> Result<Loaded, Error> {
         None => (Policies::default(), None),
     };
     Ok(Loaded {
-        catalog: Catalog {
-            journeys,
-            policies,
-        },
+        catalog: Catalog { journeys, policies },
         policies_file,
         warnings: diags,
     })

@@ -76,7 +76,10 @@ mod tests {
         assert_eq!(e.event_type, "signup");
         assert_eq!(e.channel.as_deref(), Some("web"));
         assert_eq!(e.attribute("plan"), Some(&Value::from("basic")));
-        assert_eq!(e.occurred_at, crate::time::parse_rfc3339("2026-01-05T09:00:00Z").unwrap());
+        assert_eq!(
+            e.occurred_at,
+            crate::time::parse_rfc3339("2026-01-05T09:00:00Z").unwrap()
+        );
     }
 
     #[test]
@@ -88,13 +91,21 @@ mod tests {
 
     #[test]
     fn rejects_bad_events_with_a_reason() {
-        let missing = Event::from_json(r#"{"event_id":"e1","type":"x","occurred_at":"2026-01-05T09:00:00Z"}"#);
+        let missing = Event::from_json(
+            r#"{"event_id":"e1","type":"x","occurred_at":"2026-01-05T09:00:00Z"}"#,
+        );
         assert!(matches!(missing, Err(EventError::Malformed(m)) if m.contains("customer_id")));
-        let empty = Event::from_json(r#"{"event_id":"e1","customer_id":"","type":"x","occurred_at":"2026-01-05T09:00:00Z"}"#);
+        let empty = Event::from_json(
+            r#"{"event_id":"e1","customer_id":"","type":"x","occurred_at":"2026-01-05T09:00:00Z"}"#,
+        );
         assert_eq!(empty, Err(EventError::Empty("customer_id")));
-        let time = Event::from_json(r#"{"event_id":"e1","customer_id":"c","type":"x","occurred_at":"monday"}"#);
+        let time = Event::from_json(
+            r#"{"event_id":"e1","customer_id":"c","type":"x","occurred_at":"monday"}"#,
+        );
         assert!(matches!(time, Err(EventError::Malformed(m)) if m.contains("RFC 3339")));
-        let unknown = Event::from_json(r#"{"event_id":"e1","customer_id":"c","type":"x","occurred_at":"2026-01-05T09:00:00Z","extra":1}"#);
+        let unknown = Event::from_json(
+            r#"{"event_id":"e1","customer_id":"c","type":"x","occurred_at":"2026-01-05T09:00:00Z","extra":1}"#,
+        );
         assert!(matches!(unknown, Err(EventError::Malformed(m)) if m.contains("extra")));
     }
 }
