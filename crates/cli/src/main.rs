@@ -87,7 +87,11 @@ fn main() -> ExitCode {
         } => simulate(&journeys, &events, until.as_deref()),
         Command::Test { dir } => test(&dir),
         Command::Graph { file } => graph_file(&file),
-        Command::Schema => Err(anyhow::anyhow!("the JSON Schema is not built yet")),
+        Command::Schema => {
+            let schema = journeyd_journey::json_schema();
+            println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

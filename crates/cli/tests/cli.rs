@@ -186,3 +186,12 @@ fn every_subcommand_has_help() {
         assert!(text(&out.stdout).contains("Usage: journey"), "{sub}");
     }
 }
+
+#[test]
+fn schema_prints_a_json_schema_for_editors() {
+    let out = journey(&["schema"]);
+    assert_eq!(out.status.code(), Some(0));
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the schema is JSON");
+    assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+    assert!(schema.to_string().contains("wait_for"));
+}

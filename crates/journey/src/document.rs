@@ -76,9 +76,10 @@ impl Document {
             match next {
                 Some(n) => {
                     node = n;
-                    if !matches!(n.kind, Kind::Map(_) | Kind::Seq(_)) {
-                        place = (n.line, n.col);
-                    } else if matches!(step, PathStep::Index(_)) {
+                    // A scalar, or a list item, is shown at itself; a mapping or list reached
+                    // by a key is shown at its key (kept from above).
+                    let scalar = !matches!(n.kind, Kind::Map(_) | Kind::Seq(_));
+                    if scalar || matches!(step, PathStep::Index(_)) {
                         place = (n.line, n.col);
                     }
                 }

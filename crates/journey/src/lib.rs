@@ -11,6 +11,7 @@ mod duration;
 mod expr;
 mod load;
 mod model;
+mod schema;
 mod yaml;
 
 pub use diag::{Diagnostic, Severity};
@@ -19,6 +20,7 @@ pub use duration::{format_duration, parse_duration, DurationError};
 pub use expr::Expr;
 pub use load::{load_dir, load_sources, Loaded};
 pub use model::*;
+pub use schema::json_schema;
 
 use std::path::PathBuf;
 
