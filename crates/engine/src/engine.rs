@@ -94,7 +94,6 @@ struct Intent {
     key: u64,
     id: u128,
     vars: Attributes,
-    released: bool,
 }
 
 impl Engine {
@@ -393,7 +392,6 @@ impl Run<'_, '_> {
                     key: h.key,
                     id: h.id,
                     vars: h.vars,
-                    released: true,
                 });
             }
         }
@@ -446,7 +444,7 @@ impl Run<'_, '_> {
         for j in 0..self.st.journeys.len() {
             let j = j as u16;
             let mem = &mut self.st.journeys[j as usize];
-            if !mem.inactivity.as_ref().is_some_and(|a| a.due <= due) {
+            if mem.inactivity.as_ref().is_none_or(|a| a.due > due) {
                 continue;
             }
             let Some(arm) = mem.inactivity.take() else {
@@ -802,7 +800,6 @@ impl Run<'_, '_> {
                         key: inst.key,
                         id,
                         vars,
-                        released: false,
                     });
                     target = step.next;
                 }
@@ -909,23 +906,23 @@ impl Run<'_, '_> {
                 self.record(j, v, step, What::Suppressed(Suppression::NoConsent), t);
                 continue;
             }
-            if !it.released {
-                if let Some(q) = policies.quiet_hours.as_ref().filter(|q| q.covers(channel)) {
-                    let tz = self.timezone();
-                    if q.contains(minute_of_day(tz, t)) {
-                        let until = next_local_time(tz, t, q.to, 0x7f);
-                        self.st.held.push(Held {
-                            id: it.id,
-                            j: it.j,
-                            version: v,
-                            step: it.step,
-                            key: it.key,
-                            release_at: until,
-                            vars: it.vars,
-                        });
-                        self.record(j, v, step, What::Held { id: it.id, until }, t);
-                        continue;
-                    }
+            // Checked at release too: a customer who moved to another time zone while the send
+            // was held may still be inside quiet hours where they are now.
+            if let Some(q) = policies.quiet_hours.as_ref().filter(|q| q.covers(channel)) {
+                let tz = self.timezone();
+                if q.contains(minute_of_day(tz, t)) {
+                    let until = next_local_time(tz, t, q.to, 0x7f);
+                    self.st.held.push(Held {
+                        id: it.id,
+                        j: it.j,
+                        version: v,
+                        step: it.step,
+                        key: it.key,
+                        release_at: until,
+                        vars: it.vars,
+                    });
+                    self.record(j, v, step, What::Held { id: it.id, until }, t);
+                    continue;
                 }
             }
             let service = it.journey.category == Category::Service;

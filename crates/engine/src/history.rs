@@ -159,7 +159,7 @@ impl Engine {
             ),
             What::ExprFailed { expr, error } => (
                 "expr_failed",
-                format!("`{expr}` could not be evaluated ({error}); a condition counts as false"),
+                format!("`{expr}` could not be evaluated ({error}); a condition counts as false, a value is left out"),
             ),
             What::Ignored { why } => ("ignored", why.clone()),
         };
