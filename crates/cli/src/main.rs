@@ -3,6 +3,20 @@
 
 mod graph;
 
+/// Prints a line to standard output; when the reader has gone (`journey test DIR | head`),
+/// stops quietly instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use journeyd_engine::Engine;
@@ -70,8 +84,9 @@ enum Command {
     },
     /// Prints the JSON Schema of journey and policies files, for editors.
     ///
-    /// With the YAML language server (VS Code's YAML extension, Neovim, Helix, ...), put
-    /// `# yaml-language-server: $schema=./journey.schema.json` at the top of a journey file, or
+    /// Save it next to the journeys folder (`journey schema > journey.schema.json`), then, with
+    /// the YAML language server (VS Code's YAML extension, Neovim, Helix, ...), put
+    /// `# yaml-language-server: $schema=../journey.schema.json` at the top of a journey file, or
     /// map `journeys/*.yaml` to the schema in the editor's settings. See docs/journeys.md.
     Schema,
 }
@@ -89,13 +104,22 @@ fn main() -> ExitCode {
         Command::Graph { file } => graph_file(&file),
         Command::Schema => {
             let schema = journeyd_journey::json_schema();
-            println!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
+            say!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
             Ok(ExitCode::SUCCESS)
         }
     };
     match result {
         Ok(code) => code,
         Err(e) => {
+            let pipe = Some(std::io::ErrorKind::BrokenPipe);
+            let broken_pipe = e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>().map(std::io::Error::kind) == pipe
+                    || c.downcast_ref::<serde_json::Error>().and_then(serde_json::Error::io_error_kind) == pipe
+            });
+            if broken_pipe {
+                // The reader has gone (`journey simulate ... | head`): nothing more to say.
+                return ExitCode::SUCCESS;
+            }
             eprintln!("journey: error: {e:#}");
             ExitCode::from(1)
         }
@@ -104,7 +128,7 @@ fn main() -> ExitCode {
 
 fn print_diagnostics(diags: &[Diagnostic]) {
     for d in diags {
-        println!("{d}");
+        say!("{d}");
     }
 }
 
@@ -128,7 +152,7 @@ fn validate(dir: &Path) -> Result<ExitCode> {
         eprintln!("{w}");
     }
     let n = loaded.catalog.journeys.len();
-    println!(
+    say!(
         "{}: {n} journey{} valid{}{}",
         dir.display(),
         if n == 1 { "" } else { "s" },
@@ -236,30 +260,30 @@ fn test(dir: &Path) -> Result<ExitCode> {
                 Ok(outcome) => match outcome.failure {
                     None => {
                         passed += 1;
-                        println!("ok      {}: {}", file.display(), outcome.name);
+                        say!("ok      {}: {}", file.display(), outcome.name);
                     }
                     Some(details) => {
                         failed += 1;
-                        println!("FAILED  {}: {}\n{details}", file.display(), outcome.name);
+                        say!("FAILED  {}: {}\n{details}", file.display(), outcome.name);
                     }
                 },
                 Err(e) => {
                     invalid += 1;
                     let d = parsed.place_of_test(file, i, Severity::Error, &e.0);
-                    println!("{d}");
+                    say!("{d}");
                 }
             }
         }
     }
     if files.is_empty() {
-        println!("no test files in {}", tests_dir.display());
+        say!("no test files in {}", tests_dir.display());
     }
     let invalid_note = if invalid > 0 {
         format!(" ({invalid} invalid)")
     } else {
         String::new()
     };
-    println!("{passed} passed, {} failed{invalid_note}", failed + invalid);
+    say!("{passed} passed, {} failed{invalid_note}", failed + invalid);
     Ok(if failed + invalid > 0 {
         ExitCode::from(1)
     } else {
