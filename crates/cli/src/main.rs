@@ -104,7 +104,10 @@ fn main() -> ExitCode {
         Command::Graph { file } => graph_file(&file),
         Command::Schema => {
             let schema = journeyd_journey::json_schema();
-            say!("{}", serde_json::to_string_pretty(&schema).unwrap_or_default());
+            say!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
             Ok(ExitCode::SUCCESS)
         }
     };
@@ -114,7 +117,9 @@ fn main() -> ExitCode {
             let pipe = Some(std::io::ErrorKind::BrokenPipe);
             let broken_pipe = e.chain().any(|c| {
                 c.downcast_ref::<std::io::Error>().map(std::io::Error::kind) == pipe
-                    || c.downcast_ref::<serde_json::Error>().and_then(serde_json::Error::io_error_kind) == pipe
+                    || c.downcast_ref::<serde_json::Error>()
+                        .and_then(serde_json::Error::io_error_kind)
+                        == pipe
             });
             if broken_pipe {
                 // The reader has gone (`journey simulate ... | head`): nothing more to say.

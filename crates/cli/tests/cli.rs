@@ -60,11 +60,29 @@ fn validate_refuses_with_every_problem_as_file_line_col() {
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(lines.len() >= 3, "all problems at once: {stdout}");
     for l in &lines {
-        assert!(l.starts_with(&format!("{}:", file.display())) && l.contains(": error: "), "{l}");
+        assert!(
+            l.starts_with(&format!("{}:", file.display())) && l.contains(": error: "),
+            "{l}"
+        );
     }
-    assert!(lines.iter().any(|l| l.contains(":2:10: error:") && l.contains("version")), "{stdout}");
-    assert!(lines.iter().any(|l| l.contains(":6:") && l.contains("chanel")), "{stdout}");
-    assert!(lines.iter().any(|l| l.contains(":8:11: error:") && l.contains("3days")), "{stdout}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(":2:10: error:") && l.contains("version")),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(":6:") && l.contains("chanel")),
+        "{stdout}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(":8:11: error:") && l.contains("3days")),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -82,29 +100,67 @@ fn simulate_prints_actions_and_skips_bad_lines_with_exit_2() {
         ),
     )
     .unwrap();
-    let args = ["simulate", "--journeys", dir.path().to_str().unwrap(), "--events", events.to_str().unwrap(), "--until", "2026-01-10T00:00:00Z"];
+    let args = [
+        "simulate",
+        "--journeys",
+        dir.path().to_str().unwrap(),
+        "--events",
+        events.to_str().unwrap(),
+        "--until",
+        "2026-01-10T00:00:00Z",
+    ];
     let out = journey(&args);
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
     assert!(stderr.contains(":2: error:"), "{stderr}");
-    assert!(stderr.contains(":4: error:") && stderr.contains("back in time"), "{stderr}");
-    let actions: Vec<serde_json::Value> =
-        text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        stderr.contains(":4: error:") && stderr.contains("back in time"),
+        "{stderr}"
+    );
+    let actions: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let summary: Vec<(String, String, String)> = actions
         .iter()
-        .map(|a| (a["at"].as_str().unwrap().to_owned(), a["kind"].as_str().unwrap().to_owned(), a["step"].as_str().unwrap().to_owned()))
+        .map(|a| {
+            (
+                a["at"].as_str().unwrap().to_owned(),
+                a["kind"].as_str().unwrap().to_owned(),
+                a["step"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     assert_eq!(
         summary,
         vec![
             ("2026-01-05T09:00:00Z".into(), "send".into(), "hello".into()),
-            ("2026-01-05T10:00:00Z".into(), "cancel".into(), "hello".into()),
+            (
+                "2026-01-05T10:00:00Z".into(),
+                "cancel".into(),
+                "hello".into()
+            ),
             ("2026-01-07T09:00:00Z".into(), "send".into(), "nudge".into()),
         ]
     );
     assert_eq!(actions[1]["reason"], "responded");
     assert_eq!(actions[1]["cancels"], actions[0]["action_id"]);
-    for field in ["action_id", "kind", "customer_id", "journey", "journey_version", "step", "channel", "template", "vars", "cancels", "reason", "created_at", "expires_at", "at"] {
+    for field in [
+        "action_id",
+        "kind",
+        "customer_id",
+        "journey",
+        "journey_version",
+        "step",
+        "channel",
+        "template",
+        "vars",
+        "cancels",
+        "reason",
+        "created_at",
+        "expires_at",
+        "at",
+    ] {
         assert!(actions[0].get(field).is_some(), "field {field} missing");
     }
     // The same input twice gives the same output, ids included.
@@ -146,22 +202,35 @@ fn test_runs_journey_tests_and_explains_failures() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("ok      "), "{stdout}");
     assert!(stdout.contains("FAILED  "), "{stdout}");
-    assert!(stdout.contains("expected no action like channel push"), "{stdout}");
+    assert!(
+        stdout.contains("expected no action like channel push"),
+        "{stdout}"
+    );
     assert!(stdout.contains("history of c1:"), "{stdout}");
     assert!(stdout.contains("entered the journey on signup"), "{stdout}");
-    assert!(stdout.trim_end().ends_with("1 passed, 1 failed"), "{stdout}");
+    assert!(
+        stdout.trim_end().ends_with("1 passed, 1 failed"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn test_reports_a_bad_test_file_with_its_place() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "welcome.yaml", WELCOME);
-    write(dir.path(), "tests/bad.yaml", "tests:\n  - name: typo\n    customer: c1\n    evnts: []\n");
+    write(
+        dir.path(),
+        "tests/bad.yaml",
+        "tests:\n  - name: typo\n    customer: c1\n    evnts: []\n",
+    );
     let out = journey(&["test", dir.path().to_str().unwrap()]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(1));
     let file = dir.path().join("tests/bad.yaml");
-    assert!(stdout.contains(&format!("{}:4:5: error:", file.display())) && stdout.contains("evnts"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{}:4:5: error:", file.display())) && stdout.contains("evnts"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -191,7 +260,11 @@ fn every_subcommand_has_help() {
 fn schema_prints_a_json_schema_for_editors() {
     let out = journey(&["schema"]);
     assert_eq!(out.status.code(), Some(0));
-    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the schema is JSON");
-    assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema");
+    let schema: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("the schema is JSON");
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
     assert!(schema.to_string().contains("wait_for"));
 }

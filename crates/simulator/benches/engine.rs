@@ -34,7 +34,10 @@ impl Rng {
 }
 
 fn main() {
-    let events: usize = std::env::var("JOURNEYD_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let events: usize = std::env::var("JOURNEYD_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let customers: usize = (events / 10).max(10);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../journeys");
     let loaded = load_dir(&root).unwrap_or_else(|e| panic!("cannot load {}: {e}", root.display()));
@@ -61,8 +64,12 @@ fn main() {
     let entry: Vec<String> = entry.into_iter().collect();
     let respond: Vec<String> = respond.into_iter().collect();
     let exit: Vec<String> = exit.into_iter().collect();
-    let noise: Vec<String> = ["page_view", "login", "balance_checked", "search", "logout"].map(String::from).to_vec();
-    let channels: Vec<String> = ["web", "app", "email", "sms", "branch"].map(String::from).to_vec();
+    let noise: Vec<String> = ["page_view", "login", "balance_checked", "search", "logout"]
+        .map(String::from)
+        .to_vec();
+    let channels: Vec<String> = ["web", "app", "email", "sms", "branch"]
+        .map(String::from)
+        .to_vec();
 
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let start = time::parse_rfc3339("2026-01-05T00:00:00Z").unwrap();
@@ -77,12 +84,18 @@ fn main() {
             70..=79 if !entry.is_empty() => rng.pick(&entry).to_owned(),
             80..=89 if !respond.is_empty() => rng.pick(&respond).to_owned(),
             90..=94 => {
-                attributes.insert("ltv_segment".into(), Value::from(["high", "medium", "low"][rng.below(3) as usize]));
+                attributes.insert(
+                    "ltv_segment".into(),
+                    Value::from(["high", "medium", "low"][rng.below(3) as usize]),
+                );
                 attributes.insert("timezone".into(), Value::from("Europe/London"));
                 "profile_updated".to_owned()
             }
             95..=97 => {
-                attributes.insert("channel".into(), Value::from(["email", "sms", "push"][rng.below(3) as usize]));
+                attributes.insert(
+                    "channel".into(),
+                    Value::from(["email", "sms", "push"][rng.below(3) as usize]),
+                );
                 attributes.insert("granted".into(), Value::Bool(rng.below(5) != 0));
                 "consent_changed".to_owned()
             }
@@ -115,7 +128,11 @@ fn main() {
     let elapsed = t0.elapsed();
     let eps = events as f64 / elapsed.as_secs_f64();
 
-    let sizes: Vec<usize> = sim.customers().values().map(|s| s.to_bytes().len()).collect();
+    let sizes: Vec<usize> = sim
+        .customers()
+        .values()
+        .map(|s| s.to_bytes().len())
+        .collect();
     let mean = sizes.iter().sum::<usize>() as f64 / sizes.len().max(1) as f64;
     let mut sorted = sizes.clone();
     sorted.sort_unstable();
@@ -131,17 +148,40 @@ fn main() {
     let history: usize = sim.customers().values().map(|s| s.history.len()).sum();
 
     let mut table = String::new();
-    let _ = writeln!(table, "| engine only ({} events, {} customers, {} journeys) | value |", events, sim.customers().len(), engine.journeys().len());
+    let _ = writeln!(
+        table,
+        "| engine only ({} events, {} customers, {} journeys) | value |",
+        events,
+        sim.customers().len(),
+        engine.journeys().len()
+    );
     let _ = writeln!(table, "|---|---|");
     let _ = writeln!(table, "| events/s on one core | {eps:.0} |");
     let _ = writeln!(table, "| actions emitted | {actions} |");
-    let _ = writeln!(table, "| state bytes per customer, mean / p99 | {mean:.0} / {p99} |");
-    let _ = writeln!(table, "| state bytes, customers in one journey with one pending timer (n = {}) | {one_mean:.0} |", one.len());
-    let _ = writeln!(table, "| history records kept per customer, mean | {:.1} |", history as f64 / sim.customers().len().max(1) as f64);
+    let _ = writeln!(
+        table,
+        "| state bytes per customer, mean / p99 | {mean:.0} / {p99} |"
+    );
+    let _ = writeln!(
+        table,
+        "| state bytes, customers in one journey with one pending timer (n = {}) | {one_mean:.0} |",
+        one.len()
+    );
+    let _ = writeln!(
+        table,
+        "| history records kept per customer, mean | {:.1} |",
+        history as f64 / sim.customers().len().max(1) as f64
+    );
     print!("{table}");
-    let out = std::env::var("JOURNEYD_BENCH_OUT").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target").into())).join("bench/engine.md")
-    });
+    let out =
+        std::env::var("JOURNEYD_BENCH_OUT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| {
+                    concat!(env!("CARGO_MANIFEST_DIR"), "/../../target").into()
+                }))
+                .join("bench/engine.md")
+            });
     if let Some(dir) = out.parent() {
         let _ = std::fs::create_dir_all(dir);
     }

@@ -1,0 +1,452 @@
+//! Configuration: built-in defaults, then the TOML file, then `JOURNEYD__SECTION__KEY`
+//! environment variables, then command-line flags. Unknown keys are errors.
+//!
+//! Kafka client settings live in `[kafka]` and go to librdkafka as they are; in the environment
+//! `JOURNEYD__KAFKA__BOOTSTRAP_SERVERS=host:9092` sets `bootstrap.servers` (underscores become
+//! dots).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Why the configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a value has the wrong type or an unknown key.
+    #[error("invalid configuration ({origin}): {message}")]
+    Invalid {
+        /// Where the bad value came from.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where journeys come from.
+    pub journeys: JourneysConfig,
+    /// librdkafka client settings, passed through (`bootstrap.servers`, `group.id`, security...).
+    pub kafka: BTreeMap<String, String>,
+    /// Input topics and their formats.
+    pub inputs: Vec<InputConfig>,
+    /// Output topics.
+    pub outputs: OutputConfig,
+    /// A Confluent-compatible schema registry; when set, Avro uses the Confluent wire format.
+    pub schema_registry: Option<RegistryConfig>,
+    /// The state store.
+    pub store: StoreConfig,
+    /// Batching, limits and the processing clock.
+    pub processing: ProcessingConfig,
+    /// The HTTP endpoint (metrics, health, customer lookup).
+    pub http: HttpConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Where journeys come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JourneysConfig {
+    /// The journeys folder (validated at start; SIGHUP reloads it).
+    pub dir: PathBuf,
+}
+
+/// Encoding of a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// Avro (single-object encoding, or Confluent framing with a schema registry).
+    Avro,
+    /// One JSON object per message.
+    Json,
+}
+
+/// An input topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// The topic (message key = customer id).
+    pub topic: String,
+    /// How its messages are encoded.
+    #[serde(default = "default_input_encoding")]
+    pub format: Encoding,
+}
+
+fn default_input_encoding() -> Encoding {
+    Encoding::Avro
+}
+
+/// Output topics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// The action topic of a channel; `{channel}` is replaced by the channel name.
+    pub actions_topic: String,
+    /// How actions are encoded.
+    pub actions_format: Encoding,
+    /// Where undecodable or invalid input goes, with headers naming the reason.
+    pub dead_letter_topic: String,
+}
+
+/// A schema registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Base URL, such as `http://registry:8081`.
+    pub url: String,
+}
+
+/// The state store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The RocksDB directory.
+    pub path: PathBuf,
+    /// RocksDB block cache, in MiB.
+    pub block_cache_mb: u64,
+    /// fsync every write batch (slower; the default relies on Kafka replay after a machine crash).
+    pub sync_writes: bool,
+}
+
+/// Batching, limits and the processing clock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessingConfig {
+    /// The most messages in one batch.
+    pub batch_max_messages: usize,
+    /// How long to wait for a batch to fill, in milliseconds.
+    pub batch_linger_ms: u64,
+    /// Messages larger than this go to the dead-letter topic (`oversized`).
+    pub max_event_bytes: usize,
+    /// Events that occurred further than this in the future go to the dead-letter topic
+    /// (`occurred_at_in_future`), in seconds.
+    pub max_future_skew_secs: u64,
+    /// The most due timers fired in one batch.
+    pub timer_batch: usize,
+    /// Run the processing clock this many times faster than real time (demo and staging only).
+    pub clock_speed: f64,
+    /// Allow `clock_speed` other than 1 with a real broker.
+    pub force_clock_speed: bool,
+    /// History records kept per customer.
+    pub history_limit: usize,
+}
+
+/// The HTTP endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address; empty disables the endpoint.
+    pub listen: String,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Text or JSON.
+    pub format: LogFormat,
+    /// A tracing filter, such as `info` or `journeyd=debug,rdkafka=warn`.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            journeys: JourneysConfig::default(),
+            kafka: [
+                ("bootstrap.servers", "localhost:9092"),
+                ("group.id", "journeyd"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            inputs: vec![InputConfig {
+                topic: "touchpoints".into(),
+                format: Encoding::Avro,
+            }],
+            outputs: OutputConfig::default(),
+            schema_registry: None,
+            store: StoreConfig::default(),
+            processing: ProcessingConfig::default(),
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for JourneysConfig {
+    fn default() -> Self {
+        JourneysConfig {
+            dir: PathBuf::from("journeys"),
+        }
+    }
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            actions_topic: "actions.{channel}".into(),
+            actions_format: Encoding::Avro,
+            dead_letter_topic: "touchpoints.dlq".into(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            path: PathBuf::from("data/journeyd"),
+            block_cache_mb: 256,
+            sync_writes: false,
+        }
+    }
+}
+
+impl Default for ProcessingConfig {
+    fn default() -> Self {
+        ProcessingConfig {
+            batch_max_messages: 1000,
+            batch_linger_ms: 20,
+            max_event_bytes: 1 << 20,
+            max_future_skew_secs: 300,
+            timer_batch: 5000,
+            clock_speed: 1.0,
+            force_clock_speed: false,
+            history_limit: 64,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// The action topic of a channel.
+    pub fn actions_topic(&self, channel: &str) -> String {
+        self.outputs.actions_topic.replace("{channel}", channel)
+    }
+
+    /// Builds the configuration: defaults, then `file` (when given), then the environment
+    /// variables starting with `JOURNEYD__`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut merged =
+            toml::Value::try_from(Config::default()).map_err(|e| invalid("defaults", e))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let origin = path.display().to_string();
+            let from_file: toml::Value = toml::from_str(&text).map_err(|e| invalid(&origin, e))?;
+            merge(&mut merged, from_file);
+        }
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("JOURNEYD__") else {
+                continue;
+            };
+            let mut path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            if path.first().is_some_and(|p| p == "kafka") && path.len() == 2 {
+                path[1] = path[1].replace('_', ".");
+                set(&mut merged, &path, toml::Value::String(value));
+            } else {
+                set(&mut merged, &path, parse_scalar(&value));
+            }
+        }
+        let config: Config = merged
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid("file and environment", e))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(invalid("configuration", m));
+        if self.inputs.is_empty() {
+            return bad("at least one [[inputs]] topic is needed");
+        }
+        if !self.outputs.actions_topic.contains("{channel}") {
+            return bad("outputs.actions_topic must contain {channel}");
+        }
+        if !(self.processing.clock_speed.is_finite() && self.processing.clock_speed > 0.0) {
+            return bad("processing.clock_speed must be a positive number");
+        }
+        if self.processing.batch_max_messages == 0 || self.processing.timer_batch == 0 {
+            return bad("processing.batch_max_messages and timer_batch must be positive");
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (`--dump-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+fn invalid(origin: &str, e: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        origin: origin.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) if existing.is_table() && v.is_table() => merge(existing, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+fn set(root: &mut toml::Value, path: &[String], value: toml::Value) {
+    let mut node = root;
+    for (i, key) in path.iter().enumerate() {
+        let toml::Value::Table(t) = node else {
+            return;
+        };
+        if i == path.len() - 1 {
+            t.insert(key.clone(), value);
+            return;
+        }
+        node = t
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    }
+}
+
+fn parse_scalar(text: &str) -> toml::Value {
+    if let Ok(b) = text.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    if let Ok(i) = text.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    if let Ok(f) = text.parse::<f64>() {
+        return toml::Value::Float(f);
+    }
+    toml::Value::String(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("journeyd.toml");
+        std::fs::write(
+            &file,
+            "[kafka]\n\"bootstrap.servers\" = \"file:9092\"\n\"security.protocol\" = \"SSL\"\n[processing]\nbatch_max_messages = 50\n[[inputs]]\ntopic = \"web\"\nformat = \"json\"\n",
+        )
+        .unwrap();
+        let env = vec![
+            (
+                "JOURNEYD__KAFKA__BOOTSTRAP_SERVERS".to_owned(),
+                "env:9092".to_owned(),
+            ),
+            (
+                "JOURNEYD__PROCESSING__BATCH_LINGER_MS".to_owned(),
+                "5".to_owned(),
+            ),
+            ("UNRELATED".to_owned(), "x".to_owned()),
+        ];
+        let c = Config::load(Some(&file), env).unwrap();
+        assert_eq!(c.kafka["bootstrap.servers"], "env:9092");
+        assert_eq!(c.kafka["security.protocol"], "SSL");
+        assert_eq!(c.kafka["group.id"], "journeyd", "defaults stay");
+        assert_eq!(c.processing.batch_max_messages, 50);
+        assert_eq!(c.processing.batch_linger_ms, 5);
+        assert_eq!(
+            c.inputs,
+            vec![InputConfig {
+                topic: "web".into(),
+                format: Encoding::Json
+            }]
+        );
+        assert_eq!(c.actions_topic("sms"), "actions.sms");
+        // The dump reads back as the same configuration.
+        let again: Config = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("journeyd.toml");
+        std::fs::write(&file, "[processing]\nbatch_size = 5\n").unwrap();
+        let e = Config::load(Some(&file), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("batch_size"), "{e}");
+        let env = vec![(
+            "JOURNEYD__PROCESSING__CLOCK_SPEED".to_owned(),
+            "-2".to_owned(),
+        )];
+        assert!(Config::load(None, env).is_err());
+        let env = vec![(
+            "JOURNEYD__OUTPUTS__ACTIONS_TOPIC".to_owned(),
+            "actions".to_owned(),
+        )];
+        assert!(Config::load(None, env)
+            .unwrap_err()
+            .to_string()
+            .contains("{channel}"));
+    }
+
+    #[test]
+    fn the_shipped_example_config_parses_and_shows_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/journeyd.toml");
+        let c = Config::load(Some(&path), Vec::new()).unwrap();
+        assert_eq!(
+            c,
+            Config::default(),
+            "deploy/journeyd.toml documents the defaults"
+        );
+    }
+}

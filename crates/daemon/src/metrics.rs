@@ -1,0 +1,245 @@
+//! Prometheus metrics: one registry, registered once at start. Labels are low-cardinality only
+//! (journey ids, channels, reasons, partitions): never a customer id.
+
+use crate::processor::Tally;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric journeyd exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Messages consumed, by topic.
+    pub events_consumed: IntCounterVec,
+    /// Messages sent to the dead-letter topic, by reason.
+    pub events_rejected: IntCounterVec,
+    /// Actions produced and acknowledged, by channel and kind.
+    pub actions: IntCounterVec,
+    /// Journey entries, by journey.
+    pub entries: IntCounterVec,
+    /// Steps run, by journey.
+    pub steps: IntCounterVec,
+    /// Instance ends, by journey and reason.
+    pub exits: IntCounterVec,
+    /// Conversions, by journey.
+    pub conversions: IntCounterVec,
+    /// Suppressed sends, by reason.
+    pub suppressions: IntCounterVec,
+    /// Expressions that failed to evaluate, by journey.
+    pub expression_failures: IntCounterVec,
+    /// Stored states that could not be read.
+    pub corrupt_states: IntCounter,
+    /// Timers fired.
+    pub timers_fired: IntCounter,
+    /// Entries in the timer index.
+    pub timers_pending: IntGauge,
+    /// How late the oldest due timer is, in seconds (0 when none is due).
+    pub timer_lag_seconds: prometheus::Gauge,
+    /// Consumer lag in messages, by topic and partition.
+    pub consumer_lag: IntGaugeVec,
+    /// From an event's Kafka timestamp to the acknowledgement of its actions.
+    pub event_to_action_seconds: Histogram,
+    /// Time to process and commit one batch, by stage.
+    pub batch_seconds: HistogramVec,
+    /// Batches that had to be retried (Kafka or store trouble).
+    pub batch_retries: IntCounter,
+    /// Approximate RocksDB size.
+    pub store_bytes: IntGauge,
+    /// Customers in the store.
+    pub customers: IntGauge,
+    /// Journey reloads, by result (ok, refused).
+    pub reloads: IntCounterVec,
+}
+
+fn counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> prometheus::Result<Metrics> {
+        let r = Registry::new();
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let g = IntGauge::new(name, help)?;
+            r.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let int_counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            r.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let latency_buckets = vec![
+            0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
+        ];
+        let event_to_action_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "journeyd_event_to_action_seconds",
+                "Seconds from an event's Kafka timestamp to the acknowledgement of the actions it caused.",
+            )
+            .buckets(latency_buckets.clone()),
+        )?;
+        r.register(Box::new(event_to_action_seconds.clone()))?;
+        let batch_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "journeyd_batch_seconds",
+                "Seconds per batch stage (process, produce, write).",
+            )
+            .buckets(latency_buckets),
+            &["stage"],
+        )?;
+        r.register(Box::new(batch_seconds.clone()))?;
+        let timer_lag_seconds = prometheus::Gauge::new(
+            "journeyd_timer_lag_seconds",
+            "How late the oldest due timer is, in seconds of the processing clock (0 when none is due).",
+        )?;
+        r.register(Box::new(timer_lag_seconds.clone()))?;
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "journeyd_consumer_lag_messages",
+                "Messages not yet consumed, by topic and partition.",
+            ),
+            &["topic", "partition"],
+        )?;
+        r.register(Box::new(consumer_lag.clone()))?;
+        Ok(Metrics {
+            events_consumed: counter(
+                &r,
+                "journeyd_events_consumed_total",
+                "Messages consumed, by topic.",
+                &["topic"],
+            )?,
+            events_rejected: counter(
+                &r,
+                "journeyd_events_rejected_total",
+                "Messages sent to the dead-letter topic, by reason.",
+                &["reason"],
+            )?,
+            actions: counter(
+                &r,
+                "journeyd_actions_total",
+                "Actions produced and acknowledged, by channel and kind.",
+                &["channel", "kind"],
+            )?,
+            entries: counter(
+                &r,
+                "journeyd_journey_entries_total",
+                "Journey entries, by journey.",
+                &["journey"],
+            )?,
+            steps: counter(
+                &r,
+                "journeyd_journey_steps_total",
+                "Steps run, by journey.",
+                &["journey"],
+            )?,
+            exits: counter(
+                &r,
+                "journeyd_journey_exits_total",
+                "Journey instances ended, by journey and reason.",
+                &["journey", "reason"],
+            )?,
+            conversions: counter(
+                &r,
+                "journeyd_journey_conversions_total",
+                "Goals reached, by journey.",
+                &["journey"],
+            )?,
+            suppressions: counter(
+                &r,
+                "journeyd_suppressions_total",
+                "Sends suppressed by the contact policies, by reason.",
+                &["reason"],
+            )?,
+            expression_failures: counter(
+                &r,
+                "journeyd_expression_failures_total",
+                "CEL expressions that failed to evaluate (conditions count as false), by journey.",
+                &["journey"],
+            )?,
+            corrupt_states: int_counter(
+                "journeyd_corrupt_states_total",
+                "Stored customer states that could not be read (the customer started afresh).",
+            )?,
+            timers_fired: int_counter("journeyd_timers_fired_total", "Timers fired.")?,
+            timers_pending: gauge("journeyd_timers_pending", "Entries in the timer index.")?,
+            timer_lag_seconds,
+            consumer_lag,
+            event_to_action_seconds,
+            batch_seconds,
+            batch_retries: int_counter(
+                "journeyd_batch_retries_total",
+                "Batches retried after a Kafka or store failure.",
+            )?,
+            store_bytes: gauge(
+                "journeyd_store_bytes",
+                "Approximate size of the RocksDB store in bytes.",
+            )?,
+            customers: gauge("journeyd_customers", "Customers in the store.")?,
+            reloads: counter(
+                &r,
+                "journeyd_journey_reloads_total",
+                "Journey folder reloads, by result.",
+                &["result"],
+            )?,
+            registry: r,
+        })
+    }
+
+    /// Adds a batch's counts.
+    pub fn apply(&self, t: &Tally) {
+        for (j, n) in &t.entries {
+            self.entries.with_label_values(&[j.as_str()]).inc_by(*n);
+        }
+        for (j, n) in &t.steps {
+            self.steps.with_label_values(&[j.as_str()]).inc_by(*n);
+        }
+        for ((j, reason), n) in &t.exits {
+            self.exits
+                .with_label_values(&[j.as_str(), reason])
+                .inc_by(*n);
+        }
+        for (j, n) in &t.conversions {
+            self.conversions.with_label_values(&[j.as_str()]).inc_by(*n);
+        }
+        for (reason, n) in &t.suppressions {
+            self.suppressions.with_label_values(&[reason]).inc_by(*n);
+        }
+        for (j, n) in &t.expression_failures {
+            self.expression_failures
+                .with_label_values(&[j.as_str()])
+                .inc_by(*n);
+        }
+        self.corrupt_states.inc_by(t.corrupt_states);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// The sum of a counter over all its labels (for the demo summary and tests).
+    pub fn total(c: &IntCounterVec) -> u64 {
+        use prometheus::core::Collector;
+        c.collect()
+            .iter()
+            .flat_map(|mf| {
+                mf.get_metric()
+                    .iter()
+                    .map(|m| m.get_counter().value() as u64)
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    }
+}

@@ -1,0 +1,712 @@
+//! The service loop: Kafka in, engine, Kafka out, RocksDB.
+//!
+//! One loop, one batch at a time:
+//! 1. consume up to `batch_max_messages` (waiting at most `batch_linger_ms` once the first came);
+//! 2. decode; undecodable or invalid messages are routed to the dead-letter topic;
+//! 3. add the timers that are due (only once consumption has caught up after a start, so a
+//!    backlog of events is seen before the timers it may overtake);
+//! 4. run the batch through the engine (no writes);
+//! 5. produce the actions and dead letters and wait until Kafka acknowledges every one;
+//! 6. write states, timer index and consumed offsets in one atomic store write;
+//! 7. commit the offsets to Kafka too (only for lag dashboards: the store's offsets are the
+//!    ones used on restart, seeded into every assignment).
+//!
+//! A crash anywhere before 6 replays the batch from the same stored states: the same actions
+//! (same ids, same content) are produced again, and channel adapters de-duplicate on the id.
+//! A failure in 5 or 6 retries the batch the same way, so nothing is lost in a Kafka outage.
+
+use crate::clock::{wall_now, Clock};
+use crate::config::{Config, Encoding};
+use crate::metrics::Metrics;
+use crate::processor::{run_batch, Output, Position, Work};
+use journeyd_codec::{ActionEncoder, Format, TouchpointDecoder};
+use journeyd_engine::Engine;
+use journeyd_store::Store;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset as KafkaOffset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::ClientContext;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// State shared by the loop, the HTTP endpoint and the signal handlers.
+#[derive(Debug)]
+pub struct Shared {
+    /// The configuration.
+    pub config: Config,
+    /// The engine in use (swapped whole on reload).
+    pub engine: RwLock<Arc<Engine>>,
+    /// The state store.
+    pub store: Arc<dyn Store>,
+    /// The metrics.
+    pub metrics: Metrics,
+    /// The processing clock.
+    pub clock: Clock,
+    /// Set once consumption has caught up after start.
+    pub ready: AtomicBool,
+    /// Set by SIGHUP: reload the journeys between batches.
+    pub reload: AtomicBool,
+}
+
+impl Shared {
+    /// The current engine.
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine
+            .read()
+            .map(|e| e.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+}
+
+/// The consumer context: seeds every assignment with the offsets from the store, and turns
+/// librdkafka statistics into the consumer-lag metric.
+pub struct Context {
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Context")
+    }
+}
+
+impl ClientContext for Context {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[topic.as_str(), &partition.to_string()])
+                        .set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Context {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            rdkafka::consumer::RebalanceProtocol::Cooperative
+        );
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                // Why: the store, not Kafka's committed offsets, says what has been applied to
+                // the state; resume exactly after the last batch written.
+                match self.store.offsets() {
+                    Ok(stored) => {
+                        for el in tpl.elements() {
+                            if let Some(o) = stored
+                                .iter()
+                                .find(|o| o.topic == el.topic() && o.partition == el.partition())
+                            {
+                                tracing::info!(
+                                    topic = el.topic(),
+                                    partition = el.partition(),
+                                    offset = o.next,
+                                    "Resuming from the stored offset."
+                                );
+                            }
+                        }
+                        let seeds: Vec<(String, i32, i64)> = tpl
+                            .elements()
+                            .iter()
+                            .filter_map(|el| {
+                                stored
+                                    .iter()
+                                    .find(|o| {
+                                        o.topic == el.topic() && o.partition == el.partition()
+                                    })
+                                    .map(|o| (el.topic().to_owned(), el.partition(), o.next))
+                            })
+                            .collect();
+                        for (topic, partition, next) in seeds {
+                            let _ = tpl.set_partition_offset(
+                                &topic,
+                                partition,
+                                KafkaOffset::Offset(next),
+                            );
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "Cannot read stored offsets; using the group's committed offsets.")
+                    }
+                }
+                if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                tracing::info!(partitions = tpl.count(), "Partitions revoked.");
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                tracing::warn!(error = ?other, "Rebalance error; unassigning.");
+                consumer.unassign()
+            }
+        };
+        if let Err(error) = result {
+            tracing::error!(%error, "Applying a rebalance failed.");
+        }
+    }
+}
+
+/// One touchpoint decoder per input topic (each topic has its own format).
+#[derive(Debug)]
+struct Decoders {
+    by_topic: Vec<(String, TouchpointDecoder)>,
+    fallback: TouchpointDecoder,
+}
+
+impl Decoders {
+    fn new(config: &Config) -> Decoders {
+        let registry = config.schema_registry.as_ref().map(|r| r.url.clone());
+        let make = |encoding: Encoding| match (encoding, &registry) {
+            (Encoding::Avro, Some(url)) => TouchpointDecoder::with_registry(url.clone()),
+            (Encoding::Avro, None) => TouchpointDecoder::new(Format::Avro),
+            (Encoding::Json, _) => TouchpointDecoder::new(Format::Json),
+        };
+        Decoders {
+            by_topic: config
+                .inputs
+                .iter()
+                .map(|i| (i.topic.clone(), make(i.format)))
+                .collect(),
+            fallback: make(Encoding::Avro),
+        }
+    }
+
+    fn for_topic(&self, topic: &str) -> &TouchpointDecoder {
+        self.by_topic
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map_or(&self.fallback, |(_, d)| d)
+    }
+}
+
+/// A message bound for the dead-letter topic.
+#[derive(Debug)]
+struct DeadLetter {
+    message: OwnedMessage,
+    reason: &'static str,
+    error: String,
+}
+
+/// A consumed batch, decoded.
+#[derive(Debug, Default)]
+struct Prepared {
+    work: Vec<Work>,
+    consumed: Vec<Position>,
+    dead: Vec<DeadLetter>,
+    /// Kafka timestamps of the events (for the latency histogram).
+    timestamps: Vec<i64>,
+    topics: Vec<String>,
+    timers: usize,
+}
+
+fn client_config(config: &Config) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in &config.kafka {
+        c.set(k, v);
+    }
+    c
+}
+
+fn set_default(c: &mut ClientConfig, key: &str, value: &str) {
+    if c.get(key).is_none() {
+        c.set(key, value);
+    }
+}
+
+/// Creates the consumer (subscribed) and the producer.
+pub fn clients(shared: &Shared) -> Result<(StreamConsumer<Context>, FutureProducer), KafkaError> {
+    let mut cc = client_config(&shared.config);
+    cc.set("enable.auto.commit", "false");
+    cc.set("enable.auto.offset.store", "false");
+    set_default(&mut cc, "auto.offset.reset", "earliest");
+    set_default(&mut cc, "statistics.interval.ms", "5000");
+    set_default(
+        &mut cc,
+        "partition.assignment.strategy",
+        "cooperative-sticky",
+    );
+    let consumer: StreamConsumer<Context> = cc.create_with_context(Context {
+        store: shared.store.clone(),
+        metrics: shared.metrics.clone(),
+    })?;
+    let topics: Vec<&str> = shared
+        .config
+        .inputs
+        .iter()
+        .map(|i| i.topic.as_str())
+        .collect();
+    consumer.subscribe(&topics)?;
+    let mut pc = client_config(&shared.config);
+    // Consumer-only settings would make the producer complain; drop the usual ones.
+    for k in [
+        "group.id",
+        "auto.offset.reset",
+        "group.instance.id",
+        "partition.assignment.strategy",
+        "session.timeout.ms",
+        "statistics.interval.ms",
+    ] {
+        pc.remove(k);
+    }
+    set_default(&mut pc, "enable.idempotence", "true");
+    set_default(&mut pc, "acks", "all");
+    set_default(&mut pc, "linger.ms", "5");
+    set_default(&mut pc, "compression.type", "lz4");
+    let producer: FutureProducer = pc.create()?;
+    Ok((consumer, producer))
+}
+
+/// Collects one batch of messages. Returns them and whether the consumer was idle (nothing
+/// came within the poll interval).
+async fn collect(consumer: &StreamConsumer<Context>, config: &Config) -> (Vec<OwnedMessage>, bool) {
+    let mut msgs = Vec::new();
+    let first = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+    match first {
+        Err(_) => return (msgs, true),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "Kafka consumer error.");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return (msgs, false);
+        }
+        Ok(Ok(m)) => msgs.push(m.detach()),
+    }
+    let end = Instant::now() + Duration::from_millis(config.processing.batch_linger_ms);
+    while msgs.len() < config.processing.batch_max_messages {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Ok(m)) => msgs.push(m.detach()),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "Kafka consumer error.");
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    (msgs, false)
+}
+
+/// Decodes messages into work and dead letters. Transient decode failures (the schema registry
+/// is unreachable) are retried here until they pass or the service stops.
+fn prepare(
+    shared: &Shared,
+    decoders: &Decoders,
+    msgs: Vec<OwnedMessage>,
+    shutdown: &CancellationToken,
+) -> Option<Prepared> {
+    let config = &shared.config;
+    let mut p = Prepared::default();
+    let future_limit = shared.clock.now() + (config.processing.max_future_skew_secs as i64) * 1000;
+    for m in msgs {
+        p.consumed.push(Position {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+        });
+        p.topics.push(m.topic().to_owned());
+        let payload = m.payload().unwrap_or_default();
+        if payload.len() > config.processing.max_event_bytes {
+            let error = format!(
+                "{} bytes is over the limit of {} (processing.max_event_bytes)",
+                payload.len(),
+                config.processing.max_event_bytes
+            );
+            p.dead.push(DeadLetter {
+                message: m,
+                reason: "oversized",
+                error,
+            });
+            continue;
+        }
+        let decoder = decoders.for_topic(m.topic());
+        let decoded = loop {
+            match decoder.decode(payload) {
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "Decoding needs the schema registry, which is unavailable; retrying.");
+                    if shutdown.is_cancelled() {
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                other => break other,
+            }
+        };
+        match decoded {
+            Err(e) => {
+                let reason = e.reason();
+                p.dead.push(DeadLetter {
+                    message: m,
+                    reason,
+                    error: e.to_string(),
+                });
+            }
+            Ok(event) => {
+                if let Some(key) = m.key() {
+                    if key != event.customer_id.as_bytes() {
+                        let error = format!(
+                            "the message key `{}` is not the event's customer_id `{}`",
+                            String::from_utf8_lossy(key),
+                            event.customer_id
+                        );
+                        p.dead.push(DeadLetter {
+                            message: m,
+                            reason: "key_mismatch",
+                            error,
+                        });
+                        continue;
+                    }
+                }
+                if event.occurred_at > future_limit {
+                    let error = format!(
+                        "occurred_at {} is more than {} s ahead of the processing clock",
+                        journeyd_types::time::format_rfc3339(event.occurred_at),
+                        config.processing.max_future_skew_secs
+                    );
+                    p.dead.push(DeadLetter {
+                        message: m,
+                        reason: "occurred_at_in_future",
+                        error,
+                    });
+                    continue;
+                }
+                if let Some(ts) = m.timestamp().to_millis() {
+                    p.timestamps.push(ts);
+                }
+                p.work.push(Work::Event(event));
+            }
+        }
+    }
+    Some(p)
+}
+
+fn dead_letter_headers(d: &DeadLetter) -> OwnedHeaders {
+    let mut h = OwnedHeaders::new();
+    if let Some(orig) = d.message.headers() {
+        for header in orig.iter() {
+            h = h.insert(Header {
+                key: header.key,
+                value: header.value,
+            });
+        }
+    }
+    let partition = d.message.partition().to_string();
+    let offset = d.message.offset().to_string();
+    for (key, value) in [
+        ("journeyd.dlq.reason", d.reason),
+        ("journeyd.dlq.error", d.error.as_str()),
+        ("journeyd.dlq.source.topic", d.message.topic()),
+        ("journeyd.dlq.source.partition", partition.as_str()),
+        ("journeyd.dlq.source.offset", offset.as_str()),
+    ] {
+        h = h.insert(Header {
+            key,
+            value: Some(value.as_bytes()),
+        });
+    }
+    h
+}
+
+/// Produces the batch's actions and dead letters; Ok when Kafka acknowledged every one.
+async fn produce(
+    shared: &Shared,
+    producer: &FutureProducer,
+    encoder: &ActionEncoder,
+    out: &Output,
+    dead: &[DeadLetter],
+) -> Result<(), String> {
+    let config = &shared.config;
+    let mut payloads = Vec::with_capacity(out.actions.len());
+    for a in &out.actions {
+        let topic = config.actions_topic(&a.channel);
+        let bytes = encoder.encode(a, &topic).map_err(|e| e.to_string())?;
+        payloads.push((topic, bytes));
+    }
+    let mut sends = Vec::with_capacity(payloads.len() + dead.len());
+    for (a, (topic, bytes)) in out.actions.iter().zip(&payloads) {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "journeyd.action_id",
+                value: Some(a.action_id.as_bytes()),
+            })
+            .insert(Header {
+                key: "journeyd.kind",
+                value: Some(a.kind.as_str().as_bytes()),
+            });
+        let record = FutureRecord::to(topic)
+            .key(a.customer_id.as_bytes())
+            .payload(bytes.as_slice())
+            .headers(headers);
+        sends.push(producer.send(record, Duration::from_secs(30)));
+    }
+    for d in dead {
+        let mut record = FutureRecord::<[u8], [u8]>::to(&config.outputs.dead_letter_topic)
+            .payload(d.message.payload().unwrap_or_default())
+            .headers(dead_letter_headers(d));
+        if let Some(k) = d.message.key() {
+            record = record.key(k);
+        }
+        sends.push(producer.send(record, Duration::from_secs(30)));
+    }
+    let results = futures::future::join_all(sends).await;
+    let failed: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| r.err().map(|(e, _)| e.to_string()))
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} of the batch's messages were not acknowledged (first: {})",
+            failed.len(),
+            failed[0]
+        ))
+    }
+}
+
+/// Swaps in the journeys of the folder, if they are all valid; else keeps the running ones.
+pub fn reload(shared: &Shared) {
+    let settings = journeyd_engine::Settings {
+        history_limit: shared.config.processing.history_limit,
+        ..Default::default()
+    };
+    match crate::catalog::load(
+        &shared.config.journeys.dir,
+        shared.store.as_ref(),
+        settings,
+        wall_now(),
+    ) {
+        Ok(loaded) => {
+            if let Err(error) = shared.store.put_journeys(&loaded.new_versions) {
+                tracing::error!(%error, "Cannot save the new journey versions; keeping the running journeys.");
+                shared.metrics.reloads.with_label_values(&["refused"]).inc();
+                return;
+            }
+            let n = loaded.engine.journeys().len();
+            if let Ok(mut e) = shared.engine.write() {
+                *e = Arc::new(loaded.engine);
+            }
+            shared.metrics.reloads.with_label_values(&["ok"]).inc();
+            tracing::info!(
+                journeys = n,
+                new_versions = loaded.new_versions.len(),
+                "Journeys reloaded."
+            );
+        }
+        Err(error) => {
+            shared.metrics.reloads.with_label_values(&["refused"]).inc();
+            tracing::error!(%error, "Journey reload refused; the running journeys stay.");
+        }
+    }
+}
+
+/// Runs the service loop until `shutdown`.
+pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (consumer, producer) = clients(&shared)?;
+    let registry = shared
+        .config
+        .schema_registry
+        .as_ref()
+        .map(|r| r.url.clone());
+    let decoder = Arc::new(Decoders::new(&shared.config));
+    let encoder = match (shared.config.outputs.actions_format, &registry) {
+        (Encoding::Avro, Some(url)) => ActionEncoder::with_registry(url.clone()),
+        (Encoding::Avro, None) => ActionEncoder::new(Format::Avro),
+        (Encoding::Json, _) => ActionEncoder::new(Format::Json),
+    };
+    let mut caught_up = false;
+    let mut last_gauges = Instant::now() - Duration::from_secs(60);
+    tracing::info!(topics = ?shared.config.inputs.iter().map(|i| &i.topic).collect::<Vec<_>>(), "Consuming.");
+    while !shutdown.is_cancelled() {
+        if shared.reload.swap(false, Ordering::SeqCst) {
+            let s = shared.clone();
+            tokio::task::spawn_blocking(move || reload(&s)).await?;
+        }
+        let (msgs, idle) = collect(&consumer, &shared.config).await;
+        // Caught up: nothing more to read, or reading at the head of the log (the newest message
+        // is fresh). Under steady load the consumer is never idle, so freshness matters too.
+        let newest = msgs.iter().filter_map(|m| m.timestamp().to_millis()).max();
+        let fresh = newest.is_some_and(|ts| ts >= wall_now() - 2_000);
+        if (idle || fresh) && !caught_up {
+            caught_up = true;
+            shared.ready.store(true, Ordering::SeqCst);
+            tracing::info!("Caught up with the input topics; timers are firing.");
+        }
+        let prepared = {
+            let (s, d, sd) = (shared.clone(), decoder.clone(), shutdown.clone());
+            let caught = caught_up;
+            tokio::task::spawn_blocking(move || {
+                let mut p = prepare(&s, &d, msgs, &sd)?;
+                if caught {
+                    let due = s
+                        .store
+                        .due_timers(s.clock.now(), s.config.processing.timer_batch)
+                        .unwrap_or_else(|error| {
+                            tracing::error!(%error, "Cannot read due timers.");
+                            Vec::new()
+                        });
+                    p.timers = due.len();
+                    p.work.extend(
+                        due.into_iter()
+                            .map(|(due, customer)| Work::Timer { due, customer }),
+                    );
+                }
+                Some(p)
+            })
+            .await?
+        };
+        let Some(prepared) = prepared else {
+            break;
+        };
+        if last_gauges.elapsed() > Duration::from_secs(5) {
+            update_gauges(&shared);
+            last_gauges = Instant::now();
+        }
+        if prepared.consumed.is_empty() && prepared.work.is_empty() {
+            continue;
+        }
+        let out = loop {
+            let started = Instant::now();
+            let engine = shared.engine();
+            let (s, work, consumed) = (
+                shared.clone(),
+                prepared.work.clone(),
+                prepared.consumed.clone(),
+            );
+            let out = tokio::task::spawn_blocking(move || {
+                run_batch(&engine, s.store.as_ref(), &work, &consumed)
+            })
+            .await?;
+            let out = match out {
+                Ok(o) => o,
+                Err(error) => {
+                    tracing::error!(%error, "The batch could not read its states; retrying.");
+                    shared.metrics.batch_retries.inc();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            shared
+                .metrics
+                .batch_seconds
+                .with_label_values(&["process"])
+                .observe(started.elapsed().as_secs_f64());
+            let produced = Instant::now();
+            if let Err(error) = produce(&shared, &producer, &encoder, &out, &prepared.dead).await {
+                tracing::warn!(%error, "Kafka did not acknowledge the batch; it will be processed and produced again.");
+                shared.metrics.batch_retries.inc();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            shared
+                .metrics
+                .batch_seconds
+                .with_label_values(&["produce"])
+                .observe(produced.elapsed().as_secs_f64());
+            break out;
+        };
+        // Kafka has every action: now record that the inputs are applied.
+        let written = Instant::now();
+        loop {
+            let (s, w) = (shared.clone(), out.write.clone());
+            match tokio::task::spawn_blocking(move || s.store.write(&w)).await? {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::error!(%error, "Writing the batch to the store failed; retrying.");
+                    shared.metrics.batch_retries.inc();
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        shared
+            .metrics
+            .batch_seconds
+            .with_label_values(&["write"])
+            .observe(written.elapsed().as_secs_f64());
+        let now = wall_now();
+        for ts in &prepared.timestamps {
+            shared
+                .metrics
+                .event_to_action_seconds
+                .observe(((now - ts).max(0) as f64) / 1000.0);
+        }
+        for t in &prepared.topics {
+            shared
+                .metrics
+                .events_consumed
+                .with_label_values(&[t.as_str()])
+                .inc();
+        }
+        for d in &prepared.dead {
+            shared
+                .metrics
+                .events_rejected
+                .with_label_values(&[d.reason])
+                .inc();
+            tracing::warn!(reason = d.reason, error = %d.error, topic = d.message.topic(), partition = d.message.partition(), offset = d.message.offset(), "Message sent to the dead-letter topic.");
+        }
+        for a in &out.actions {
+            shared
+                .metrics
+                .actions
+                .with_label_values(&[a.channel.as_str(), a.kind.as_str()])
+                .inc();
+        }
+        shared.metrics.timers_fired.inc_by(prepared.timers as u64);
+        shared.metrics.apply(&out.tally);
+        if !out.write.offsets.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for o in &out.write.offsets {
+                let _ =
+                    tpl.add_partition_offset(&o.topic, o.partition, KafkaOffset::Offset(o.next));
+            }
+            if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
+                tracing::debug!(%error, "Committing offsets to Kafka failed (only lag dashboards use them).");
+            }
+        }
+    }
+    tracing::info!("Stopping: flushing the producer.");
+    let _ = producer.flush(Duration::from_secs(10));
+    consumer.unsubscribe();
+    Ok(())
+}
+
+/// Refreshes the gauges that come from the store.
+pub fn update_gauges(shared: &Shared) {
+    let m = &shared.metrics;
+    m.timers_pending.set(shared.store.pending_timers() as i64);
+    m.customers.set(shared.store.customer_count() as i64);
+    m.store_bytes.set(shared.store.size_bytes() as i64);
+    let lag = match shared.store.next_timer() {
+        Ok(Some((due, _))) => ((shared.clock.now() - due).max(0) as f64) / 1000.0,
+        _ => 0.0,
+    };
+    m.timer_lag_seconds.set(lag);
+}

@@ -1,0 +1,263 @@
+//! The `journeyd` binary as operators run it: SIGKILL in the middle of a load loses no action,
+//! SIGHUP reloads, SIGTERM stops cleanly, and the embedded demo (the main job) shows actions
+//! flowing.
+
+mod common;
+
+use common::*;
+use journeyd_engine::Engine;
+use journeyd_journey::load_dir;
+use journeyd_simulator::Simulator;
+use journeyd_types::Action;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WELCOME: &str = r#"journey: welcome
+version: 1
+entry: { event: signup }
+exit: { on: [account_closed] }
+steps:
+  - id: hello
+    send: { channel: email, template: welcome, cancel_on: [app_opened] }
+  - id: pause
+    wait: 2s
+  - id: nudge
+    send: { channel: push, template: nudge }
+"#;
+
+fn write_config(rig: &Rig, path: &Path) {
+    let text = format!(
+        "[journeys]\ndir = {:?}\n[kafka]\n\"bootstrap.servers\" = {:?}\n\"group.id\" = {:?}\n\"session.timeout.ms\" = \"6000\"\n[store]\npath = {:?}\nblock_cache_mb = 8\n[processing]\nbatch_max_messages = 50\nbatch_linger_ms = 5\n[http]\nlisten = \"\"\n[log]\nformat = \"json\"\n",
+        rig.journeys_dir(),
+        rig.cluster.bootstrap_servers(),
+        rig.group,
+        rig.dir.path().join("store"),
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+fn spawn(config: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_journeyd"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("journeyd starts")
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(start.elapsed() < within, "journeyd did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_the_middle_of_a_load_loses_no_action() {
+    let rig = Rig::new(&[("welcome.yaml", WELCOME)]);
+    let config = rig.dir.path().join("journeyd.toml");
+    let log = rig.dir.path().join("journeyd.log");
+    write_config(&rig, &config);
+    let mut child = spawn(&config, &log);
+    let mut events = Vec::new();
+    let kills = [4, 9, 14];
+    for round in 0..20 {
+        let t = now();
+        let mut batch = Vec::new();
+        for i in 0..15 {
+            let c = format!("r{round}c{i}");
+            batch.push(event(&format!("{c}-s"), &c, "signup", Some("web"), t));
+            match i % 3 {
+                0 => batch.push(event(
+                    &format!("{c}-o"),
+                    &c,
+                    "app_opened",
+                    Some("app"),
+                    t + 1,
+                )),
+                1 => batch.push(event(&format!("{c}-x"), &c, "account_closed", None, t + 1)),
+                _ => {}
+            }
+        }
+        rig.publish(&batch).await;
+        events.extend(batch);
+        if kills.contains(&round) {
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            child = spawn(&config, &log);
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let engine = Arc::new(Engine::new(load_dir(&rig.journeys_dir()).unwrap().catalog));
+    let mut sim = Simulator::new(engine);
+    let mut expected: BTreeMap<String, Action> = BTreeMap::new();
+    // The simulator takes events in time order; a stable sort keeps each customer's own order.
+    events.sort_by_key(|e| e.occurred_at);
+    for e in &events {
+        for x in sim.push(e).unwrap() {
+            expected.insert(x.action.action_id.clone(), x.action);
+        }
+    }
+    for x in sim.advance_to(now() + 60_000) {
+        expected.insert(x.action.action_id.clone(), x.action);
+    }
+    let mut reader = rig.reader();
+    reader
+        .until("every expected action", Duration::from_secs(90), |r| {
+            let got: std::collections::BTreeSet<&str> =
+                r.actions.iter().map(|a| a.action_id.as_str()).collect();
+            expected.keys().all(|k| got.contains(k.as_str()))
+        })
+        .await;
+    reader.settle(Duration::from_millis(500)).await;
+    for a in &reader.actions {
+        let want = expected
+            .get(&a.action_id)
+            .unwrap_or_else(|| panic!("unexpected action {a:#?}"));
+        assert_eq!(a, want, "a duplicate is an exact repeat");
+    }
+    let duplicates = reader.actions.len() - expected.len();
+    println!(
+        "{} actions expected, {} received ({duplicates} duplicates after 3 SIGKILLs)",
+        expected.len(),
+        reader.actions.len()
+    );
+    signal(&child, "TERM");
+    assert!(
+        wait_exit(&mut child, Duration::from_secs(20)).success(),
+        "SIGTERM stops cleanly"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_sigterm_stops_cleanly() {
+    let rig = Rig::new(&[("welcome.yaml", WELCOME)]);
+    let config = rig.dir.path().join("journeyd.toml");
+    let log = rig.dir.path().join("journeyd.log");
+    write_config(&rig, &config);
+    let mut child = spawn(&config, &log);
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let wait_log = |needle: &str| {
+        let start = Instant::now();
+        while !read_log().contains(needle) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no `{needle}` in the log:\n{}",
+                read_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_log("Caught up");
+    write_journey(
+        &rig.journeys_dir(),
+        "welcome.yaml",
+        &WELCOME
+            .replace("version: 1", "version: 2")
+            .replace("nudge }", "nudge_v2 }"),
+    );
+    signal(&child, "HUP");
+    wait_log("Journeys reloaded.");
+    rig.publish(&[event("h1", "hup", "signup", None, now())])
+        .await;
+    let mut reader = rig.reader();
+    reader
+        .until("the v2 nudge", Duration::from_secs(30), |r| {
+            r.actions.iter().any(|a| a.template == "nudge_v2")
+        })
+        .await;
+    assert!(reader.actions.iter().all(|a| a.journey_version == 2));
+    signal(&child, "TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
+    let logs = read_log();
+    assert!(logs.contains("Stopped."), "{logs}");
+    // Logs are JSON lines when configured.
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+}
+
+#[test]
+fn the_main_job_shows_actions_flowing_on_the_embedded_kafka() {
+    let data = tempfile::tempdir().unwrap();
+    let journeys = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../journeys");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_journeyd"))
+        .args([
+            "run",
+            "--embedded-kafka",
+            "--demo",
+            "--clock-speed",
+            "3600",
+            "--demo-customers",
+            "300",
+            "--demo-rate",
+            "400",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .arg("--journeys")
+        .arg(&journeys)
+        .arg("--data")
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    let mut bootstrap = false;
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        bootstrap |= line.contains("embedded Kafka (librdkafka mock cluster) at 127.0.0.1:");
+        let flowing = line.starts_with("demo: clock") && !line.contains("sends: none yet");
+        seen.push(line);
+        if flowing || start.elapsed() > Duration::from_secs(90) {
+            break;
+        }
+    }
+    signal(&child, "TERM");
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    assert!(bootstrap, "the bootstrap address is printed: {seen:#?}");
+    assert!(
+        seen.last().is_some_and(|l| l.starts_with("demo: clock")
+            && l.contains("sends: ")
+            && !l.contains("none yet")),
+        "{seen:#?}"
+    );
+    assert!(status.success());
+}
+
+#[test]
+fn a_fast_clock_is_refused_with_a_real_broker() {
+    let out = Command::new(env!("CARGO_BIN_EXE_journeyd"))
+        .args(["run", "--clock-speed", "60"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force-clock-speed"));
+}

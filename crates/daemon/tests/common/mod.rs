@@ -1,0 +1,274 @@
+//! Test harness: the service in-process on librdkafka's mock cluster, with real RocksDB in a
+//! temporary directory, and Kafka clients to publish touchpoints and read actions.
+
+#![allow(dead_code, missing_debug_implementations)]
+
+use journeyd::config::{Config, Encoding, InputConfig};
+use journeyd::embedded::Embedded;
+use journeyd::service::{self, Shared};
+use journeyd_codec::{decode_action, encode_touchpoint, Framing};
+use journeyd_types::{Action, Event};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+pub const CHANNELS: [&str; 4] = ["email", "sms", "push", "call_centre"];
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A unique name for topics and groups in this process.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A mock cluster with the service's topics, a journeys folder and a store directory.
+pub struct Rig {
+    pub cluster: Embedded,
+    pub dir: tempfile::TempDir,
+    pub input: String,
+    pub group: String,
+}
+
+impl Rig {
+    pub fn new(journeys: &[(&str, &str)]) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("journeys")).unwrap();
+        for (name, text) in journeys {
+            std::fs::write(dir.path().join("journeys").join(name), text).unwrap();
+        }
+        let mut topics: Vec<(String, i32)> = vec![
+            ("touchpoints".into(), 2),
+            ("touchpoints.dlq".into(), 1),
+            ("json-in".into(), 1),
+        ];
+        topics.extend(CHANNELS.iter().map(|c| (format!("actions.{c}"), 1)));
+        let cluster = Embedded::start(&topics).unwrap();
+        Rig {
+            cluster,
+            dir,
+            input: "touchpoints".into(),
+            group: unique("journeyd"),
+        }
+    }
+
+    pub fn journeys_dir(&self) -> PathBuf {
+        self.dir.path().join("journeys")
+    }
+
+    pub fn config(&self) -> Config {
+        let mut c = Config::default();
+        c.kafka
+            .insert("bootstrap.servers".into(), self.cluster.bootstrap_servers());
+        c.kafka.insert("group.id".into(), self.group.clone());
+        c.kafka.insert("session.timeout.ms".into(), "6000".into());
+        c.inputs = vec![
+            InputConfig {
+                topic: self.input.clone(),
+                format: Encoding::Avro,
+            },
+            InputConfig {
+                topic: "json-in".into(),
+                format: Encoding::Json,
+            },
+        ];
+        c.journeys.dir = self.journeys_dir();
+        c.store.path = self.dir.path().join("store");
+        c.store.block_cache_mb = 8;
+        c.http.listen = String::new();
+        c.processing.batch_linger_ms = 5;
+        c
+    }
+
+    /// Starts the service; stop it with [`Running::stop`].
+    pub fn start(&self, config: Config) -> Running {
+        let opened = journeyd::app::open(&config).expect("the service opens");
+        let shared = journeyd::app::shared(config, opened).unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(service::run(shared.clone(), shutdown.clone()));
+        Running {
+            shared,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn producer(&self) -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", self.cluster.bootstrap_servers())
+            .set("linger.ms", "0")
+            .create()
+            .unwrap()
+    }
+
+    /// Publishes touchpoints as Avro (single-object encoding), keyed by customer.
+    pub async fn publish(&self, events: &[Event]) {
+        let p = self.producer();
+        for e in events {
+            let bytes = encode_touchpoint(e, Framing::SingleObject);
+            p.send(
+                FutureRecord::to(&self.input)
+                    .key(e.customer_id.as_bytes())
+                    .payload(&bytes),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        }
+    }
+
+    /// Publishes raw bytes to a topic.
+    pub async fn publish_raw(&self, topic: &str, key: Option<&str>, payload: &[u8]) {
+        let p = self.producer();
+        let mut r = FutureRecord::<str, [u8]>::to(topic).payload(payload);
+        if let Some(k) = key {
+            r = r.key(k);
+        }
+        p.send(r, Duration::from_secs(5)).await.unwrap();
+    }
+
+    /// A reader of every action topic (and the dead-letter topic) from the beginning.
+    pub fn reader(&self) -> Reader {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.cluster.bootstrap_servers())
+            .set("group.id", unique("reader"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut topics: Vec<String> = CHANNELS.iter().map(|c| format!("actions.{c}")).collect();
+        topics.push("touchpoints.dlq".into());
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&refs).unwrap();
+        Reader {
+            consumer,
+            actions: Vec::new(),
+            dead: Vec::new(),
+        }
+    }
+}
+
+/// A running service.
+pub struct Running {
+    pub shared: Arc<Shared>,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+
+    pub async fn until_ready(&self) {
+        let start = Instant::now();
+        while !self.shared.ready.load(Ordering::SeqCst) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the service did not catch up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A dead-lettered message.
+#[derive(Debug, Clone)]
+pub struct Dead {
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Reads actions and dead letters.
+pub struct Reader {
+    consumer: BaseConsumer,
+    pub actions: Vec<Action>,
+    pub dead: Vec<Dead>,
+}
+
+impl Reader {
+    fn poll_once(&mut self, wait: Duration) {
+        if let Some(Ok(m)) = self.consumer.poll(wait) {
+            let payload = m.payload().unwrap_or_default().to_vec();
+            if m.topic() == "touchpoints.dlq" {
+                let mut headers = BTreeMap::new();
+                if let Some(h) = m.headers() {
+                    for x in h.iter() {
+                        headers.insert(
+                            x.key.to_owned(),
+                            String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                        );
+                    }
+                }
+                self.dead.push(Dead { payload, headers });
+            } else {
+                let a = decode_action(&payload).expect("actions decode");
+                assert_eq!(
+                    m.topic(),
+                    format!("actions.{}", a.channel),
+                    "an action goes to its channel's topic"
+                );
+                assert_eq!(
+                    m.key(),
+                    Some(a.customer_id.as_bytes()),
+                    "actions are keyed by customer"
+                );
+                self.actions.push(a);
+            }
+        }
+    }
+
+    /// Reads until `done` holds or the time runs out (then panics with what came).
+    pub async fn until(&mut self, what: &str, timeout: Duration, done: impl Fn(&Reader) -> bool) {
+        let start = Instant::now();
+        while !done(self) {
+            if start.elapsed() > timeout {
+                panic!(
+                    "timed out waiting for {what}; actions: {:#?}; dead letters: {:#?}",
+                    self.actions, self.dead
+                );
+            }
+            self.poll_once(Duration::from_millis(50));
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Reads whatever else comes within `quiet`.
+    pub async fn settle(&mut self, quiet: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < quiet {
+            self.poll_once(Duration::from_millis(50));
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+pub fn event(id: &str, customer: &str, event_type: &str, channel: Option<&str>, at: i64) -> Event {
+    Event {
+        event_id: id.to_owned(),
+        customer_id: customer.to_owned(),
+        event_type: event_type.to_owned(),
+        channel: channel.map(str::to_owned),
+        occurred_at: at,
+        attributes: Default::default(),
+    }
+}
+
+pub fn now() -> i64 {
+    journeyd::clock::wall_now()
+}
+
+pub fn write_journey(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}

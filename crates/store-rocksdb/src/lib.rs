@@ -1,0 +1,555 @@
+//! The RocksDB [`Store`]: one database, one default column family, one prefix byte per table
+//! (see [`keys`]).
+//!
+//! Invariants:
+//! - Every [`Store::write`] is one `WriteBatch`: customer state, timer index, consumed offsets and
+//!   the counters change together or not at all. The WAL is always on; `sync_writes` decides
+//!   whether each batch is also fsynced before the write returns.
+//! - The counters (`meta/timer_count`, `meta/customer_count`) are exact: a write reads which of
+//!   its timer and customer keys exist before building its batch, and writes the new counts in
+//!   the same batch. Writers are serialised by a mutex around that read-modify-write, so
+//!   counters cannot race; readers never take it.
+//! - A store carries its format version in `meta/format_version` from creation; a store with a
+//!   newer version than [`FORMAT_VERSION`] is refused at open, before anything is written.
+//! - Values: customer state as given (opaque), timers empty, offsets `i64` BE, journeys postcard
+//!   of [`StoredJourney`] (field order is the format), meta integers BE.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use journeyd_store::{check_journeys, Error, Millis, Offset, Store, StoredJourney, WriteSet};
+use rocksdb::{
+    properties, BlockBasedOptions, Cache, DBCompressionType, ErrorKind, IteratorMode, Options,
+    ReadOptions, WriteBatch, WriteOptions, DB,
+};
+
+pub mod keys;
+
+use keys::{meta, Key, Table};
+
+/// The format version this binary writes and the newest it can read.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// How to open a [`RocksStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// The size of the LRU block cache (data, index and filter blocks), in bytes.
+    pub block_cache_bytes: usize,
+    /// The size of one memtable before it is flushed, in bytes.
+    pub write_buffer_bytes: usize,
+    /// Whether every write is fsynced before it returns. Without it a write survives a process
+    /// crash (the WAL is always on) but the last writes may be lost if the machine fails.
+    pub sync_writes: bool,
+}
+
+impl Default for StoreOptions {
+    /// 64 MiB block cache, 64 MiB write buffer, no fsync per write.
+    fn default() -> Self {
+        Self {
+            block_cache_bytes: 64 << 20,
+            write_buffer_bytes: 64 << 20,
+            sync_writes: false,
+        }
+    }
+}
+
+/// A raw key and value read from the database.
+type Entry = (Box<[u8]>, Box<[u8]>);
+
+/// The authoritative counter values, owned by the writer lock.
+#[derive(Debug, Clone, Copy)]
+struct Counters {
+    timers: u64,
+    customers: u64,
+}
+
+/// A [`Store`] in a RocksDB database.
+pub struct RocksStore {
+    db: DB,
+    path: PathBuf,
+    sync_writes: bool,
+    /// Serialises writers; holds the counters as last committed.
+    writer: Mutex<Counters>,
+    /// Copies of the committed counters for lock-free reads.
+    timers: AtomicU64,
+    customers: AtomicU64,
+}
+
+impl fmt::Debug for RocksStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RocksStore")
+            .field("path", &self.path)
+            .field("sync_writes", &self.sync_writes)
+            .field("pending_timers", &self.pending_timers())
+            .field("customer_count", &self.customer_count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether retrying after this RocksDB error may succeed.
+fn transient(e: &rocksdb::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::IOError
+            | ErrorKind::Busy
+            | ErrorKind::TimedOut
+            | ErrorKind::TryAgain
+            | ErrorKind::Incomplete
+            | ErrorKind::Aborted
+            | ErrorKind::MergeInProgress
+    )
+}
+
+fn backend(op: &'static str) -> impl Fn(rocksdb::Error) -> Error {
+    move |e| Error::Backend {
+        op,
+        transient: transient(&e),
+        message: e.into_string(),
+    }
+}
+
+fn corrupt(key: &[u8], reason: impl Into<String>) -> Error {
+    Error::Corrupt {
+        key: keys::describe(key),
+        reason: reason.into(),
+    }
+}
+
+fn decode_u64(key: &[u8], value: &[u8]) -> Result<u64, Error> {
+    let bytes: [u8; 8] = value.try_into().map_err(|_| {
+        corrupt(
+            key,
+            format!("expected an 8-byte integer, found {} bytes", value.len()),
+        )
+    })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+impl RocksStore {
+    /// Opens the store at `path`, creating it if missing.
+    ///
+    /// Refuses a store with a newer format version ([`Error::FormatTooNew`]) and a non-empty
+    /// database without one (not a journeyd store, [`Error::Corrupt`]).
+    pub fn open(path: &Path, opts: &StoreOptions) -> Result<Self, Error> {
+        let open_err = |e: rocksdb::Error| Error::Open {
+            path: path.to_owned(),
+            transient: transient(&e),
+            message: e.into_string(),
+        };
+
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&Cache::new_lru_cache(opts.block_cache_bytes));
+        // Why: customer reads are point lookups by full key; a whole-key bloom filter skips
+        // SST files that cannot hold the customer.
+        table.set_bloom_filter(10.0, false);
+        table.set_whole_key_filtering(true);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.set_block_based_table_factory(&table);
+        db_opts.set_compression_type(DBCompressionType::Lz4);
+        db_opts.set_write_buffer_size(opts.write_buffer_bytes);
+        // One column family today, but keep flushes atomic if more arrive (style.md).
+        db_opts.set_atomic_flush(true);
+
+        let db = DB::open(&db_opts, path).map_err(open_err)?;
+        let mut store = Self {
+            db,
+            path: path.to_owned(),
+            sync_writes: opts.sync_writes,
+            writer: Mutex::new(Counters {
+                timers: 0,
+                customers: 0,
+            }),
+            timers: AtomicU64::new(0),
+            customers: AtomicU64::new(0),
+        };
+        let counters = store.load_meta()?;
+        *store
+            .writer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner) = counters;
+        store.publish(counters);
+        Ok(store)
+    }
+
+    /// The directory the store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Checks the format version and loads the counters, initialising a new store.
+    fn load_meta(&self) -> Result<Counters, Error> {
+        let version_key = keys::meta(meta::FORMAT_VERSION);
+        let Some(version) = self.db.get(&version_key).map_err(backend("open"))? else {
+            return self.initialise();
+        };
+        let version: [u8; 4] = version.as_slice().try_into().map_err(|_| {
+            corrupt(
+                &version_key,
+                format!("expected a 4-byte version, found {} bytes", version.len()),
+            )
+        })?;
+        let found = u32::from_be_bytes(version);
+        if found > FORMAT_VERSION {
+            return Err(Error::FormatTooNew {
+                path: self.path.clone(),
+                found,
+                supported: FORMAT_VERSION,
+            });
+        }
+        if found == 0 {
+            return Err(corrupt(&version_key, "format version 0 was never written"));
+        }
+        let counter = |name: &str| -> Result<u64, Error> {
+            let key = keys::meta(name);
+            match self.db.get(&key).map_err(backend("open"))? {
+                Some(v) => decode_u64(&key, &v),
+                None => Err(corrupt(
+                    &key,
+                    "missing; run RocksStore::recount to rebuild it",
+                )),
+            }
+        };
+        Ok(Counters {
+            timers: counter(meta::TIMER_COUNT)?,
+            customers: counter(meta::CUSTOMER_COUNT)?,
+        })
+    }
+
+    /// Writes the format version and zero counters into an empty database.
+    fn initialise(&self) -> Result<Counters, Error> {
+        if let Some(item) = self.db.iterator(IteratorMode::Start).next() {
+            let (key, _) = item.map_err(backend("open"))?;
+            return Err(corrupt(
+                &key,
+                format!(
+                    "the database at {} has data but no format version: it is not a journeyd \
+                     state store",
+                    self.path.display()
+                ),
+            ));
+        }
+        let counters = Counters {
+            timers: 0,
+            customers: 0,
+        };
+        let mut batch = WriteBatch::default();
+        batch.put(
+            keys::meta(meta::FORMAT_VERSION),
+            FORMAT_VERSION.to_be_bytes(),
+        );
+        put_counters(&mut batch, counters);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .write_opt(batch, &wo)
+            .map_err(backend("initialise"))?;
+        Ok(counters)
+    }
+
+    fn publish(&self, counters: Counters) {
+        self.timers.store(counters.timers, Ordering::Release);
+        self.customers.store(counters.customers, Ordering::Release);
+    }
+
+    fn write_options(&self) -> WriteOptions {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(self.sync_writes);
+        wo
+    }
+
+    /// Iterates over one table, from `from` (inclusive) to `to` (exclusive).
+    fn scan(
+        &self,
+        from: Vec<u8>,
+        to: Vec<u8>,
+    ) -> impl Iterator<Item = Result<Entry, rocksdb::Error>> + '_ {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(from);
+        ro.set_iterate_upper_bound(to);
+        self.db.iterator_opt(IteratorMode::Start, ro)
+    }
+
+    /// Which of `keys` exist, in order.
+    fn exist(&self, op: &'static str, keys: &[Vec<u8>]) -> Result<Vec<bool>, Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.db
+            .multi_get(keys)
+            .into_iter()
+            .map(|r| r.map(|v| v.is_some()).map_err(backend(op)))
+            .collect()
+    }
+
+    /// Counts the timer and customer tables and rewrites both counters to match.
+    ///
+    /// A repair tool (O(n)): the counters are exact by construction, so this is for a store
+    /// whose meta entries were damaged or lost. Returns `(timers, customers)`.
+    pub fn recount(&self) -> Result<(u64, u64), Error> {
+        let mut guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = |table: Table| -> Result<u64, Error> {
+            let mut n = 0;
+            for item in self.scan(table.lower_bound(), table.upper_bound()) {
+                item.map_err(backend("recount"))?;
+                n += 1;
+            }
+            Ok(n)
+        };
+        let counters = Counters {
+            timers: count(Table::Timers)?,
+            customers: count(Table::Customers)?,
+        };
+        let mut batch = WriteBatch::default();
+        put_counters(&mut batch, counters);
+        self.db
+            .write_opt(batch, &self.write_options())
+            .map_err(backend("recount"))?;
+        *guard = counters;
+        self.publish(counters);
+        Ok((counters.timers, counters.customers))
+    }
+}
+
+fn put_counters(batch: &mut WriteBatch, counters: Counters) {
+    batch.put(keys::meta(meta::TIMER_COUNT), counters.timers.to_be_bytes());
+    batch.put(
+        keys::meta(meta::CUSTOMER_COUNT),
+        counters.customers.to_be_bytes(),
+    );
+}
+
+/// Applies a signed change to a counter, refusing to go below zero (which would mean the counter
+/// no longer matches its table).
+fn adjust(count: u64, delta: i64, name: &str) -> Result<u64, Error> {
+    count.checked_add_signed(delta).ok_or_else(|| {
+        corrupt(
+            &keys::meta(name),
+            format!(
+                "the counter ({count}) would go below zero ({delta:+}); it no longer matches its \
+                 table: run RocksStore::recount"
+            ),
+        )
+    })
+}
+
+impl Store for RocksStore {
+    fn customer(&self, id: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self
+            .db
+            .get_pinned(keys::customer(id))
+            .map_err(backend("read customer"))?
+            .map(|v| v.to_vec()))
+    }
+
+    fn customers(&self, ids: &[&str]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.db
+            .multi_get(ids.iter().map(|id| keys::customer(id)))
+            .into_iter()
+            .map(|r| r.map_err(backend("read customers")))
+            .collect()
+    }
+
+    fn due_timers(&self, up_to: Millis, limit: usize) -> Result<Vec<(Millis, String)>, Error> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut due = Vec::new();
+        for item in self.scan(Table::Timers.lower_bound(), keys::timers_after(up_to)) {
+            let (key, _) = item.map_err(backend("read due timers"))?;
+            match Key::decode(&key)? {
+                Key::Timer { due: at, customer } => due.push((at, customer)),
+                other => return Err(corrupt(&key, format!("{other} in the timers range"))),
+            }
+            if due.len() == limit {
+                break;
+            }
+        }
+        Ok(due)
+    }
+
+    fn next_timer(&self) -> Result<Option<(Millis, String)>, Error> {
+        let first = self
+            .scan(Table::Timers.lower_bound(), Table::Timers.upper_bound())
+            .next();
+        let Some(item) = first else { return Ok(None) };
+        let (key, _) = item.map_err(backend("read next timer"))?;
+        match Key::decode(&key)? {
+            Key::Timer { due, customer } => Ok(Some((due, customer))),
+            other => Err(corrupt(&key, format!("{other} in the timers range"))),
+        }
+    }
+
+    fn pending_timers(&self) -> u64 {
+        self.timers.load(Ordering::Acquire)
+    }
+
+    fn offsets(&self) -> Result<Vec<Offset>, Error> {
+        let mut offsets = Vec::new();
+        for item in self.scan(Table::Offsets.lower_bound(), Table::Offsets.upper_bound()) {
+            let (key, value) = item.map_err(backend("read offsets"))?;
+            let Key::Offset { topic, partition } = Key::decode(&key)? else {
+                return Err(corrupt(&key, "not an offset key in the offsets range"));
+            };
+            let next: [u8; 8] = (*value).try_into().map_err(|_| {
+                corrupt(
+                    &key,
+                    format!("expected an 8-byte offset, found {} bytes", value.len()),
+                )
+            })?;
+            offsets.push(Offset {
+                topic,
+                partition,
+                next: i64::from_be_bytes(next),
+            });
+        }
+        // Keys sort by topic length first; the trait promises (topic, partition).
+        offsets.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        Ok(offsets)
+    }
+
+    fn journeys(&self) -> Result<Vec<StoredJourney>, Error> {
+        let mut journeys = Vec::new();
+        for item in self.scan(Table::Journeys.lower_bound(), Table::Journeys.upper_bound()) {
+            let (key, value) = item.map_err(backend("read journeys"))?;
+            let Key::Journey { id, version } = Key::decode(&key)? else {
+                return Err(corrupt(&key, "not a journey key in the journeys range"));
+            };
+            let journey: StoredJourney = postcard::from_bytes(&value)
+                .map_err(|e| corrupt(&key, format!("cannot decode the journey: {e}")))?;
+            if journey.id != id || journey.version != version {
+                return Err(corrupt(
+                    &key,
+                    format!(
+                        "the value holds journey \"{}\" version {} instead",
+                        journey.id.escape_debug(),
+                        journey.version
+                    ),
+                ));
+            }
+            journeys.push(journey);
+        }
+        // Keys sort by id length first; the trait promises (id, version).
+        journeys.sort_by(|a, b| (&a.id, a.version).cmp(&(&b.id, b.version)));
+        Ok(journeys)
+    }
+
+    fn put_journeys(&self, journeys: &[StoredJourney]) -> Result<(), Error> {
+        check_journeys(journeys)?;
+        if journeys.is_empty() {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        for j in journeys {
+            let value = postcard::to_stdvec(j).map_err(|e| Error::InvalidArgument {
+                what: format!("journey \"{}\" version {}", j.id.escape_debug(), j.version),
+                reason: format!("cannot encode it: {e}"),
+            })?;
+            batch.put(keys::journey(&j.id, j.version)?, value);
+        }
+        self.db
+            .write_opt(batch, &self.write_options())
+            .map_err(backend("write journeys"))
+    }
+
+    fn write(&self, set: &WriteSet) -> Result<(), Error> {
+        set.validate()?;
+        if set.is_empty() {
+            return Ok(());
+        }
+        // Encode everything that can fail before taking the lock.
+        let offsets = set
+            .offsets
+            .iter()
+            .map(|o| Ok((keys::offset(&o.topic, o.partition)?, o.next)))
+            .collect::<Result<Vec<_>, Error>>()?;
+
+        // The final operation per key, in key order: later customer operations win, and timer
+        // sets override clears of the same entry.
+        let mut customers: std::collections::BTreeMap<Vec<u8>, Option<&[u8]>> = Default::default();
+        for (id, value) in &set.customers {
+            customers.insert(keys::customer(id), value.as_deref());
+        }
+        let mut timers: std::collections::BTreeMap<Vec<u8>, bool> = Default::default();
+        for (due, customer) in &set.clear_timers {
+            timers.insert(keys::timer(*due, customer), false);
+        }
+        for (due, customer) in &set.set_timers {
+            timers.insert(keys::timer(*due, customer), true);
+        }
+        let customer_keys: Vec<Vec<u8>> = customers.keys().cloned().collect();
+        let timer_keys: Vec<Vec<u8>> = timers.keys().cloned().collect();
+
+        // Why the lock spans the existence reads and the write: another writer committing
+        // between them would make this batch's counter deltas wrong.
+        let mut guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let customers_existed = self.exist("write (read customers)", &customer_keys)?;
+        let timers_existed = self.exist("write (read timers)", &timer_keys)?;
+
+        let mut batch = WriteBatch::default();
+        let mut customer_delta = 0i64;
+        for ((key, value), existed) in customers.iter().zip(customers_existed) {
+            match value {
+                Some(bytes) => {
+                    batch.put(key, bytes);
+                    customer_delta += i64::from(!existed);
+                }
+                None if existed => {
+                    batch.delete(key);
+                    customer_delta -= 1;
+                }
+                None => {}
+            }
+        }
+        let mut timer_delta = 0i64;
+        for ((key, &present), existed) in timers.iter().zip(timers_existed) {
+            match (existed, present) {
+                (false, true) => {
+                    batch.put(key, []);
+                    timer_delta += 1;
+                }
+                (true, false) => {
+                    batch.delete(key);
+                    timer_delta -= 1;
+                }
+                _ => {}
+            }
+        }
+        for (key, next) in &offsets {
+            batch.put(key, next.to_be_bytes());
+        }
+        let counters = Counters {
+            timers: adjust(guard.timers, timer_delta, meta::TIMER_COUNT)?,
+            customers: adjust(guard.customers, customer_delta, meta::CUSTOMER_COUNT)?,
+        };
+        if timer_delta != 0 || customer_delta != 0 {
+            put_counters(&mut batch, counters);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.db
+            .write_opt(batch, &self.write_options())
+            .map_err(backend("write"))?;
+        *guard = counters;
+        self.publish(counters);
+        Ok(())
+    }
+
+    fn size_bytes(&self) -> u64 {
+        let prop = |name| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        prop(properties::TOTAL_SST_FILES_SIZE) + prop(properties::SIZE_ALL_MEM_TABLES)
+    }
+
+    fn customer_count(&self) -> u64 {
+        self.customers.load(Ordering::Acquire)
+    }
+}

@@ -1,0 +1,147 @@
+//! An in-memory [`Store`]: ordered maps behind one mutex.
+//!
+//! The reference implementation of the crate's invariants: every map is keyed so that its
+//! natural order is the order the trait promises, and every write validates its input before
+//! changing anything, which makes it atomic under the mutex.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::{check_journeys, Error, Millis, Offset, Store, StoredJourney, WriteSet};
+
+/// A [`Store`] kept in memory, for tests and simulations; lost when dropped.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    customers: BTreeMap<String, Vec<u8>>,
+    timers: BTreeSet<(Millis, String)>,
+    offsets: BTreeMap<(String, i32), i64>,
+    journeys: BTreeMap<(String, u32), StoredJourney>,
+}
+
+impl MemoryStore {
+    /// Creates an empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Why ignoring poison is sound: writes validate first and then only insert and remove,
+        // so a panic elsewhere while the lock was held cannot have left a half-applied write.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Store for MemoryStore {
+    fn customer(&self, id: &str) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.lock().customers.get(id).cloned())
+    }
+
+    fn customers(&self, ids: &[&str]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        let inner = self.lock();
+        Ok(ids
+            .iter()
+            .map(|id| inner.customers.get(*id).cloned())
+            .collect())
+    }
+
+    fn due_timers(&self, up_to: Millis, limit: usize) -> Result<Vec<(Millis, String)>, Error> {
+        let inner = self.lock();
+        Ok(inner
+            .timers
+            .iter()
+            .take_while(|(due, _)| *due <= up_to)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    fn next_timer(&self) -> Result<Option<(Millis, String)>, Error> {
+        Ok(self.lock().timers.first().cloned())
+    }
+
+    fn pending_timers(&self) -> u64 {
+        self.lock().timers.len() as u64
+    }
+
+    fn offsets(&self) -> Result<Vec<Offset>, Error> {
+        Ok(self
+            .lock()
+            .offsets
+            .iter()
+            .map(|((topic, partition), next)| Offset {
+                topic: topic.clone(),
+                partition: *partition,
+                next: *next,
+            })
+            .collect())
+    }
+
+    fn journeys(&self) -> Result<Vec<StoredJourney>, Error> {
+        Ok(self.lock().journeys.values().cloned().collect())
+    }
+
+    fn put_journeys(&self, journeys: &[StoredJourney]) -> Result<(), Error> {
+        check_journeys(journeys)?;
+        let mut inner = self.lock();
+        for j in journeys {
+            inner.journeys.insert((j.id.clone(), j.version), j.clone());
+        }
+        Ok(())
+    }
+
+    fn write(&self, set: &WriteSet) -> Result<(), Error> {
+        set.validate()?;
+        let mut inner = self.lock();
+        for (id, value) in &set.customers {
+            match value {
+                Some(bytes) => {
+                    inner.customers.insert(id.clone(), bytes.clone());
+                }
+                None => {
+                    inner.customers.remove(id);
+                }
+            }
+        }
+        for entry in &set.clear_timers {
+            inner.timers.remove(entry);
+        }
+        for entry in &set.set_timers {
+            inner.timers.insert(entry.clone());
+        }
+        for o in &set.offsets {
+            inner.offsets.insert((o.topic.clone(), o.partition), o.next);
+        }
+        Ok(())
+    }
+
+    fn size_bytes(&self) -> u64 {
+        // Sized like the RocksDB keys and values: a table prefix, fixed-width integers.
+        let inner = self.lock();
+        let customers: usize = inner
+            .customers
+            .iter()
+            .map(|(k, v)| 1 + k.len() + v.len())
+            .sum();
+        let timers: usize = inner.timers.iter().map(|(_, c)| 1 + 8 + c.len()).sum();
+        let offsets: usize = inner
+            .offsets
+            .keys()
+            .map(|(t, _)| 1 + 2 + t.len() + 4 + 8)
+            .sum();
+        let journeys: usize = inner
+            .journeys
+            .values()
+            .map(|j| 2 + j.id.len() + 4 + j.id.len() + 4 + 8 + j.file.len() + j.source.len() + 8)
+            .sum();
+        (customers + timers + offsets + journeys) as u64
+    }
+
+    fn customer_count(&self) -> u64 {
+        self.lock().customers.len() as u64
+    }
+}
