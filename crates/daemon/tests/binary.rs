@@ -16,19 +16,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const WELCOME: &str = r#"journey: welcome
-version: 1
-entry: { event: signup }
-exit: { on: [account_closed] }
-steps:
-  - id: hello
-    send: { channel: email, template: welcome, cancel_on: [app_opened] }
-  - id: pause
-    wait: 2s
-  - id: nudge
-    send: { channel: push, template: nudge }
-"#;
-
 fn write_config(rig: &Rig, path: &Path) {
     let text = format!(
         "[journeys]\ndir = {:?}\n[kafka]\n\"bootstrap.servers\" = {:?}\n\"group.id\" = {:?}\n\"session.timeout.ms\" = \"6000\"\n[store]\npath = {:?}\nblock_cache_mb = 8\n[processing]\nbatch_max_messages = 50\nbatch_linger_ms = 5\n[http]\nlisten = \"\"\n[log]\nformat = \"json\"\n",
@@ -76,7 +63,7 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_in_the_middle_of_a_load_loses_no_action() {
-    let rig = Rig::new(&[("welcome.yaml", WELCOME)]);
+    let rig = Rig::new(&[("welcome.yaml", &welcome("2s"))]);
     let config = rig.dir.path().join("journeyd.toml");
     let log = rig.dir.path().join("journeyd.log");
     write_config(&rig, &config);
@@ -154,7 +141,7 @@ async fn sigkill_in_the_middle_of_a_load_loses_no_action() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_and_sigterm_stops_cleanly() {
-    let rig = Rig::new(&[("welcome.yaml", WELCOME)]);
+    let rig = Rig::new(&[("welcome.yaml", &welcome("2s"))]);
     let config = rig.dir.path().join("journeyd.toml");
     let log = rig.dir.path().join("journeyd.log");
     write_config(&rig, &config);
@@ -175,7 +162,7 @@ async fn sighup_reloads_and_sigterm_stops_cleanly() {
     write_journey(
         &rig.journeys_dir(),
         "welcome.yaml",
-        &WELCOME
+        &welcome("2s")
             .replace("version: 1", "version: 2")
             .replace("nudge }", "nudge_v2 }"),
     );

@@ -14,19 +14,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-const WELCOME: &str = r#"journey: welcome
-version: 1
-entry: { event: signup }
-exit: { on: [account_closed] }
-steps:
-  - id: hello
-    send: { channel: email, template: welcome, cancel_on: [app_opened] }
-  - id: pause
-    wait: 3s
-  - id: nudge
-    send: { channel: push, template: nudge }
-"#;
-
 fn sorted(mut v: Vec<Action>) -> Vec<Action> {
     v.sort_by(|a, b| a.action_id.cmp(&b.action_id));
     v
@@ -34,7 +21,7 @@ fn sorted(mut v: Vec<Action>) -> Vec<Action> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_in_actions_out_with_cancels_as_the_simulator_says() {
-    let rig = Rig::new(&[("welcome.yaml", WELCOME)]);
+    let rig = Rig::new(&[("welcome.yaml", &welcome("3s"))]);
     let running = rig.start(rig.config());
     running.until_ready().await;
     let t = now();
@@ -98,7 +85,7 @@ async fn events_in_actions_out_with_cancels_as_the_simulator_says() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_restart_offsets_resume_and_timers_due_while_down_fire() {
     // A longer wait than the other tests: the stop must come before it ends.
-    let rig = Rig::new(&[("welcome.yaml", &WELCOME.replace("wait: 3s", "wait: 10s"))]);
+    let rig = Rig::new(&[("welcome.yaml", &welcome("10s"))]);
     let config = rig.config();
     let running = rig.start(config.clone());
     running.until_ready().await;
@@ -159,7 +146,7 @@ async fn after_a_restart_offsets_resume_and_timers_due_while_down_fire() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_goes_to_the_dead_letter_topic_and_good_input_flows() {
-    let rig = Rig::new(&[("welcome.yaml", WELCOME)]);
+    let rig = Rig::new(&[("welcome.yaml", &welcome("3s"))]);
     let mut config = rig.config();
     config.processing.max_event_bytes = 400;
     let running = rig.start(config);
@@ -298,7 +285,7 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_endpoint_serves_metrics_health_and_customers() {
-    let rig = Rig::new(&[("welcome.yaml", &WELCOME.replace("wait: 3s", "wait: 60s"))]);
+    let rig = Rig::new(&[("welcome.yaml", &welcome("60s"))]);
     let running = rig.start(rig.config());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -360,7 +347,7 @@ async fn the_http_endpoint_serves_metrics_health_and_customers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_are_all_or_nothing_and_changed_versions_are_refused() {
-    let rig = Rig::new(&[("welcome.yaml", WELCOME)]);
+    let rig = Rig::new(&[("welcome.yaml", &welcome("3s"))]);
     let running = rig.start(rig.config());
     running.until_ready().await;
     let dir = rig.journeys_dir();
@@ -382,7 +369,7 @@ async fn reloads_are_all_or_nothing_and_changed_versions_are_refused() {
     write_journey(
         &dir,
         "welcome.yaml",
-        &WELCOME.replace("template: nudge", "template: nudge_v2"),
+        &welcome("3s").replace("template: nudge", "template: nudge_v2"),
     );
     reload("refused").await;
     let engine = running.shared.engine();
@@ -392,7 +379,7 @@ async fn reloads_are_all_or_nothing_and_changed_versions_are_refused() {
     write_journey(
         &dir,
         "welcome.yaml",
-        &WELCOME
+        &welcome("3s")
             .replace("version: 1", "version: 2")
             .replace("template: nudge", "template: nudge_v2"),
     );
@@ -413,7 +400,7 @@ async fn reloads_are_all_or_nothing_and_changed_versions_are_refused() {
     write_journey(
         &dir,
         "welcome.yaml",
-        &WELCOME.replace("version: 1", "version: 2"),
+        &welcome("3s").replace("version: 1", "version: 2"),
     );
     let err = journeyd::app::open(&rig.config()).unwrap_err();
     assert!(

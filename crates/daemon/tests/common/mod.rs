@@ -272,3 +272,11 @@ pub fn now() -> i64 {
 pub fn write_journey(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).unwrap();
 }
+
+/// The test journey: a welcome email (cancelled by `app_opened` from another channel), a wait,
+/// and a push nudge; `account_closed` exits.
+pub fn welcome(wait: &str) -> String {
+    format!(
+        "journey: welcome\nversion: 1\nentry: {{ event: signup }}\nexit: {{ on: [account_closed] }}\nsteps:\n  - id: hello\n    send: {{ channel: email, template: welcome, cancel_on: [app_opened] }}\n  - id: pause\n    wait: {wait}\n  - id: nudge\n    send: {{ channel: push, template: nudge }}\n"
+    )
+}
