@@ -350,6 +350,18 @@ impl Run<'_, '_> {
         journey
     }
 
+    /// The instance of journey `j` with key `key`, if still active, with the journey version it
+    /// runs (an instance whose version is unknown is ended).
+    fn live_instance(&mut self, j: u16, key: u64, now: Millis) -> Option<(usize, Arc<Journey>)> {
+        let idx = self
+            .st
+            .instances
+            .iter()
+            .position(|i| i.j == j && i.key == key)?;
+        let journey = self.instance_journey(idx, now)?;
+        Some((idx, journey))
+    }
+
     fn end_instance(&mut self, idx: usize, ending: Ending, now: Millis) {
         let inst = self.st.instances.remove(idx);
         self.record(
@@ -406,15 +418,7 @@ impl Run<'_, '_> {
             .map(|i| (i.j, i.key))
             .collect();
         for (j, key) in waiting {
-            let Some(idx) = self
-                .st
-                .instances
-                .iter()
-                .position(|i| i.j == j && i.key == key)
-            else {
-                continue;
-            };
-            let Some(journey) = self.instance_journey(idx, t) else {
+            let Some((idx, journey)) = self.live_instance(j, key, t) else {
                 continue;
             };
             let inst = &mut self.st.instances[idx];
@@ -487,15 +491,7 @@ impl Run<'_, '_> {
         let mut batch = Vec::new();
         let active: Vec<(u16, u64)> = self.st.instances.iter().map(|i| (i.j, i.key)).collect();
         for &(j, key) in &active {
-            let Some(idx) = self
-                .st
-                .instances
-                .iter()
-                .position(|i| i.j == j && i.key == key)
-            else {
-                continue;
-            };
-            let Some(journey) = self.instance_journey(idx, now) else {
+            let Some((idx, journey)) = self.live_instance(j, key, now) else {
                 continue;
             };
             if journey.exit_on.contains(&ev.event_type) {

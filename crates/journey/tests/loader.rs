@@ -6,52 +6,12 @@ use std::path::{Path, PathBuf};
 const DAY: Millis = 86_400_000;
 
 /// The example journey of the contract, as written there.
-const WINBACK: &str = r#"journey: winback              # id
-version: 3                    # positive integer; bump it when the steps change
-name: Win back lapsed buyers  # optional, free text
-priority: 40                  # optional int, default 0; higher wins arbitration
-category: marketing           # optional: marketing (default) | service
-entry:
-  event: customer_lapsed      # enter on this event type ...
-  # inactivity: { event: purchase, for: 60d }   # ... or when this event has not recurred for a duration
-  if: 'profile.ltv_segment in ["high", "medium"]'   # optional CEL condition
-  reentry: never              # never (default) | always | a cooldown duration such as 90d
-exit:
-  on: [purchase, account_closed]   # optional: these events end the instance at once
-goal:
-  event: purchase             # optional conversion event ...
-  within: 30d                 # ... counted when it comes within this time of entry
-steps:
-  - id: offer_email
-    send: { channel: email, template: winback_offer }
-  - id: wait_click
-    wait_for:
-      events: [email_clicked, app_opened]
-      timeout: 3d
-      on_event: thanks        # optional: default is the next step
-      on_timeout: sms_nudge   # optional: default is the next step
-  - id: sms_nudge
-    send: { channel: sms, template: winback_sms, ttl: 2d, cancel_on: [email_clicked, app_opened] }
-    next: done
-  - id: thanks
-    send: { channel: email, template: winback_thanks }
-  - id: done
-    exit: {}
-"#;
+/// The contract's example, as the contract writes it.
+const WINBACK: &str = include_str!("fixtures/contract_winback.yaml");
 
 /// The example policies of the contract.
-const POLICIES: &str = r#"policies:
-  default_timezone: Europe/London
-  frequency_caps:
-    - { channel: sms, max: 1, per: 1d }
-    - { channel: "*", category: marketing, max: 3, per: 7d }
-  quiet_hours:
-    from: "21:00"
-    to: "08:00"
-    channels: [sms, push]
-  consent:
-    required: [sms, email]      # channels that need granted consent before any send
-"#;
+/// The contract's example, as the contract writes it.
+const POLICIES: &str = include_str!("fixtures/contract_policies.yaml");
 
 fn sources(files: &[(&str, &str)]) -> Vec<(PathBuf, String)> {
     files
