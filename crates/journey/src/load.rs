@@ -196,6 +196,11 @@ impl Cx {
         self.push(node.line, node.col, Severity::Error, message);
     }
 
+    /// An error at `node` whose message starts with its context (`step "x": ...`).
+    fn error_in(&mut self, node: &Node, ctx: &str, rest: impl std::fmt::Display) {
+        self.error(node, say(ctx, rest));
+    }
+
     fn warn(&mut self, node: &Node, message: String) {
         self.push(node.line, node.col, Severity::Warning, message);
     }
@@ -238,8 +243,11 @@ impl Cx {
                     self.error(k, say(ctx, msg));
                 }
                 None => {
-                    let msg = say(ctx, format!("a key must be a name, found {}", k.describe()));
-                    self.error(k, msg);
+                    self.error_in(
+                        k,
+                        ctx,
+                        format!("a key must be a name, found {}", k.describe()),
+                    );
                 }
             }
         }
@@ -265,11 +273,11 @@ impl Cx {
         match node.scalar() {
             Some(text) if !text.trim().is_empty() => Some(text.to_owned()),
             _ => {
-                let msg = say(
+                self.error_in(
+                    node,
                     ctx,
                     format!("{path} must be {what}, found {}", node.describe()),
                 );
-                self.error(node, msg);
                 None
             }
         }
@@ -278,14 +286,14 @@ impl Cx {
     /// A list of non-empty names (event types, channels).
     fn names(&mut self, ctx: &str, path: &str, node: &Node, what: &str) -> Vec<String> {
         let Some(items) = node.seq() else {
-            let msg = say(
+            self.error_in(
+                node,
                 ctx,
                 format!(
                     "{path} must be a list of {what}, such as [a, b], found {}",
                     node.describe()
                 ),
             );
-            self.error(node, msg);
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -300,14 +308,14 @@ impl Cx {
 
     fn duration(&mut self, ctx: &str, path: &str, node: &Node) -> Option<Millis> {
         let Some(text) = node.scalar() else {
-            let msg = say(
+            self.error_in(
+                node,
                 ctx,
                 format!(
                     "{path} must be a duration such as 3d or 1d12h, found {}",
                     node.describe()
                 ),
             );
-            self.error(node, msg);
             return None;
         };
         match parse_duration(text) {
@@ -324,14 +332,14 @@ impl Cx {
         match node.int() {
             Some(n) if n > 0 && n <= i64::from(u32::MAX) => Some(n as u32),
             _ => {
-                let msg = say(
+                self.error_in(
+                    node,
                     ctx,
                     format!(
                         "{path} must be a positive whole number, found {}",
                         node.describe()
                     ),
                 );
-                self.error(node, msg);
                 None
             }
         }
@@ -342,14 +350,14 @@ impl Cx {
             Some("marketing") => Some(Category::Marketing),
             Some("service") => Some(Category::Service),
             _ => {
-                let msg = say(
+                self.error_in(
+                    node,
                     ctx,
                     format!(
                         "{path} must be marketing or service, found {}",
                         node.describe()
                     ),
                 );
-                self.error(node, msg);
                 None
             }
         }
@@ -368,14 +376,14 @@ impl Cx {
             (h < 24 && m < 60 && text.len() - text.find(':')? == 3).then_some(h * 60 + m)
         });
         if parsed.is_none() {
-            let msg = say(
+            self.error_in(
+                node,
                 ctx,
                 format!(
                     "{path} must be a time of day \"HH:MM\" from 00:00 to 23:59, found {}",
                     node.describe()
                 ),
             );
-            self.error(node, msg);
         }
         parsed
     }
@@ -383,11 +391,11 @@ impl Cx {
     /// A CEL expression that sees only `event` and `profile`.
     fn expr(&mut self, ctx: &str, path: &str, node: &Node) -> Option<Expr> {
         let Some(text) = node.scalar() else {
-            let msg = say(
+            self.error_in(
+                node,
                 ctx,
                 format!("{path} must be a CEL expression, found {}", node.describe()),
             );
-            self.error(node, msg);
             return None;
         };
         match Expr::compile(text) {
@@ -403,11 +411,11 @@ impl Cx {
                 } else {
                     String::new()
                 };
-                let msg = say(
+                self.error_in(
+                    node,
                     ctx,
                     format!("{path}: not a valid CEL expression: {why}{hint}"),
                 );
-                self.error(node, msg);
                 None
             }
             Ok(expr) => {
@@ -421,14 +429,14 @@ impl Cx {
                     }
                     reported.push(name);
                     bad = true;
-                    let msg = say(
+                    self.error_in(
+                        node,
                         ctx,
                         format!(
                             "{path}: unknown variable \"{name}\" (conditions see only event and \
                              profile; write a string as '\"{name}\"')"
                         ),
                     );
-                    self.error(node, msg);
                 }
                 (!bad).then_some(expr)
             }
@@ -444,11 +452,11 @@ impl Cx {
         ids: &HashMap<String, usize>,
     ) -> Option<usize> {
         let Some(id) = node.scalar() else {
-            let msg = say(
+            self.error_in(
+                node,
                 ctx,
                 format!("{path} must be a step id, found {}", node.describe()),
             );
-            self.error(node, msg);
             return None;
         };
         match ids.get(id) {
@@ -733,14 +741,11 @@ fn load_entry(cx: &mut Cx, node: &Node) -> Option<Entry> {
                 parse_duration(text).ok().map(Reentry::Cooldown)
             }
             _ => {
-                let msg = say(
-                    CTX,
-                    format!(
+                cx.error_in(n, CTX, format!(
                         "reentry must be never, always or a cooldown duration such as 90d, found {}",
                         n.describe()
                     ),
                 );
-                cx.error(n, msg);
                 None
             }
         },
@@ -853,7 +858,8 @@ fn load_step(
     following: Target,
 ) -> Option<Step> {
     let Some(fields) = item.map() else {
-        let msg = say(
+        cx.error_in(
+            item,
             ctx,
             format!(
                 "a step must be a mapping with an id and one of {}, found {}",
@@ -861,7 +867,6 @@ fn load_step(
                 item.describe()
             ),
         );
-        cx.error(item, msg);
         return None;
     };
     cx.fields(ctx, "", item, &STEP_FIELDS);
@@ -880,16 +885,17 @@ fn load_step(
         .collect();
     let kind = match kinds.as_slice() {
         [] => {
-            let msg = say(
+            cx.error_in(
+                item,
                 ctx,
                 format!("give exactly one of {}", STEP_KINDS.join(", ")),
             );
-            cx.error(item, msg);
             None
         }
         [(k, v)] => Some((k.scalar().unwrap_or_default(), v)),
         [(first, _), (second, _), ..] => {
-            let msg = say(
+            cx.error_in(
+                second,
                 ctx,
                 format!(
                     "give only one of {}: found \"{}\" and \"{}\"",
@@ -898,7 +904,6 @@ fn load_step(
                     second.scalar().unwrap_or_default()
                 ),
             );
-            cx.error(second, msg);
             None
         }
     };
@@ -908,14 +913,14 @@ fn load_step(
         match kind {
             Some((kind_key @ ("branch" | "split" | "exit"), _)) => {
                 let article = if kind_key == "exit" { "an" } else { "a" };
-                let msg = say(
+                cx.error_in(
+                    next_key,
                     ctx,
                     format!(
                         "next is not allowed on {article} {kind_key} step (it chooses its own \
                          successor)"
                     ),
                 );
-                cx.error(next_key, msg);
             }
             _ => next = cx.target(ctx, "next", next_node, ids),
         }
@@ -986,14 +991,14 @@ fn load_send(cx: &mut Cx, ctx: &str, node: &Node) -> Option<Send> {
                 }
             }
             None => {
-                let msg = say(
+                cx.error_in(
+                    n,
                     ctx,
                     format!(
                         "send.vars must be a mapping of names to CEL expressions, found {}",
                         n.describe()
                     ),
                 );
-                cx.error(n, msg);
                 vars_ok = false;
             }
         }
@@ -1032,15 +1037,12 @@ fn load_wait(cx: &mut Cx, ctx: &str, node: &Node) -> Option<StepKind> {
             }))
         }
         _ => {
-            let msg = say(
-                ctx,
-                format!(
+            cx.error_in(node, ctx, format!(
                     "wait must be a duration such as 3d, or {{until: \"HH:MM\", days: [mon, ...]}}, \
                      found {}",
                     node.describe()
                 ),
             );
-            cx.error(node, msg);
             None
         }
     }
@@ -1048,7 +1050,8 @@ fn load_wait(cx: &mut Cx, ctx: &str, node: &Node) -> Option<StepKind> {
 
 fn load_days(cx: &mut Cx, ctx: &str, node: &Node) -> Option<u8> {
     let wrong = |cx: &mut Cx, n: &Node| {
-        let msg = say(
+        cx.error_in(
+            n,
             ctx,
             format!(
                 "wait.days must be a list of days among {}, found {}",
@@ -1056,7 +1059,6 @@ fn load_days(cx: &mut Cx, ctx: &str, node: &Node) -> Option<u8> {
                 n.describe()
             ),
         );
-        cx.error(n, msg);
     };
     let Some(items) = node.seq().filter(|items| !items.is_empty()) else {
         wrong(cx, node);
@@ -1103,8 +1105,7 @@ fn load_wait_for(
         .map(|n| {
             let events = cx.names(ctx, "wait_for.events", n, "event types");
             if events.is_empty() && n.seq().is_some_and(<[Node]>::is_empty) {
-                let msg = say(ctx, "wait_for.events must list at least one event type");
-                cx.error(n, msg);
+                cx.error_in(n, ctx, "wait_for.events must list at least one event type");
             }
             events
         })
@@ -1141,7 +1142,8 @@ fn load_branch(
     ids: &HashMap<String, usize>,
 ) -> Option<Branch> {
     let Some(items) = node.seq().filter(|items| !items.is_empty()) else {
-        let msg = say(
+        cx.error_in(
+            node,
             ctx,
             format!(
                 "branch must be a list of {{if: CONDITION, next: STEP}} arms ending with \
@@ -1149,7 +1151,6 @@ fn load_branch(
                 node.describe()
             ),
         );
-        cx.error(node, msg);
         return None;
     };
     let mut arms = Vec::new();
@@ -1170,11 +1171,11 @@ fn load_branch(
         };
         if let Some(else_node) = get("else") {
             if get("if").is_some() || get("next").is_some() {
-                let msg = say(
+                cx.error_in(
+                    item,
                     ctx,
                     format!("{path}: an arm is either {{if, next}} or {{else}} alone"),
                 );
-                cx.error(item, msg);
                 ok = false;
             } else if i != last {
                 cx.error(item, say(ctx, format!("{path}: else must be the last arm")));
@@ -1198,12 +1199,12 @@ fn load_branch(
             _ => ok = false,
         }
         if i == last {
-            let msg = say(
+            cx.error_in(
+                item,
                 ctx,
                 "branch: the last arm must be {else: STEP} (it says where to go when no \
                  condition holds)",
             );
-            cx.error(item, msg);
             ok = false;
         }
     }
@@ -1221,14 +1222,14 @@ fn load_split(
     ids: &HashMap<String, usize>,
 ) -> Option<Vec<SplitArm>> {
     let Some(items) = node.seq().filter(|items| !items.is_empty()) else {
-        let msg = say(
+        cx.error_in(
+            node,
             ctx,
             format!(
                 "split must be a list of {{weight: N, next: STEP}} arms, found {}",
                 node.describe()
             ),
         );
-        cx.error(node, msg);
         return None;
     };
     let mut arms = Vec::new();
@@ -1264,14 +1265,14 @@ fn load_split(
 
 fn load_update(cx: &mut Cx, ctx: &str, node: &Node) -> Option<Vec<(String, Expr)>> {
     let Some(pairs) = node.map().filter(|pairs| !pairs.is_empty()) else {
-        let msg = say(
+        cx.error_in(
+            node,
             ctx,
             format!(
                 "update must be a mapping of profile attributes to CEL expressions, found {}",
                 node.describe()
             ),
         );
-        cx.error(node, msg);
         return None;
     };
     let mut out = Vec::new();
@@ -1430,7 +1431,8 @@ fn load_policies(cx: &mut Cx, root: &Node) -> Policies {
         match n.scalar().map(str::parse::<Tz>) {
             Some(Ok(tz)) => policies.default_timezone = tz,
             _ => {
-                let msg = say(
+                cx.error_in(
+                    n,
                     CTX,
                     format!(
                         "default_timezone must be an IANA time zone such as Europe/London, \
@@ -1438,7 +1440,6 @@ fn load_policies(cx: &mut Cx, root: &Node) -> Policies {
                         n.describe()
                     ),
                 );
-                cx.error(n, msg);
             }
         }
     }
@@ -1446,7 +1447,8 @@ fn load_policies(cx: &mut Cx, root: &Node) -> Policies {
     if let Some(n) = get("frequency_caps") {
         match n.seq() {
             None => {
-                let msg = say(
+                cx.error_in(
+                    n,
                     CTX,
                     format!(
                         "frequency_caps must be a list of {{channel, category?, max, per}}, \
@@ -1454,7 +1456,6 @@ fn load_policies(cx: &mut Cx, root: &Node) -> Policies {
                         n.describe()
                     ),
                 );
-                cx.error(n, msg);
             }
             Some(items) => {
                 for (i, item) in items.iter().enumerate() {
@@ -1485,8 +1486,7 @@ fn load_policies(cx: &mut Cx, root: &Node) -> Policies {
                 .unwrap_or_default();
             if let (Some(from), Some(to)) = (from, to) {
                 if from == to {
-                    let msg = say(CTX, "quiet_hours: from and to must differ");
-                    cx.error(n, msg);
+                    cx.error_in(n, CTX, "quiet_hours: from and to must differ");
                 } else {
                     policies.quiet_hours = Some(QuietHours { from, to, channels });
                 }
