@@ -1,0 +1,122 @@
+//! A TCP proxy in front of the broker, to take the network path down and bring it back: every
+//! open connection is closed and new ones are refused while it is cut.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A proxy from a loopback port to a target address. It runs on its own thread and runtime.
+pub struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    generation: watch::Sender<u64>,
+    connections: Arc<AtomicU64>,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Listens on `port` and forwards to `target`.
+    pub fn start(port: u16, target: String) -> Proxy {
+        let up = Arc::new(AtomicBool::new(true));
+        let (generation, rx) = watch::channel(0u64);
+        let connections = Arc::new(AtomicU64::new(0));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let up = up.clone();
+            let connections = connections.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(serve(port, target, up, rx, connections, ready_tx));
+            })
+        };
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the proxy listens");
+        Proxy {
+            port,
+            up,
+            generation,
+            connections,
+            _thread: thread,
+        }
+    }
+
+    /// The port clients connect to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Takes the path down: closes every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Brings the path back.
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve(
+    port: u16,
+    target: String,
+    up: Arc<AtomicBool>,
+    generation: watch::Receiver<u64>,
+    connections: Arc<AtomicU64>,
+    ready: std::sync::mpsc::Sender<()>,
+) {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let listener = TcpListener::bind(addr).await.expect("the proxy port is free");
+    let _ = ready.send(());
+    loop {
+        let Ok((client, _)) = listener.accept().await else {
+            continue;
+        };
+        if !up.load(Ordering::SeqCst) {
+            // Refused: closed at once, as a broker that is down would.
+            drop(client);
+            continue;
+        }
+        connections.fetch_add(1, Ordering::SeqCst);
+        let target = target.clone();
+        let mut generation = generation.clone();
+        let at_start = *generation.borrow_and_update();
+        tokio::spawn(async move {
+            let Ok(server) = TcpStream::connect(&target).await else {
+                return;
+            };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let pipe = async {
+                tokio::select! {
+                    _ = tokio::io::copy(&mut cr, &mut sw) => {},
+                    _ = tokio::io::copy(&mut sr, &mut cw) => {},
+                }
+            };
+            let cut = async {
+                while *generation.borrow_and_update() == at_start {
+                    if generation.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = pipe => {},
+                _ = cut => {},
+            }
+            // Dropping both halves of both sockets closes the connection.
+        });
+    }
+}

@@ -1,0 +1,400 @@
+//! End to end on a real broker nobody on this project wrote: the `journeyd` binary, as a
+//! separate process, against `tansu` on loopback; touchpoints published and actions read by
+//! an independent rdkafka client; the simulator as the oracle.
+//!
+//! The suites run one at a time (they share the machine's two cores with the broker and
+//! journeyd, and the scripts' margins are a second).
+
+use journeyd_codec::{encode_touchpoint, Framing};
+use journeyd_tests::client::{Publisher, Reader};
+use journeyd_tests::journeyd::{http_port, Journeyd, Settings};
+use journeyd_tests::proxy::Proxy;
+use journeyd_tests::scenario::{self, Rng, CHANNELS};
+use journeyd_tests::tansu::Broker;
+use journeyd_tests::{free_port, now_ms};
+use journeyd_types::{Action, ActionKind, Event};
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+const INPUT: &str = "touchpoints";
+const JSON_INPUT: &str = "touchpoints.json";
+const DLQ: &str = "touchpoints.dlq";
+
+/// A broker (behind a proxy when asked), the topics, a working folder and journeyd's settings.
+struct World {
+    broker: Broker,
+    proxy: Option<Proxy>,
+    dir: tempfile::TempDir,
+    settings: Settings,
+}
+
+impl World {
+    fn new(with_proxy: bool) -> World {
+        let (broker, proxy) = if with_proxy {
+            let listen = free_port();
+            let advertised = free_port();
+            let broker = Broker::start_advertising(listen, advertised);
+            let proxy = Proxy::start(advertised, broker.listen_addr());
+            (broker, Some(proxy))
+        } else {
+            (Broker::start(), None)
+        };
+        broker.create_topic(INPUT, 4);
+        broker.create_topic(JSON_INPUT, 1);
+        broker.create_topic(DLQ, 1);
+        for c in CHANNELS {
+            broker.create_topic(&format!("actions.{c}"), 2);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            bootstrap: broker.bootstrap(),
+            group: "journeyd".into(),
+            journeys: scenario::journeys_dir(),
+            store: dir.path().join("store"),
+            input: INPUT.into(),
+            json_input: Some(JSON_INPUT.into()),
+            http_port: http_port(),
+        };
+        World {
+            broker,
+            proxy,
+            dir,
+            settings,
+        }
+    }
+
+    fn journeyd(&self) -> Journeyd {
+        Journeyd::start(self.dir.path(), &self.settings)
+    }
+
+    fn publisher(&self) -> Publisher {
+        Publisher::new(&self.broker.bootstrap(), INPUT)
+    }
+
+    fn reader(&self) -> Reader {
+        let topics: Vec<String> = CHANNELS.iter().map(|c| format!("actions.{c}")).collect();
+        Reader::new(&self.broker.bootstrap(), &topics, DLQ)
+    }
+}
+
+/// Publishes each event once the wall clock reaches its `occurred_at`, in ticks of 50 ms,
+/// calling `tick` with the time elapsed since `start` after each one.
+async fn play(publisher: &Publisher, events: &[Event], mut tick: impl FnMut(i64)) {
+    let start = now_ms();
+    let mut next = 0;
+    while next < events.len() {
+        let now = now_ms();
+        let due = events[next..]
+            .iter()
+            .take_while(|e| e.occurred_at <= now)
+            .count();
+        if due > 0 {
+            publisher.events(&events[next..next + due]).await;
+            next += due;
+        }
+        tick(now_ms() - start);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn wait_for_all(reader: &mut Reader, expected: &std::collections::BTreeMap<String, Action>) {
+    reader.until(
+        "every action the simulator expects",
+        Duration::from_secs(120),
+        |r| {
+            let got: BTreeSet<&str> = r.actions.iter().map(|a| a.action_id.as_str()).collect();
+            expected.keys().all(|k| got.contains(k.as_str()))
+        },
+    );
+    // Anything unexpected or different would come soon after.
+    reader.settle(Duration::from_millis(1500));
+}
+
+fn print_summary(what: &str, expected: &std::collections::BTreeMap<String, Action>) {
+    println!("{what}: {} actions expected", expected.len());
+    for (k, n) in scenario::summary(expected) {
+        println!("  {n:6}  {k}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_actions_match_the_simulator_through_random_sigkills() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let world = World::new(false);
+    let mut journeyd = world.journeyd();
+    journeyd.wait_ready(Duration::from_secs(60));
+    let events = scenario::plan("kill", 3000, now_ms() + 500, 15_000, 0x5eed_0001);
+    let expected = scenario::expected(&events);
+    print_summary("SIGKILL loop", &expected);
+    // Kill at random moments of the load (seeded, so a failure can be replayed), down for a
+    // random while each time.
+    let mut rng = Rng(0xdead_beef);
+    let mut kills: Vec<i64> = (0..5).map(|_| 1000 + rng.below(16_000) as i64).collect();
+    kills.sort();
+    let mut down_until: Option<i64> = None;
+    let publisher = world.publisher();
+    play(&publisher, &events, |elapsed| {
+        if let Some(until) = down_until {
+            if elapsed >= until {
+                journeyd.spawn();
+                down_until = None;
+            }
+        } else if kills.first().is_some_and(|k| elapsed >= *k) {
+            kills.remove(0);
+            journeyd.kill();
+            down_until = Some(elapsed + 200 + rng.below(1500) as i64);
+        }
+    })
+    .await;
+    if down_until.is_some() {
+        journeyd.spawn();
+    }
+    let mut reader = world.reader();
+    wait_for_all(&mut reader, &expected);
+    let duplicates = scenario::check(&expected, &reader.actions);
+    println!(
+        "{} events, journeyd started {} times: {} actions, {} of them duplicates (exact repeats)",
+        events.len(),
+        journeyd.starts,
+        reader.actions.len(),
+        duplicates
+    );
+    assert!(journeyd.starts >= 4, "journeyd was killed and restarted");
+    assert!(reader.dead.is_empty(), "no dead letters: {:?}", reader.dead);
+    assert!(
+        journeyd.terminate(Duration::from_secs(30)).success(),
+        "SIGTERM stops cleanly"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_that_fall_due_while_journeyd_is_down_fire_when_it_is_back() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let world = World::new(false);
+    let mut journeyd = world.journeyd();
+    journeyd.wait_ready(Duration::from_secs(60));
+    // Entries only: every wait then runs out (offer: +3 s and +6 s; basket: +2 s and +4 s).
+    let events: Vec<Event> = scenario::plan("down", 400, now_ms() + 300, 1000, 0x5eed_0002)
+        .into_iter()
+        .filter(|e| matches!(e.event_type.as_str(), "risk_flagged" | "cart_abandoned"))
+        .collect();
+    let expected = scenario::expected(&events);
+    let immediate: Vec<&Action> = expected
+        .values()
+        .filter(|a| {
+            let entered = events
+                .iter()
+                .find(|e| e.customer_id == a.customer_id)
+                .unwrap();
+            a.created_at == entered.occurred_at
+        })
+        .collect();
+    let publisher = world.publisher();
+    play(&publisher, &events, |_| {}).await;
+    let mut reader = world.reader();
+    reader.until(
+        "the sends made at entry",
+        Duration::from_secs(30),
+        |r| immediate.iter().all(|a| r.actions.iter().any(|b| b.action_id == a.action_id)),
+    );
+    assert!(
+        journeyd.terminate(Duration::from_secs(30)).success(),
+        "SIGTERM stops cleanly"
+    );
+    let stopped_at = now_ms();
+    let last_due = expected.values().map(|a| a.created_at).max().unwrap();
+    // Stay down until every wait has run out, and a little longer.
+    tokio::time::sleep(Duration::from_millis(
+        (last_due - now_ms()).max(0) as u64 + 1500,
+    ))
+    .await;
+    let before = reader.actions.len();
+    reader.settle(Duration::from_millis(500));
+    assert_eq!(reader.actions.len(), before, "nothing arrives while journeyd is down");
+    let restarted_at = now_ms();
+    journeyd.spawn();
+    wait_for_all(&mut reader, &expected);
+    scenario::check(&expected, &reader.actions);
+    let fell_due_while_down = expected
+        .values()
+        .filter(|a| a.created_at > stopped_at && a.created_at < restarted_at)
+        .count();
+    println!(
+        "{} actions; {fell_due_while_down} fell due while journeyd was down and came after the restart, stamped with their own due times",
+        expected.len()
+    );
+    assert!(
+        fell_due_while_down > 100,
+        "the test has timers falling due during the downtime ({fell_due_while_down})"
+    );
+    assert!(
+        expected
+            .values()
+            .any(|a| a.kind == ActionKind::Send && a.channel == "call_centre"),
+        "the offer's timeout branch ran"
+    );
+    journeyd.terminate(Duration::from_secs(30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_input_goes_to_the_dead_letter_topic_and_the_rest_flows() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let world = World::new(false);
+    let mut journeyd = world.journeyd();
+    journeyd.wait_ready(Duration::from_secs(60));
+    let events = scenario::plan("poison", 300, now_ms() + 300, 3000, 0x5eed_0003);
+    let expected = scenario::expected(&events);
+    let t = now_ms();
+    let sample = |customer: &str, at: i64| Event {
+        event_id: format!("bad-{customer}"),
+        customer_id: customer.to_owned(),
+        event_type: "risk_flagged".into(),
+        channel: None,
+        occurred_at: at,
+        attributes: Default::default(),
+    };
+    let good = encode_touchpoint(&sample("bad-fp", t), Framing::SingleObject);
+    let mut unknown_fp = good.clone();
+    unknown_fp[2] ^= 0xff;
+    let mut big = sample("big", t);
+    big.attributes
+        .insert("blob".into(), "x".repeat(3000).into());
+    let cases: Vec<(&str, Option<&str>, Vec<u8>, &str)> = vec![
+        (INPUT, Some("g"), b"\x01\x02garbage".to_vec(), "bad_avro"),
+        (INPUT, Some("bad-fp"), good[..good.len() - 3].to_vec(), "bad_avro"),
+        (INPUT, Some("bad-fp"), unknown_fp, "unknown_schema"),
+        (
+            INPUT,
+            Some("someone-else"),
+            encode_touchpoint(&sample("mismatch", t), Framing::SingleObject),
+            "key_mismatch",
+        ),
+        (
+            INPUT,
+            Some("fut"),
+            encode_touchpoint(&sample("fut", t + 86_400_000), Framing::SingleObject),
+            "occurred_at_in_future",
+        ),
+        (
+            INPUT,
+            Some("big"),
+            encode_touchpoint(&big, Framing::SingleObject),
+            "oversized",
+        ),
+        (JSON_INPUT, None, b"{ not json".to_vec(), "bad_json"),
+        (
+            JSON_INPUT,
+            None,
+            br#"{"event_id":"j1","type":"login","occurred_at":"2026-01-05T09:00:00Z"}"#.to_vec(),
+            "missing_customer_id",
+        ),
+    ];
+    // The bad messages go in among the good ones.
+    let publisher = world.publisher();
+    let mut poison = cases.iter();
+    let mut published = 0;
+    play(&publisher, &events, |_| {}).await;
+    for (topic, key, payload, _) in poison.by_ref() {
+        publisher.raw(topic, *key, payload).await;
+        published += 1;
+    }
+    assert_eq!(published, cases.len());
+    let mut reader = world.reader();
+    wait_for_all(&mut reader, &expected);
+    reader.until("every dead letter", Duration::from_secs(30), |r| {
+        r.dead.len() >= cases.len()
+    });
+    scenario::check(&expected, &reader.actions);
+    let mut got: Vec<&str> = reader
+        .dead
+        .iter()
+        .map(|d| d.headers["journeyd.dlq.reason"].as_str())
+        .collect();
+    got.sort();
+    let mut want: Vec<&str> = cases.iter().map(|c| c.3).collect();
+    want.sort();
+    assert_eq!(got, want, "one dead letter per bad message, with its reason");
+    for d in &reader.dead {
+        let case = cases
+            .iter()
+            .find(|c| c.2 == d.payload)
+            .unwrap_or_else(|| panic!("a dead letter keeps the original bytes: {d:?}"));
+        assert_eq!(d.headers["journeyd.dlq.reason"], case.3);
+        assert_eq!(d.headers["journeyd.dlq.source.topic"], case.0);
+        assert!(d.headers["journeyd.dlq.source.offset"].parse::<i64>().is_ok());
+        assert!(d.headers["journeyd.dlq.source.partition"].parse::<i32>().is_ok());
+        assert!(!d.headers["journeyd.dlq.error"].is_empty());
+    }
+    let rejected = journeyd
+        .metric("journeyd_events_rejected_total", &[])
+        .unwrap_or(0.0);
+    assert_eq!(rejected as usize, cases.len(), "the rejections are counted");
+    assert!(
+        journeyd.terminate(Duration::from_secs(30)).success(),
+        "SIGTERM stops cleanly"
+    );
+    let _ = t;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journeyd_rides_out_a_broker_outage_and_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    // Every client reaches the broker through the proxy (it is the advertised address), so
+    // cutting the proxy is the broker going away for everybody; tansu keeps its in-memory
+    // data meanwhile, as a broker with durable storage would across a restart.
+    let world = World::new(true);
+    let proxy = world.proxy.as_ref().unwrap();
+    let mut journeyd = world.journeyd();
+    journeyd.wait_ready(Duration::from_secs(60));
+    let start = now_ms() + 500;
+    let cut_at = start + 6000;
+    let outage = 8000;
+    // Upstream is down too: no events are published from a second before the cut to three
+    // after the path is back. Waits keep falling due throughout.
+    let events: Vec<Event> = scenario::plan("outage", 2000, start, 16_000, 0x5eed_0004)
+        .into_iter()
+        .filter(|e| e.occurred_at < cut_at - 1000 || e.occurred_at > cut_at + outage + 3000)
+        .collect();
+    let expected = scenario::expected(&events);
+    print_summary("broker outage", &expected);
+    let publisher = world.publisher();
+    let mut cut = false;
+    let mut restored = false;
+    play(&publisher, &events, |_| {
+        let now = now_ms();
+        if !cut && now >= cut_at {
+            proxy.cut();
+            cut = true;
+        }
+        if cut && !restored && now >= cut_at + outage {
+            proxy.restore();
+            restored = true;
+        }
+    })
+    .await;
+    assert!(cut && restored, "the outage happened during the load");
+    let due_during_outage = expected
+        .values()
+        .filter(|a| a.created_at >= cut_at && a.created_at < cut_at + outage)
+        .count();
+    assert!(
+        due_during_outage > 50,
+        "timers fall due during the outage ({due_during_outage})"
+    );
+    let mut reader = world.reader();
+    wait_for_all(&mut reader, &expected);
+    let duplicates = scenario::check(&expected, &reader.actions);
+    println!(
+        "{} actions ({due_during_outage} fell due during the {outage} ms outage), {duplicates} duplicates",
+        expected.len()
+    );
+    assert!(journeyd.alive(), "journeyd recovered by itself");
+    assert_eq!(journeyd.starts, 1, "without a restart");
+    assert!(
+        journeyd.terminate(Duration::from_secs(30)).success(),
+        "SIGTERM stops cleanly"
+    );
+}
