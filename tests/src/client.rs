@@ -169,16 +169,24 @@ impl Reader {
 
     /// Reads until `done` holds, or panics after `timeout` with `what` and a summary.
     pub fn until(&mut self, what: &str, timeout: Duration, done: impl Fn(&Reader) -> bool) {
+        assert!(
+            self.within(timeout, done),
+            "timed out after {timeout:?} waiting for {what}: {} actions and {} dead letters read",
+            self.actions.len(),
+            self.dead.len()
+        );
+    }
+
+    /// Reads until `done` holds (true) or `timeout` passes (false).
+    pub fn within(&mut self, timeout: Duration, done: impl Fn(&Reader) -> bool) -> bool {
         let start = Instant::now();
         while !done(self) {
-            assert!(
-                start.elapsed() < timeout,
-                "timed out after {timeout:?} waiting for {what}: {} actions and {} dead letters read",
-                self.actions.len(),
-                self.dead.len()
-            );
+            if start.elapsed() > timeout {
+                return false;
+            }
             self.poll_once(Duration::from_millis(100));
         }
+        true
     }
 
     /// Reads whatever else arrives within `quiet`.

@@ -65,10 +65,6 @@ impl Broker {
                 "--kafka-advertised-listener-url=tcp://127.0.0.1:{advertised_port}"
             ))
             .arg("--storage-engine=memory://tansu/")
-            .arg(format!(
-                "--prometheus-listener-url=tcp://127.0.0.1:{}",
-                free_port()
-            ))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(out.try_clone().unwrap())

@@ -13,11 +13,11 @@ use journeyd_tests::scenario::{self, Rng, CHANNELS};
 use journeyd_tests::tansu::Broker;
 use journeyd_tests::{free_port, now_ms};
 use journeyd_types::{Action, ActionKind, Event};
-use std::collections::BTreeSet;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet};
+use tokio::sync::Mutex;
 use std::time::Duration;
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
 const INPUT: &str = "touchpoints";
 const JSON_INPUT: &str = "touchpoints.json";
@@ -100,20 +100,46 @@ async fn play(publisher: &Publisher, events: &[Event], mut tick: impl FnMut(i64)
     }
 }
 
-fn wait_for_all(reader: &mut Reader, expected: &std::collections::BTreeMap<String, Action>) {
-    reader.until(
-        "every action the simulator expects",
-        Duration::from_secs(120),
-        |r| {
-            let got: BTreeSet<&str> = r.actions.iter().map(|a| a.action_id.as_str()).collect();
-            expected.keys().all(|k| got.contains(k.as_str()))
-        },
-    );
+fn wait_for_all(
+    reader: &mut Reader,
+    expected: &BTreeMap<String, Action>,
+    events: &[Event],
+    journeyd: &Journeyd,
+) {
+    let all = reader.within(Duration::from_secs(120), |r| {
+        let got: BTreeSet<&str> = r.actions.iter().map(|a| a.action_id.as_str()).collect();
+        expected.keys().all(|k| got.contains(k.as_str()))
+    });
+    if !all {
+        let got: BTreeSet<&str> = reader.actions.iter().map(|a| a.action_id.as_str()).collect();
+        let missing: Vec<&Action> = expected
+            .values()
+            .filter(|a| !got.contains(a.action_id.as_str()))
+            .collect();
+        let first = missing[0];
+        let theirs: Vec<&Event> = events
+            .iter()
+            .filter(|e| e.customer_id == first.customer_id)
+            .collect();
+        let arrived: Vec<&Action> = reader
+            .actions
+            .iter()
+            .filter(|a| a.customer_id == first.customer_id)
+            .collect();
+        let log = journeyd.log();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        panic!(
+            "{} of {} expected actions never arrived; the first: {first:#?}\nthat customer's events: {theirs:#?}\nwhat arrived for them: {arrived:#?}\njourneyd's last log lines (newest first):\n{}",
+            missing.len(),
+            expected.len(),
+            tail.join("\n")
+        );
+    }
     // Anything unexpected or different would come soon after.
     reader.settle(Duration::from_millis(1500));
 }
 
-fn print_summary(what: &str, expected: &std::collections::BTreeMap<String, Action>) {
+fn print_summary(what: &str, expected: &BTreeMap<String, Action>) {
     println!("{what}: {} actions expected", expected.len());
     for (k, n) in scenario::summary(expected) {
         println!("  {n:6}  {k}");
@@ -122,7 +148,7 @@ fn print_summary(what: &str, expected: &std::collections::BTreeMap<String, Actio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_actions_match_the_simulator_through_random_sigkills() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let world = World::new(false);
     let mut journeyd = world.journeyd();
     journeyd.wait_ready(Duration::from_secs(60));
@@ -153,7 +179,7 @@ async fn the_actions_match_the_simulator_through_random_sigkills() {
         journeyd.spawn();
     }
     let mut reader = world.reader();
-    wait_for_all(&mut reader, &expected);
+    wait_for_all(&mut reader, &expected, &events, &journeyd);
     let duplicates = scenario::check(&expected, &reader.actions);
     println!(
         "{} events, journeyd started {} times: {} actions, {} of them duplicates (exact repeats)",
@@ -172,7 +198,7 @@ async fn the_actions_match_the_simulator_through_random_sigkills() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waits_that_fall_due_while_journeyd_is_down_fire_when_it_is_back() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let world = World::new(false);
     let mut journeyd = world.journeyd();
     journeyd.wait_ready(Duration::from_secs(60));
@@ -205,18 +231,20 @@ async fn waits_that_fall_due_while_journeyd_is_down_fire_when_it_is_back() {
         "SIGTERM stops cleanly"
     );
     let stopped_at = now_ms();
+    // Whatever journeyd produced before it stopped.
+    reader.settle(Duration::from_millis(1000));
+    let before = reader.actions.len();
     let last_due = expected.values().map(|a| a.created_at).max().unwrap();
     // Stay down until every wait has run out, and a little longer.
     tokio::time::sleep(Duration::from_millis(
         (last_due - now_ms()).max(0) as u64 + 1500,
     ))
     .await;
-    let before = reader.actions.len();
     reader.settle(Duration::from_millis(500));
     assert_eq!(reader.actions.len(), before, "nothing arrives while journeyd is down");
     let restarted_at = now_ms();
     journeyd.spawn();
-    wait_for_all(&mut reader, &expected);
+    wait_for_all(&mut reader, &expected, &events, &journeyd);
     scenario::check(&expected, &reader.actions);
     let fell_due_while_down = expected
         .values()
@@ -241,7 +269,7 @@ async fn waits_that_fall_due_while_journeyd_is_down_fire_when_it_is_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_input_goes_to_the_dead_letter_topic_and_the_rest_flows() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     let world = World::new(false);
     let mut journeyd = world.journeyd();
     journeyd.wait_ready(Duration::from_secs(60));
@@ -294,16 +322,14 @@ async fn poison_input_goes_to_the_dead_letter_topic_and_the_rest_flows() {
     ];
     // The bad messages go in among the good ones.
     let publisher = world.publisher();
-    let mut poison = cases.iter();
-    let mut published = 0;
-    play(&publisher, &events, |_| {}).await;
-    for (topic, key, payload, _) in poison.by_ref() {
+    let (first, second) = events.split_at(events.len() / 2);
+    play(&publisher, first, |_| {}).await;
+    for (topic, key, payload, _) in &cases {
         publisher.raw(topic, *key, payload).await;
-        published += 1;
     }
-    assert_eq!(published, cases.len());
+    play(&publisher, second, |_| {}).await;
     let mut reader = world.reader();
-    wait_for_all(&mut reader, &expected);
+    wait_for_all(&mut reader, &expected, &events, &journeyd);
     reader.until("every dead letter", Duration::from_secs(30), |r| {
         r.dead.len() >= cases.len()
     });
@@ -336,12 +362,11 @@ async fn poison_input_goes_to_the_dead_letter_topic_and_the_rest_flows() {
         journeyd.terminate(Duration::from_secs(30)).success(),
         "SIGTERM stops cleanly"
     );
-    let _ = t;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journeyd_rides_out_a_broker_outage_and_loses_nothing() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     // Every client reaches the broker through the proxy (it is the advertised address), so
     // cutting the proxy is the broker going away for everybody; tansu keeps its in-memory
     // data meanwhile, as a broker with durable storage would across a restart.
@@ -385,7 +410,7 @@ async fn journeyd_rides_out_a_broker_outage_and_loses_nothing() {
         "timers fall due during the outage ({due_during_outage})"
     );
     let mut reader = world.reader();
-    wait_for_all(&mut reader, &expected);
+    wait_for_all(&mut reader, &expected, &events, &journeyd);
     let duplicates = scenario::check(&expected, &reader.actions);
     println!(
         "{} actions ({due_during_outage} fell due during the {outage} ms outage), {duplicates} duplicates",

@@ -26,13 +26,20 @@ pub struct Position {
 #[derive(Debug, Clone)]
 pub enum Work {
     /// A decoded event, processed at its `occurred_at`.
-    Event(Event),
+    Event {
+        /// The event.
+        event: Event,
+        /// The input partition it came from: it owns the customer's timers from now on.
+        partition: i32,
+    },
     /// A due entry of the timer index.
     Timer {
         /// When it fell due.
         due: Millis,
         /// The customer.
         customer: String,
+        /// The partition that owns the entry, if it was set with one.
+        partition: Option<i32>,
     },
 }
 
@@ -108,13 +115,29 @@ pub fn run_batch(
     consumed: &[Position],
 ) -> Result<Output, journeyd_store::Error> {
     let mut ids: Vec<&str> = Vec::new();
+    let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    // The partition that owns each customer's timers: the last event's, else the fired entry's.
+    let mut owner: HashMap<&str, i32> = HashMap::new();
     for w in work {
-        let id = match w {
-            Work::Event(e) => e.customer_id.as_str(),
-            Work::Timer { customer, .. } => customer.as_str(),
+        let (id, partition) = match w {
+            Work::Event { event, partition } => (event.customer_id.as_str(), Some(*partition)),
+            Work::Timer {
+                customer,
+                partition,
+                ..
+            } => (customer.as_str(), *partition),
         };
-        if !ids.contains(&id) {
+        if seen.insert(id) {
             ids.push(id);
+        }
+        match (w, partition) {
+            (Work::Event { .. }, Some(p)) => {
+                owner.insert(id, p);
+            }
+            (Work::Timer { .. }, Some(p)) => {
+                owner.entry(id).or_insert(p);
+            }
+            _ => {}
         }
     }
     let stored = store.customers(&ids)?;
@@ -136,8 +159,10 @@ pub fn run_batch(
     }
     for w in work {
         let (customer, input, now) = match w {
-            Work::Event(e) => (e.customer_id.as_str(), Input::Event(e), e.occurred_at),
-            Work::Timer { due, customer } => {
+            Work::Event { event: e, .. } => {
+                (e.customer_id.as_str(), Input::Event(e), e.occurred_at)
+            }
+            Work::Timer { due, customer, .. } => {
                 // The fired entry goes, whatever the state says now (it may be stale).
                 out.write.clear_timers.push((*due, customer.clone()));
                 (customer.as_str(), Input::Timer, *due)
@@ -164,13 +189,17 @@ pub fn run_batch(
         if let Some(new) = state.wake {
             // Set even when unchanged: a fired entry for the same time was cleared above.
             out.write.set_timers.push((new, (*id).to_owned()));
+            if let Some(p) = owner.get(id) {
+                out.write.timer_partitions.push(((*id).to_owned(), *p));
+            }
         }
         out.write
             .customers
             .push(((*id).to_owned(), Some(state.to_bytes())));
     }
     // A timer set again at the time it was cleared: keep it (set wins over clear).
-    let set: Vec<(Millis, String)> = out.write.set_timers.clone();
+    let set: std::collections::HashSet<(Millis, String)> =
+        out.write.set_timers.iter().cloned().collect();
     out.write.clear_timers.retain(|c| !set.contains(c));
     let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
     for p in consumed {

@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::processor::{run_batch, Output, Position, Work};
 use journeyd_codec::{ActionEncoder, Format, TouchpointDecoder};
 use journeyd_engine::Engine;
-use journeyd_store::Store;
+use journeyd_store::{Millis, Store};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -32,7 +32,8 @@ use rdkafka::topic_partition_list::{Offset as KafkaOffset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -65,11 +66,168 @@ impl Shared {
     }
 }
 
-/// The consumer context: seeds every assignment with the offsets from the store, and turns
-/// librdkafka statistics into the consumer-lag metric.
+/// The consumer context: seeds every assignment with the offsets from the store, keeps track of
+/// the partitions this process owns, and turns librdkafka statistics into the consumer-lag
+/// metric.
 pub struct Context {
     store: Arc<dyn Store>,
     metrics: Metrics,
+    owned: Arc<Owned>,
+}
+
+/// The input partitions assigned to this process, and how far each has been read.
+///
+/// A customer's timer fires only where the partition their events come from is assigned, has
+/// been read to its head once since the assignment (after a restart a dead member may hold
+/// some partitions for a session timeout, and a new assignment has a backlog), and has been
+/// read up to the timer's due time: its *watermark*, the newest message timestamp consumed
+/// from it, or, when the partition is quiet, the time the broker last confirmed there was
+/// nothing more to read. So an event never loses the race against a timer it came before,
+/// even when consumption lags.
+#[derive(Debug, Default)]
+pub struct Owned {
+    partitions: Mutex<BTreeMap<(String, i32), Part>>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Part {
+    /// The offset consumption resumed from, when the store knew it.
+    seed: Option<i64>,
+    /// Read to the head of the partition once since it was assigned.
+    at_head: bool,
+    /// Everything appended before this time (ms) has been read.
+    watermark: Millis,
+    /// When the broker was last asked for the watermarks.
+    probed: Option<Instant>,
+}
+
+/// How long a partition may go without a message before the broker is asked whether it is
+/// quiet or the reading is behind.
+const QUIET: Duration = Duration::from_millis(300);
+/// The most partitions probed per loop, so an unreachable broker slows the loop only a little.
+const PROBES_PER_ROUND: usize = 4;
+
+impl Owned {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, i32), Part>> {
+        self.partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn assign(&self, tpl: &TopicPartitionList) {
+        let mut m = self.lock();
+        for el in tpl.elements() {
+            let seed = match el.offset() {
+                KafkaOffset::Offset(n) => Some(n),
+                _ => None,
+            };
+            m.insert(
+                (el.topic().to_owned(), el.partition()),
+                Part {
+                    seed,
+                    ..Part::default()
+                },
+            );
+        }
+    }
+
+    fn revoke(&self, tpl: &TopicPartitionList) {
+        let mut m = self.lock();
+        for el in tpl.elements() {
+            m.remove(&(el.topic().to_owned(), el.partition()));
+        }
+    }
+
+    fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// Advances the watermarks past the messages just consumed.
+    pub fn consumed(&self, msgs: &[OwnedMessage]) {
+        let mut m = self.lock();
+        for msg in msgs {
+            let Some(ts) = msg.timestamp().to_millis() else {
+                continue;
+            };
+            if let Some(part) = m.get_mut(&(msg.topic().to_owned(), msg.partition())) {
+                part.watermark = part.watermark.max(ts);
+            }
+        }
+    }
+
+    /// Asks the broker about the partitions not read to their head yet, and the quiet ones
+    /// (no message for a while): a partition whose position (the next offset to deliver, else
+    /// the offset consumption resumed from) has reached the high watermark is at its head, and
+    /// everything appended before the question has been read.
+    pub fn refresh<C: Consumer<Context>>(&self, consumer: &C) {
+        let now = wall_now();
+        let mut pending: Vec<(String, i32, Option<i64>, Option<Instant>)> = self
+            .lock()
+            .iter()
+            .filter(|(_, part)| {
+                !part.at_head || now - part.watermark >= QUIET.as_millis() as Millis
+            })
+            .filter(|(_, part)| part.probed.is_none_or(|t| t.elapsed() >= QUIET))
+            .map(|((topic, partition), part)| (topic.clone(), *partition, part.seed, part.probed))
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        // The longest unasked first.
+        pending.sort_by_key(|(_, _, _, probed)| *probed);
+        pending.truncate(PROBES_PER_ROUND);
+        let positions = consumer.position().ok();
+        for (topic, partition, seed, _) in pending {
+            let asked_at = wall_now();
+            if let Some(part) = self.lock().get_mut(&(topic.clone(), partition)) {
+                part.probed = Some(Instant::now());
+            }
+            let position = positions
+                .as_ref()
+                .and_then(|tpl| tpl.find_partition(&topic, partition))
+                .and_then(|el| match el.offset() {
+                    KafkaOffset::Offset(n) => Some(n),
+                    _ => None,
+                })
+                .or(seed);
+            let Ok((low, high)) =
+                consumer.fetch_watermarks(&topic, partition, Duration::from_millis(200))
+            else {
+                continue;
+            };
+            let read = match position {
+                Some(next) => next >= high,
+                // Nothing delivered and no stored offset: only an empty partition is read.
+                None => low == high,
+            };
+            if !read {
+                continue;
+            }
+            let mut m = self.lock();
+            let Some(part) = m.get_mut(&(topic.clone(), partition)) else {
+                continue;
+            };
+            if !part.at_head {
+                tracing::info!(
+                    topic,
+                    partition,
+                    position,
+                    high,
+                    "Partition read to its head; its timers fire."
+                );
+            }
+            part.at_head = true;
+            part.watermark = part.watermark.max(asked_at);
+        }
+    }
+
+    /// Whether a timer of partition number `p` due at `due` may fire: every input topic's
+    /// partition `p` assigned here is read to its head and past `due`, and there is one.
+    pub fn fires(&self, p: i32, due: Millis) -> bool {
+        let m = self.lock();
+        let mut parts = m.iter().filter(|((_, q), _)| *q == p).peekable();
+        parts.peek().is_some() && parts.all(|(_, part)| part.at_head && part.watermark >= due)
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -147,6 +305,7 @@ impl ConsumerContext for Context {
                         tracing::error!(%error, "Cannot read stored offsets; using the group's committed offsets.")
                     }
                 }
+                self.owned.assign(tpl);
                 if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -155,6 +314,7 @@ impl ConsumerContext for Context {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!(partitions = tpl.count(), "Partitions revoked.");
+                self.owned.revoke(tpl);
                 if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {
@@ -163,6 +323,7 @@ impl ConsumerContext for Context {
             }
             other => {
                 tracing::warn!(error = ?other, "Rebalance error; unassigning.");
+                self.owned.clear();
                 consumer.unassign()
             }
         };
@@ -254,6 +415,7 @@ pub fn clients(shared: &Shared) -> Result<(StreamConsumer<Context>, FutureProduc
     let consumer: StreamConsumer<Context> = cc.create_with_context(Context {
         store: shared.store.clone(),
         metrics: shared.metrics.clone(),
+        owned: Arc::new(Owned::default()),
     })?;
     let topics: Vec<&str> = shared
         .config
@@ -400,7 +562,10 @@ fn prepare(
                 if let Some(ts) = m.timestamp().to_millis() {
                     p.timestamps.push(ts);
                 }
-                p.work.push(Work::Event(event));
+                p.work.push(Work::Event {
+                    event,
+                    partition: m.partition(),
+                });
             }
         }
     }
@@ -530,6 +695,7 @@ pub fn reload(shared: &Shared) {
 /// Runs the service loop until `shutdown`.
 pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let (consumer, producer) = clients(&shared)?;
+    let owned = consumer.context().owned.clone();
     let registry = shared
         .config
         .schema_registry
@@ -554,6 +720,8 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         // is fresh). Under steady load the consumer is never idle, so freshness matters too.
         let newest = msgs.iter().filter_map(|m| m.timestamp().to_millis()).max();
         let fresh = newest.is_some_and(|ts| ts >= wall_now() - 2_000);
+        owned.consumed(&msgs);
+        owned.refresh(&consumer);
         if (idle || fresh) && !caught_up {
             caught_up = true;
             shared.ready.store(true, Ordering::SeqCst);
@@ -562,21 +730,35 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         let prepared = {
             let (s, d, sd) = (shared.clone(), decoder.clone(), shutdown.clone());
             let caught = caught_up;
+            let owned = owned.clone();
             tokio::task::spawn_blocking(move || {
                 let mut p = prepare(&s, &d, msgs, &sd)?;
                 if caught {
                     let due = s
                         .store
-                        .due_timers(s.clock.now(), s.config.processing.timer_batch)
+                        .due_timers_in(s.clock.now(), s.config.processing.timer_batch, &|p| {
+                            owned.fires(p, Millis::MIN)
+                        })
                         .unwrap_or_else(|error| {
                             tracing::error!(%error, "Cannot read due timers.");
                             Vec::new()
                         });
+                    // Only the timers their partition has been read past. Watermarks are
+                    // real time: with a sped-up clock (demos) being read to the head is enough.
+                    let real_time = s.clock.speed() == 1.0;
+                    let due: Vec<_> = due
+                        .into_iter()
+                        .filter(|t| {
+                            let at = if real_time { t.due } else { Millis::MIN };
+                            t.partition.is_none_or(|p| owned.fires(p, at))
+                        })
+                        .collect();
                     p.timers = due.len();
-                    p.work.extend(
-                        due.into_iter()
-                            .map(|(due, customer)| Work::Timer { due, customer }),
-                    );
+                    p.work.extend(due.into_iter().map(|t| Work::Timer {
+                        due: t.due,
+                        customer: t.customer,
+                        partition: t.partition,
+                    }));
                 }
                 Some(p)
             })
@@ -694,7 +876,12 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     }
     tracing::info!("Stopping: flushing the producer.");
     let _ = producer.flush(Duration::from_secs(10));
-    consumer.unsubscribe();
+    // A static member (group.instance.id) must not leave the group on its way out: its
+    // partitions wait for it instead of moving to a replica without their state. Closing the
+    // consumer (on drop) keeps it in the group; unsubscribing would not.
+    if !shared.config.kafka.contains_key("group.instance.id") {
+        consumer.unsubscribe();
+    }
     Ok(())
 }
 
@@ -709,4 +896,63 @@ pub fn update_gauges(shared: &Shared) {
         _ => 0.0,
     };
     m.timer_lag_seconds.set(lag);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::Timestamp;
+
+    fn tpl(parts: &[(&str, i32)]) -> TopicPartitionList {
+        let mut t = TopicPartitionList::new();
+        for (topic, p) in parts {
+            t.add_partition(topic, *p);
+        }
+        t
+    }
+
+    fn msg(topic: &str, partition: i32, ts: Millis) -> OwnedMessage {
+        OwnedMessage::new(
+            None,
+            None,
+            topic.to_owned(),
+            Timestamp::CreateTime(ts),
+            partition,
+            0,
+            None,
+        )
+    }
+
+    fn at_head(o: &Owned, topic: &str, p: i32) {
+        o.lock().get_mut(&(topic.to_owned(), p)).unwrap().at_head = true;
+    }
+
+    #[test]
+    fn a_timer_fires_only_where_its_partition_is_owned_read_and_past_its_due_time() {
+        let o = Owned::default();
+        assert!(!o.fires(0, 0), "nothing assigned");
+        o.assign(&tpl(&[("a", 0), ("b", 0), ("a", 1)]));
+        o.consumed(&[msg("a", 0, 10), msg("b", 0, 10)]);
+        assert!(!o.fires(0, 5), "assigned, but not read to the head yet");
+        at_head(&o, "a", 0);
+        assert!(
+            !o.fires(0, 5),
+            "partition 0 of every input topic must be read"
+        );
+        at_head(&o, "b", 0);
+        assert!(o.fires(0, 5));
+        assert!(o.fires(0, 10));
+        assert!(!o.fires(0, 11), "not read past the due time");
+        o.consumed(&[msg("a", 0, 20)]);
+        assert!(!o.fires(0, 15), "topic b's partition 0 is still at 10");
+        o.consumed(&[msg("b", 0, 30), msg("x", 0, 99)]);
+        assert!(o.fires(0, 20));
+        assert!(!o.fires(1, 0), "partition 1 not read to its head");
+        assert!(!o.fires(2, 0), "partition 2 not assigned");
+        o.revoke(&tpl(&[("b", 0)]));
+        assert!(o.fires(0, 20), "topic a alone now");
+        assert!(!o.fires(0, 21));
+        o.clear();
+        assert!(!o.fires(0, 0));
+    }
 }

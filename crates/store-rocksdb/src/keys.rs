@@ -26,7 +26,7 @@ use journeyd_store::{check_topic, Error, Millis, MAX_JOURNEY_ID_BYTES};
 pub enum Table {
     /// Customer state, by customer id.
     Customers,
-    /// The timer index, by due time then customer id; values are empty.
+    /// The timer index, by due time then customer id; values name the owning partition.
     Timers,
     /// Consumed offsets, by topic then partition.
     Offsets,

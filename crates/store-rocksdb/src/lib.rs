@@ -11,15 +11,16 @@
 //!   counters cannot race; readers never take it.
 //! - A store carries its format version in `meta/format_version` from creation; a store with a
 //!   newer version than [`FORMAT_VERSION`] is refused at open, before anything is written.
-//! - Values: customer state as given (opaque), timers empty, offsets `i64` BE, journeys postcard
-//!   of [`StoredJourney`] (field order is the format), meta integers BE.
+//! - Values: customer state as given (opaque), timers the owning input partition (`i32` BE;
+//!   empty: every partition), offsets `i64` BE, journeys postcard of [`StoredJourney`] (field
+//!   order is the format), meta integers BE.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use journeyd_store::{check_journeys, Error, Millis, Offset, Store, StoredJourney, WriteSet};
+use journeyd_store::{check_journeys, DueTimer, Error, Millis, Offset, Store, StoredJourney, WriteSet};
 use rocksdb::{
     properties, BlockBasedOptions, Cache, DBCompressionType, ErrorKind, IteratorMode, Options,
     ReadOptions, WriteBatch, WriteOptions, DB,
@@ -53,6 +54,37 @@ impl Default for StoreOptions {
             sync_writes: false,
         }
     }
+}
+
+/// The RocksDB options a [`RocksStore`] opens its database with (creating it if missing).
+///
+/// Public so that tools (the benchmark's raw `WriteBatch` baseline, offline compaction) open a
+/// database exactly the way the store does.
+pub fn rocksdb_options(opts: &StoreOptions) -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&Cache::new_lru_cache(opts.block_cache_bytes));
+    // Why: customer reads are point lookups by full key; a whole-key bloom filter skips
+    // SST files that cannot hold the customer.
+    table.set_bloom_filter(10.0, false);
+    table.set_whole_key_filtering(true);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+
+    let mut db_opts = Options::default();
+    db_opts.create_if_missing(true);
+    db_opts.set_block_based_table_factory(&table);
+    db_opts.set_compression_type(DBCompressionType::Lz4);
+    db_opts.set_write_buffer_size(opts.write_buffer_bytes);
+    // One column family today, but keep flushes atomic if more arrive (style.md).
+    db_opts.set_atomic_flush(true);
+    db_opts
+}
+
+/// The write options of a [`RocksStore`]'s batches: the WAL on, fsync as `opts.sync_writes`.
+pub fn rocksdb_write_options(opts: &StoreOptions) -> WriteOptions {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(opts.sync_writes);
+    wo
 }
 
 /// A raw key and value read from the database.
@@ -139,24 +171,7 @@ impl RocksStore {
             message: e.into_string(),
         };
 
-        let mut table = BlockBasedOptions::default();
-        table.set_block_cache(&Cache::new_lru_cache(opts.block_cache_bytes));
-        // Why: customer reads are point lookups by full key; a whole-key bloom filter skips
-        // SST files that cannot hold the customer.
-        table.set_bloom_filter(10.0, false);
-        table.set_whole_key_filtering(true);
-        table.set_cache_index_and_filter_blocks(true);
-        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-
-        let mut db_opts = Options::default();
-        db_opts.create_if_missing(true);
-        db_opts.set_block_based_table_factory(&table);
-        db_opts.set_compression_type(DBCompressionType::Lz4);
-        db_opts.set_write_buffer_size(opts.write_buffer_bytes);
-        // One column family today, but keep flushes atomic if more arrive (style.md).
-        db_opts.set_atomic_flush(true);
-
-        let db = DB::open(&db_opts, path).map_err(open_err)?;
+        let db = DB::open(&rocksdb_options(opts), path).map_err(open_err)?;
         let mut store = Self {
             db,
             path: path.to_owned(),
@@ -359,14 +374,37 @@ impl Store for RocksStore {
     }
 
     fn due_timers(&self, up_to: Millis, limit: usize) -> Result<Vec<(Millis, String)>, Error> {
+        let due = self.due_timers_in(up_to, limit, &|_| true)?;
+        Ok(due.into_iter().map(|t| (t.due, t.customer)).collect())
+    }
+
+    fn due_timers_in(
+        &self,
+        up_to: Millis,
+        limit: usize,
+        owned: &dyn Fn(i32) -> bool,
+    ) -> Result<Vec<DueTimer>, Error> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let mut due = Vec::new();
         for item in self.scan(Table::Timers.lower_bound(), keys::timers_after(up_to)) {
-            let (key, _) = item.map_err(backend("read due timers"))?;
+            let (key, value) = item.map_err(backend("read due timers"))?;
+            // The value is the owning partition (i32 BE), or empty for every partition.
+            let partition = match *value {
+                [] => None,
+                [a, b, c, d] => Some(i32::from_be_bytes([a, b, c, d])),
+                _ => return Err(corrupt(&key, "a timer's partition is not 4 bytes")),
+            };
+            if partition.is_some_and(|p| !owned(p)) {
+                continue;
+            }
             match Key::decode(&key)? {
-                Key::Timer { due: at, customer } => due.push((at, customer)),
+                Key::Timer { due: at, customer } => due.push(DueTimer {
+                    due: at,
+                    customer,
+                    partition,
+                }),
                 other => return Err(corrupt(&key, format!("{other} in the timers range"))),
             }
             if due.len() == limit {
@@ -478,12 +516,21 @@ impl Store for RocksStore {
         for (id, value) in &set.customers {
             customers.insert(keys::customer(id), value.as_deref());
         }
-        let mut timers: std::collections::BTreeMap<Vec<u8>, bool> = Default::default();
+        let partition_of = |customer: &str| {
+            set.timer_partitions
+                .iter()
+                .rev()
+                .find(|(c, _)| c == customer)
+                .map(|(_, p)| p.to_be_bytes().to_vec())
+                .unwrap_or_default()
+        };
+        // Per key: None clears, Some(value) sets (the value names the owning partition).
+        let mut timers: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = Default::default();
         for (due, customer) in &set.clear_timers {
-            timers.insert(keys::timer(*due, customer), false);
+            timers.insert(keys::timer(*due, customer), None);
         }
         for (due, customer) in &set.set_timers {
-            timers.insert(keys::timer(*due, customer), true);
+            timers.insert(keys::timer(*due, customer), Some(partition_of(customer)));
         }
         let customer_keys: Vec<Vec<u8>> = customers.keys().cloned().collect();
         let timer_keys: Vec<Vec<u8>> = timers.keys().cloned().collect();
@@ -510,13 +557,15 @@ impl Store for RocksStore {
             }
         }
         let mut timer_delta = 0i64;
-        for ((key, &present), existed) in timers.iter().zip(timers_existed) {
-            match (existed, present) {
-                (false, true) => {
-                    batch.put(key, []);
+        for ((key, value), existed) in timers.iter().zip(timers_existed) {
+            match (existed, value) {
+                (false, Some(value)) => {
+                    batch.put(key, value);
                     timer_delta += 1;
                 }
-                (true, false) => {
+                // Present already: the owning partition may have changed.
+                (true, Some(value)) => batch.put(key, value),
+                (true, None) => {
                     batch.delete(key);
                     timer_delta -= 1;
                 }

@@ -64,6 +64,7 @@ fn reopening_keeps_everything() {
             ("bob".into(), Some(b"b".to_vec())),
             ("carol".into(), Some(Vec::new())),
         ],
+        timer_partitions: vec![("alice".into(), 3)],
         clear_timers: vec![],
         set_timers: vec![
             (-5, "alice".into()),

@@ -46,6 +46,10 @@ pub const CASES: &[Case] = &[
     ),
     ("timer_duplicates_idempotent", timer_duplicates_idempotent),
     (
+        "due_timers_in_skips_other_partitions",
+        due_timers_in_skips_other_partitions,
+    ),
+    (
         "offsets_overwrite_per_partition",
         offsets_overwrite_per_partition,
     ),
@@ -382,6 +386,55 @@ pub fn timer_clear_then_set_same_entry(store: &dyn Store) {
     assert_eq!(store.pending_timers(), 1);
 }
 
+/// `due_timers_in` takes only the timers of owned partitions (and those set without one),
+/// skips the rest without removing them, still honours the limit, and a timer set again under
+/// another partition moves to it.
+pub fn due_timers_in_skips_other_partitions(store: &dyn Store) {
+    let mut set = timers_write(
+        vec![],
+        vec![timer(1, "p0"), timer(2, "p1"), timer(3, "any"), timer(4, "p0")],
+    );
+    set.timer_partitions = vec![("p0".into(), 0), ("p1".into(), 1)];
+    write(store, &set);
+    let only_0 = |p: i32| p == 0;
+    let pairs = |due: Vec<crate::DueTimer>| -> Vec<(Millis, String)> {
+        due.into_iter().map(|t| (t.due, t.customer)).collect()
+    };
+    let due = store.due_timers_in(10, 10, &only_0).unwrap();
+    assert_eq!(
+        due.iter().map(|t| t.partition).collect::<Vec<_>>(),
+        vec![Some(0), None, Some(0)],
+        "each timer comes with its partition"
+    );
+    let due = pairs(due);
+    assert_eq!(
+        due,
+        vec![timer(1, "p0"), timer(3, "any"), timer(4, "p0")],
+        "partition 1's timer is skipped; one set without a partition is taken"
+    );
+    assert_eq!(
+        pairs(store.due_timers_in(10, 2, &only_0).unwrap()),
+        vec![timer(1, "p0"), timer(3, "any")],
+        "the limit counts taken timers only"
+    );
+    assert_eq!(
+        pairs(store.due_timers_in(10, 10, &|p| p == 1).unwrap()),
+        vec![timer(2, "p1"), timer(3, "any")]
+    );
+    assert_eq!(store.pending_timers(), 4, "skipped timers stay");
+    assert_eq!(store.due_timers(10, 10).unwrap().len(), 4, "due_timers takes all");
+    // p1's customer now comes from partition 0: setting the same entry moves it.
+    let mut moved = timers_write(vec![], vec![timer(2, "p1")]);
+    moved.timer_partitions = vec![("p1".into(), 0)];
+    write(store, &moved);
+    assert_eq!(store.pending_timers(), 4);
+    assert_eq!(
+        pairs(store.due_timers_in(10, 10, &|p| p == 1).unwrap()),
+        vec![timer(3, "any")]
+    );
+    assert_eq!(store.due_timers_in(10, 10, &only_0).unwrap().len(), 4);
+}
+
 /// Setting a present entry and clearing an absent one change nothing, counter included.
 pub fn timer_duplicates_idempotent(store: &dyn Store) {
     write(
@@ -445,6 +498,7 @@ pub fn offsets_overwrite_per_partition(store: &dyn Store) {
 
     let set = WriteSet {
         offsets: vec![offset("aa", 0, 8), offset("", i32::MAX, i64::MAX)],
+        timer_partitions: vec![],
         ..WriteSet::default()
     };
     write(store, &set);
@@ -462,6 +516,7 @@ pub fn offsets_overwrite_per_partition(store: &dyn Store) {
         store,
         &WriteSet {
             offsets: vec![offset(&long, i32::MIN, 0)],
+            timer_partitions: vec![],
             ..WriteSet::default()
         },
     );
@@ -535,6 +590,7 @@ pub fn write_all_parts_together(store: &dyn Store) {
             clear_timers: vec![],
             set_timers: vec![timer(10, "a"), timer(20, "b")],
             offsets: vec![offset("events", 3, 100)],
+            timer_partitions: vec![],
         },
     );
     write(
@@ -544,6 +600,7 @@ pub fn write_all_parts_together(store: &dyn Store) {
             clear_timers: vec![timer(10, "a"), timer(20, "b")],
             set_timers: vec![timer(15, "a")],
             offsets: vec![offset("events", 3, 101), offset("events", 4, 7)],
+            timer_partitions: vec![],
         },
     );
     assert_eq!(
@@ -580,6 +637,7 @@ pub fn write_refused_changes_nothing(store: &dyn Store) {
             clear_timers: vec![],
             set_timers: vec![timer(1, "a")],
             offsets: vec![offset("events", 0, 5)],
+            timer_partitions: vec![],
         },
     );
     let ids = ["a", "b", "c"];
@@ -588,6 +646,7 @@ pub fn write_refused_changes_nothing(store: &dyn Store) {
         customers: vec![put("c", b"1"), delete("a"), put("b", b"2")],
         clear_timers: vec![timer(1, "a")],
         set_timers: vec![timer(2, "c")],
+        timer_partitions: vec![("c".into(), 0)],
         offsets: vec![
             offset("events", 0, 6),
             offset(&"t".repeat(MAX_TOPIC_BYTES + 1), 0, 1),

@@ -63,6 +63,17 @@ pub struct StoredJourney {
     pub first_seen: Millis,
 }
 
+/// A due entry of the timer index, with the input partition that owns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueTimer {
+    /// When it falls due.
+    pub due: Millis,
+    /// The customer.
+    pub customer: String,
+    /// The owning partition; `None` when it was set without one.
+    pub partition: Option<i32>,
+}
+
 /// Everything one step of the engine changes, applied atomically by [`Store::write`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteSet {
@@ -72,6 +83,10 @@ pub struct WriteSet {
     pub clear_timers: Vec<(Millis, String)>,
     /// `(due, customer)` entries to add to the timer index (after `clear_timers`).
     pub set_timers: Vec<(Millis, String)>,
+    /// The input partition that owns each customer whose timers this write sets (the
+    /// partition their events come from). A timer set for a customer not named here belongs
+    /// to every partition. See [`Store::due_timers_in`].
+    pub timer_partitions: Vec<(String, i32)>,
     /// Consumed positions, each overwriting the one stored for its `(topic, partition)`.
     pub offsets: Vec<Offset>,
 }
@@ -144,6 +159,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn customers(&self, ids: &[&str]) -> Result<Vec<Option<Vec<u8>>>, Error>;
     /// Reads the timers with `due <= up_to`, ordered by `(due, customer)`, at most `limit`.
     fn due_timers(&self, up_to: Millis, limit: usize) -> Result<Vec<(Millis, String)>, Error>;
+    /// Like [`Store::due_timers`], with each timer's partition, skipping the timers whose
+    /// partition `owned` refuses (timers set without a partition are always taken). Skipped
+    /// entries stay in the index.
+    fn due_timers_in(
+        &self,
+        up_to: Millis,
+        limit: usize,
+        owned: &dyn Fn(i32) -> bool,
+    ) -> Result<Vec<DueTimer>, Error>;
     /// Reads the earliest timer, if any.
     fn next_timer(&self) -> Result<Option<(Millis, String)>, Error>;
     /// Counts the entries in the timer index, in O(1).
@@ -258,6 +282,14 @@ mod tests {
         }
         fn due_timers(&self, up_to: Millis, limit: usize) -> Result<Vec<(Millis, String)>, Error> {
             self.inner.due_timers(up_to, limit)
+        }
+        fn due_timers_in(
+            &self,
+            up_to: Millis,
+            limit: usize,
+            owned: &dyn Fn(i32) -> bool,
+        ) -> Result<Vec<DueTimer>, Error> {
+            self.inner.due_timers_in(up_to, limit, owned)
         }
         fn next_timer(&self) -> Result<Option<(Millis, String)>, Error> {
             self.inner.next_timer()

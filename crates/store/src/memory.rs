@@ -4,10 +4,12 @@
 //! natural order is the order the trait promises, and every write validates its input before
 //! changing anything, which makes it atomic under the mutex.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::{check_journeys, Error, Millis, Offset, Store, StoredJourney, WriteSet};
+use crate::{
+    check_journeys, DueTimer, Error, Millis, Offset, Store, StoredJourney, WriteSet,
+};
 
 /// A [`Store`] kept in memory, for tests and simulations; lost when dropped.
 #[derive(Debug, Default)]
@@ -18,7 +20,8 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct Inner {
     customers: BTreeMap<String, Vec<u8>>,
-    timers: BTreeSet<(Millis, String)>,
+    /// Timer entries and the partition that owns each (None: every partition).
+    timers: BTreeMap<(Millis, String), Option<i32>>,
     offsets: BTreeMap<(String, i32), i64>,
     journeys: BTreeMap<(String, u32), StoredJourney>,
 }
@@ -50,18 +53,33 @@ impl Store for MemoryStore {
     }
 
     fn due_timers(&self, up_to: Millis, limit: usize) -> Result<Vec<(Millis, String)>, Error> {
+        let due = self.due_timers_in(up_to, limit, &|_| true)?;
+        Ok(due.into_iter().map(|t| (t.due, t.customer)).collect())
+    }
+
+    fn due_timers_in(
+        &self,
+        up_to: Millis,
+        limit: usize,
+        owned: &dyn Fn(i32) -> bool,
+    ) -> Result<Vec<DueTimer>, Error> {
         let inner = self.lock();
         Ok(inner
             .timers
             .iter()
-            .take_while(|(due, _)| *due <= up_to)
+            .take_while(|((due, _), _)| *due <= up_to)
+            .filter(|(_, partition)| partition.is_none_or(owned))
             .take(limit)
-            .cloned()
+            .map(|((due, customer), partition)| DueTimer {
+                due: *due,
+                customer: customer.clone(),
+                partition: *partition,
+            })
             .collect())
     }
 
     fn next_timer(&self) -> Result<Option<(Millis, String)>, Error> {
-        Ok(self.lock().timers.first().cloned())
+        Ok(self.lock().timers.keys().next().cloned())
     }
 
     fn pending_timers(&self) -> u64 {
@@ -111,7 +129,13 @@ impl Store for MemoryStore {
             inner.timers.remove(entry);
         }
         for entry in &set.set_timers {
-            inner.timers.insert(entry.clone());
+            let partition = set
+                .timer_partitions
+                .iter()
+                .rev()
+                .find(|(c, _)| *c == entry.1)
+                .map(|(_, p)| *p);
+            inner.timers.insert(entry.clone(), partition);
         }
         for o in &set.offsets {
             inner.offsets.insert((o.topic.clone(), o.partition), o.next);
@@ -127,7 +151,7 @@ impl Store for MemoryStore {
             .iter()
             .map(|(k, v)| 1 + k.len() + v.len())
             .sum();
-        let timers: usize = inner.timers.iter().map(|(_, c)| 1 + 8 + c.len()).sum();
+        let timers: usize = inner.timers.keys().map(|(_, c)| 1 + 8 + c.len()).sum();
         let offsets: usize = inner
             .offsets
             .keys()
