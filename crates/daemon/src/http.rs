@@ -9,7 +9,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use journeyd_engine::{ids::format_id, CustomerState, Engine};
+use journeyd_engine::{ids::format_id, CustomerState, Engine, Record};
 use journeyd_types::time::format_rfc3339;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
@@ -49,7 +49,9 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
 async fn customer(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     let store = s.store.clone();
     let key = id.clone();
-    let bytes = match tokio::task::spawn_blocking(move || store.customer(&key)).await {
+    let read =
+        move || Ok::<_, journeyd_store::Error>((store.customer(&key)?, store.history(&key)?));
+    let (bytes, history) = match tokio::task::spawn_blocking(read).await {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
             return (
@@ -73,8 +75,16 @@ async fn customer(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Respo
         )
             .into_response();
     };
-    match CustomerState::from_bytes(&bytes) {
-        Ok(state) => Json(describe(&s.engine(), &id, &state)).into_response(),
+    match CustomerState::decode(&bytes) {
+        Ok((state, mut records)) => {
+            // Entries that cannot be read (a newer journeyd's) are left out.
+            records.extend(
+                history
+                    .iter()
+                    .filter_map(|e| postcard::from_bytes::<Record>(e).ok()),
+            );
+            Json(describe(&s.engine(), &id, &state, &records)).into_response()
+        }
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             Json(json!({"error": format!("the stored state is unreadable: {e}")})),
@@ -83,8 +93,8 @@ async fn customer(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Respo
     }
 }
 
-/// A customer's state in words and names.
-pub fn describe(engine: &Engine, id: &str, st: &CustomerState) -> Value {
+/// A customer's state and history records (oldest first) in words and names.
+pub fn describe(engine: &Engine, id: &str, st: &CustomerState, history: &[Record]) -> Value {
     let journey = |j: u16| {
         st.journeys
             .get(j as usize)
@@ -130,6 +140,6 @@ pub fn describe(engine: &Engine, id: &str, st: &CustomerState) -> Value {
             "inactivity_due": m.inactivity.as_ref().map(|a| format_rfc3339(a.due)),
         })).collect::<Vec<_>>(),
         "next_timer": st.wake.map(format_rfc3339),
-        "history": engine.history(st),
+        "history": engine.history(st, history),
     })
 }

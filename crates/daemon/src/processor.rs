@@ -6,7 +6,7 @@
 //! Nothing here writes: running the same batch again from the same stored states gives the same
 //! actions (ids and content) and the same write. That is what makes a crash anywhere safe.
 
-use journeyd_engine::{CustomerState, Engine, Input, Record, Suppression, What};
+use journeyd_engine::{append_history, CustomerState, Engine, Input, Record, Suppression, What};
 use journeyd_store::{Offset, Store, WriteSet};
 use journeyd_types::{Action, Event, Millis};
 use std::collections::{BTreeMap, HashMap};
@@ -144,10 +144,19 @@ pub fn run_batch(
     let mut out = Output::default();
     let mut states: HashMap<&str, (CustomerState, Option<Millis>)> =
         HashMap::with_capacity(ids.len());
+    // The history records of this batch per customer (after those a state of the old format
+    // carried inside, which move to the history store with them).
+    let mut history: HashMap<&str, Vec<Record>> = HashMap::new();
+    let limit = engine.settings().history_limit;
     for (id, bytes) in ids.iter().zip(stored) {
-        let state = match bytes.as_deref().map(CustomerState::from_bytes) {
+        let state = match bytes.as_deref().map(CustomerState::decode) {
             None => CustomerState::default(),
-            Some(Ok(s)) => s,
+            Some(Ok((s, old_history))) => {
+                if !old_history.is_empty() {
+                    history.insert(id, old_history);
+                }
+                s
+            }
             Some(Err(error)) => {
                 tracing::error!(customer = id, %error, "Stored customer state is unreadable; the customer starts afresh.");
                 out.tally.corrupt_states += 1;
@@ -175,6 +184,9 @@ pub fn run_batch(
         for r in &fx.records {
             count(&mut out.tally, state, r);
         }
+        if !fx.records.is_empty() {
+            append_history(history.entry(customer).or_default(), &fx.records, limit);
+        }
         out.actions.extend(fx.actions);
     }
     for id in &ids {
@@ -196,7 +208,13 @@ pub fn run_batch(
         out.write
             .customers
             .push(((*id).to_owned(), Some(state.to_bytes())));
+        // Repeated skips are coalesced within the batch; across batches the store appends.
+        for r in history.remove(id).unwrap_or_default() {
+            let entry = postcard::to_allocvec(&r).expect("serialising to memory cannot fail");
+            out.write.history.push(((*id).to_owned(), entry));
+        }
     }
+    out.write.history_limit = limit;
     // A timer set again at the time it was cleared: keep it (set wins over clear).
     let set: std::collections::HashSet<(Millis, String)> =
         out.write.set_timers.iter().cloned().collect();

@@ -17,7 +17,8 @@ use crate::state::*;
 use chrono_tz::Tz;
 use journeyd_journey::{Catalog, Category, Expr, Journey, Policies, StepKind, Target, Trigger};
 use journeyd_types::{Action, ActionKind, Attributes, CancelReason, Event, Millis, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 /// `profile_updated`: its attributes are merged into the profile.
@@ -28,7 +29,9 @@ pub const CONSENT_CHANGED: &str = "consent_changed";
 /// Limits that keep one customer's state and one input's work bounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
-    /// How many history records a customer keeps (oldest dropped first).
+    /// How many history records a customer keeps (oldest dropped first). The engine does not
+    /// keep them (see [`Effects::records`]); whoever stores them keeps this many, with
+    /// [`append_history`].
     pub history_limit: usize,
     /// How many steps one instance may run in one input before it is ended (a safeguard:
     /// validation already refuses loops without a wait).
@@ -67,7 +70,8 @@ pub struct TimerChange {
 pub struct Effects {
     /// Actions to emit, in order.
     pub actions: Vec<Action>,
-    /// History records added (also appended to the state's bounded history).
+    /// History records added, in order. The state does not keep them: whoever keeps a
+    /// customer's history appends them (see [`append_history`]).
     pub records: Vec<Record>,
     /// The change to the customer's timer.
     pub timer: TimerChange,
@@ -77,13 +81,69 @@ pub struct Effects {
 #[derive(Debug)]
 pub struct Engine {
     current: Vec<Arc<Journey>>,
-    versions: HashMap<(String, u32), Arc<Journey>>,
+    /// Every known version, by journey id (looked up by `&str`, without building a key).
+    versions: FastMap<Vec<Arc<Journey>>>,
     policies: Policies,
     settings: Settings,
-    entry_by_event: HashMap<String, Vec<usize>>,
-    inactivity_by_event: HashMap<String, Vec<usize>>,
-    relevant: HashSet<String>,
+    /// What each event type any journey (current or older) or special rule looks at does; an
+    /// event type not in here touches no journey. One lookup per event.
+    events: FastMap<Roles>,
     cap_window: Millis,
+}
+
+/// The current journeys an event type starts, by index into `Engine::current`.
+#[derive(Debug, Default)]
+struct Roles {
+    /// Journeys it enters (`entry.event`).
+    entry: Vec<usize>,
+    /// Journeys whose inactivity trigger it arms (`entry.inactivity.event`).
+    inactivity: Vec<usize>,
+}
+
+/// A map keyed by names from the journeys (event types, journey ids), with a fast hash.
+///
+/// Why not the standard hasher: it is keyed against flooding with chosen keys, which costs a
+/// large share of the engine's time on an event that touches no journey; these maps' keys come
+/// from the journeys, and an event's type only probes them.
+type FastMap<V> = HashMap<String, V, BuildHasherDefault<FxHasher>>;
+
+/// The Fx hash (as in rustc): a multiply and a rotate per word.
+#[derive(Debug, Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl FxHasher {
+    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(last));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// A send decided by a step, before the contact policies.
@@ -109,25 +169,31 @@ impl Engine {
         older: impl IntoIterator<Item = Arc<Journey>>,
         settings: Settings,
     ) -> Engine {
-        let mut versions = HashMap::new();
+        let mut versions: FastMap<Vec<Arc<Journey>>> = FastMap::default();
         for j in older.into_iter().chain(catalog.journeys.iter().cloned()) {
-            versions.insert((j.id.clone(), j.version), j);
-        }
-        let mut entry_by_event: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut inactivity_by_event: HashMap<String, Vec<usize>> = HashMap::new();
-        for (i, j) in catalog.journeys.iter().enumerate() {
-            match &j.entry.trigger {
-                Trigger::Event(t) => entry_by_event.entry(t.clone()).or_default().push(i),
-                Trigger::Inactivity { event, .. } => inactivity_by_event
-                    .entry(event.clone())
-                    .or_default()
-                    .push(i),
+            let known = versions.entry(j.id.clone()).or_default();
+            // A later one replaces an earlier one of the same version (the catalog wins).
+            match known.iter_mut().find(|k| k.version == j.version) {
+                Some(k) => *k = j,
+                None => known.push(j),
             }
         }
-        let mut relevant: HashSet<String> =
-            [PROFILE_UPDATED, CONSENT_CHANGED].map(String::from).into();
-        for j in versions.values() {
-            relevant.extend(event_types(j));
+        let mut events: FastMap<Roles> = FastMap::default();
+        for t in [PROFILE_UPDATED, CONSENT_CHANGED] {
+            events.entry(t.to_owned()).or_default();
+        }
+        for j in versions.values().flatten() {
+            for t in event_types(j) {
+                events.entry(t).or_default();
+            }
+        }
+        for (i, j) in catalog.journeys.iter().enumerate() {
+            match &j.entry.trigger {
+                Trigger::Event(t) => events.entry(t.clone()).or_default().entry.push(i),
+                Trigger::Inactivity { event, .. } => {
+                    events.entry(event.clone()).or_default().inactivity.push(i)
+                }
+            }
         }
         let cap_window = catalog
             .policies
@@ -141,9 +207,7 @@ impl Engine {
             versions,
             policies: catalog.policies,
             settings,
-            entry_by_event,
-            inactivity_by_event,
-            relevant,
+            events,
             cap_window,
         }
     }
@@ -158,15 +222,20 @@ impl Engine {
         &self.policies
     }
 
+    /// The limits the engine runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// A journey by id and version (current or older).
     pub fn journey(&self, id: &str, version: u32) -> Option<&Arc<Journey>> {
-        self.versions.get(&(id.to_owned(), version))
+        self.versions.get(id)?.iter().find(|j| j.version == version)
     }
 
     /// Whether any journey or special rule looks at events of this type. Events of other types
     /// change nothing but the clock (and let due timers run).
     pub fn is_relevant(&self, event_type: &str) -> bool {
-        self.relevant.contains(event_type)
+        self.events.contains_key(event_type)
     }
 
     /// Processes one input for one customer at `now` and returns the effects. The state is
@@ -205,6 +274,30 @@ impl Engine {
             };
         }
         fx
+    }
+}
+
+/// Appends an input's history records to a customer's bounded history, oldest first, keeping at
+/// most `limit` (the oldest go first).
+///
+/// A trigger skipped again and again (a busy event type) keeps one record, the latest: a skip
+/// record equal to the last one but for its time replaces it.
+pub fn append_history(history: &mut Vec<Record>, records: &[Record], limit: usize) {
+    for rec in records {
+        if let Some(last) = history.last_mut() {
+            if matches!(rec.what, What::EntrySkipped(_))
+                && last.j == rec.j
+                && last.step == rec.step
+                && last.what == rec.what
+            {
+                last.at = rec.at;
+                continue;
+            }
+        }
+        history.push(rec.clone());
+    }
+    if history.len() > limit {
+        history.drain(..history.len() - limit);
     }
 }
 
@@ -278,31 +371,13 @@ impl Run<'_, '_> {
         what: What,
         at: Millis,
     ) {
-        let rec = Record {
+        self.fx.records.push(Record {
             at,
             j,
             version,
             step: step.map(|s| s as u16),
             what,
-        };
-        self.fx.records.push(rec.clone());
-        let h = &mut self.st.history;
-        // A trigger skipped again and again (a busy event type) keeps one record, the latest.
-        if let Some(last) = h.last_mut() {
-            if matches!(rec.what, What::EntrySkipped(_))
-                && last.j == rec.j
-                && last.step == rec.step
-                && last.what == rec.what
-            {
-                last.at = rec.at;
-                return;
-            }
-        }
-        h.push(rec);
-        let limit = self.engine.settings.history_limit;
-        if h.len() > limit {
-            h.drain(..h.len() - limit);
-        }
+        });
     }
 
     fn timezone(&self) -> Tz {
@@ -482,11 +557,11 @@ impl Run<'_, '_> {
 
     fn on_event(&mut self, ev: &Event, now: Millis) {
         self.apply_special(ev, now);
-        if !self.engine.is_relevant(&ev.event_type) {
+        let Some(roles) = self.engine.events.get(ev.event_type.as_str()) else {
             return;
-        }
+        };
         self.cancel_responded(ev, now);
-        self.arm_inactivity(ev);
+        self.arm_inactivity(ev, &roles.inactivity);
         self.check_goals(ev, now);
         let mut batch = Vec::new();
         let active: Vec<(u16, u64)> = self.st.instances.iter().map(|i| (i.j, i.key)).collect();
@@ -529,8 +604,7 @@ impl Run<'_, '_> {
                 &mut batch,
             );
         }
-        let entries = self.engine.entry_by_event.get(&ev.event_type);
-        for &ji in entries.into_iter().flatten() {
+        for &ji in &roles.entry {
             let journey = self.engine.current[ji].clone();
             let j = self.st.journey_index(&journey.id);
             if active.iter().any(|(a, _)| *a == j) {
@@ -627,10 +701,7 @@ impl Run<'_, '_> {
         self.end_instance(idx, Ending::ExitOn(ev.event_type.clone()), now);
     }
 
-    fn arm_inactivity(&mut self, ev: &Event) {
-        let Some(list) = self.engine.inactivity_by_event.get(&ev.event_type) else {
-            return;
-        };
+    fn arm_inactivity(&mut self, ev: &Event, list: &[usize]) {
         for &ji in list {
             let journey = &self.engine.current[ji];
             let Trigger::Inactivity { after, .. } = journey.entry.trigger else {

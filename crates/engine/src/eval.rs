@@ -3,10 +3,20 @@
 //! A failure to evaluate (missing attribute, wrong type) is an `Err` with a message; callers
 //! treat a failed condition as false and record it.
 
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelTimestamp,
+};
+use cel::common::value::{CowVal, Val};
+use cel::context::VariableResolver;
 use journeyd_journey::Expr;
 use journeyd_types::{Attributes, Millis, Value};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, OnceLock};
+
+/// The CEL standard library, built once: building it is far dearer than evaluating one
+/// expression (it registers every function and macro). Every evaluation gets a fresh context
+/// on it, with only its own variables.
+static STDLIB: LazyLock<Arc<cel::Env>> = LazyLock::new(|| Arc::new(cel::Env::stdlib()));
 
 /// The event an expression sees as `event`.
 #[derive(Debug, Clone, Copy)]
@@ -23,21 +33,29 @@ pub struct EventView<'a> {
     pub attributes: &'a Attributes,
 }
 
-fn to_cel(v: &Value) -> cel::Value {
+/// A value as the interpreter holds it, borrowing the strings (no copy).
+///
+/// Built the way `cel` converts its own `Value` for a variable (`TryFrom<Value> for Box<dyn
+/// Val>`), without going through it: strings become `CelString`s, maps `CelMap`s keyed by
+/// string.
+fn val(v: &Value) -> Box<dyn Val + '_> {
     match v {
-        Value::Null => cel::Value::Null,
-        Value::Bool(b) => cel::Value::Bool(*b),
-        Value::Int(i) => cel::Value::Int(*i),
-        Value::Float(f) => cel::Value::Float(*f),
-        Value::String(s) => cel::Value::String(Arc::new(s.clone())),
-        Value::List(l) => cel::Value::List(Arc::new(l.iter().map(to_cel).collect())),
-        Value::Map(m) => map_to_cel(m),
+        Value::Null => Box::new(CelNull),
+        Value::Bool(b) => Box::new(CelBool::from(*b)),
+        Value::Int(i) => Box::new(CelInt::from(*i)),
+        Value::Float(f) => Box::new(CelDouble::from(*f)),
+        Value::String(s) => Box::new(CelString::from(s.as_str())),
+        Value::List(l) => Box::new(CelList::from(l.iter().map(val).collect::<Vec<_>>())),
+        Value::Map(m) => map_val(m),
     }
 }
 
-fn map_to_cel(m: &Attributes) -> cel::Value {
-    let hm: HashMap<String, cel::Value> = m.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect();
-    cel::Value::from(hm)
+fn map_val(m: &Attributes) -> Box<dyn Val + '_> {
+    let map: HashMap<CelMapKey<'_>, Box<dyn Val + '_>> = m
+        .iter()
+        .map(|(k, v)| (CelMapKey::from(k.as_str()), val(v)))
+        .collect();
+    Box::new(CelMap::from(map))
 }
 
 fn from_cel(v: &cel::Value) -> Result<Value, String> {
@@ -71,36 +89,101 @@ fn from_cel(v: &cel::Value) -> Result<Value, String> {
     })
 }
 
+/// The whole `event` map, as conditions see it.
+fn event_val<'a>(e: &EventView<'a>) -> Box<dyn Val + 'a> {
+    let mut m: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> = HashMap::with_capacity(5);
+    m.insert("id".into(), Box::new(CelString::from(e.id)));
+    m.insert("type".into(), Box::new(CelString::from(e.event_type)));
+    m.insert("channel".into(), channel_val(e.channel));
+    if let Some(t) = timestamp_val(e.occurred_at) {
+        m.insert("occurred_at".into(), t);
+    }
+    m.insert("attributes".into(), map_val(e.attributes));
+    Box::new(CelMap::from(m))
+}
+
+fn channel_val(channel: Option<&str>) -> Box<dyn Val + '_> {
+    match channel {
+        Some(c) => Box::new(CelString::from(c)),
+        None => Box::new(CelNull),
+    }
+}
+
+fn timestamp_val(at: Millis) -> Option<Box<dyn Val + 'static>> {
+    chrono::DateTime::from_timestamp_millis(at)
+        .map(|t| Box::new(CelTimestamp::from(t.fixed_offset())) as Box<dyn Val>)
+}
+
+/// The variables `profile` and `event`, converted to CEL values only when an expression reads
+/// them, and only as far as it reads them.
+///
+/// The interpreter resolves a qualified name such as `profile.segment` by asking for the
+/// longest name first (`profile.segment`, then `profile`), so answering `profile.segment` with
+/// the attribute's value is what selecting `segment` from the whole `profile` map would give;
+/// a name this resolver does not answer (a missing attribute, a deeper path) falls back to the
+/// whole map, which gives the same value or the same error as before. The whole maps are
+/// converted at most once per evaluation.
+struct Vars<'a> {
+    profile: &'a Attributes,
+    event: Option<EventView<'a>>,
+    profile_map: OnceLock<Box<dyn Val + 'a>>,
+    event_map: OnceLock<Box<dyn Val + 'a>>,
+    attributes_map: OnceLock<Box<dyn Val + 'a>>,
+}
+
+/// One attribute, when `key` names one directly (no further `.`).
+fn attribute<'a>(attrs: &'a Attributes, key: &str) -> Option<CowVal<'a, 'a>> {
+    if key.contains('.') {
+        return None;
+    }
+    attrs.get(key).map(|v| CowVal::Owned(val(v)))
+}
+
+impl<'a> VariableResolver for Vars<'a> {
+    fn resolve<'b>(&'b self, name: &str) -> Option<CowVal<'b, 'b>> {
+        if let Some(rest) = name.strip_prefix("profile") {
+            if rest.is_empty() {
+                let whole = self.profile_map.get_or_init(|| map_val(self.profile));
+                return Some(CowVal::Borrowed(whole.as_ref()));
+            }
+            return attribute(self.profile, rest.strip_prefix('.')?);
+        }
+        let rest = name.strip_prefix("event")?;
+        let e = self.event.as_ref()?;
+        if rest.is_empty() {
+            let whole = self.event_map.get_or_init(|| event_val(e));
+            return Some(CowVal::Borrowed(whole.as_ref()));
+        }
+        let owned = |v: Box<dyn Val + 'a>| Some(CowVal::Owned(v));
+        match rest.strip_prefix('.')? {
+            "id" => owned(Box::new(CelString::from(e.id))),
+            "type" => owned(Box::new(CelString::from(e.event_type))),
+            "channel" => owned(channel_val(e.channel)),
+            "occurred_at" => timestamp_val(e.occurred_at).and_then(owned),
+            "attributes" => {
+                let whole = self.attributes_map.get_or_init(|| map_val(e.attributes));
+                Some(CowVal::Borrowed(whole.as_ref()))
+            }
+            other => attribute(e.attributes, other.strip_prefix("attributes.")?),
+        }
+    }
+}
+
 /// Evaluates an expression. `event` is bound only when there is one.
 pub fn eval(
     expr: &Expr,
     event: Option<EventView<'_>>,
     profile: &Attributes,
 ) -> Result<Value, String> {
-    let mut ctx = cel::Context::default();
-    ctx.add_variable_from_value("profile", map_to_cel(profile));
-    if let Some(e) = event {
-        let mut m: HashMap<String, cel::Value> = HashMap::with_capacity(5);
-        m.insert("id".into(), cel::Value::String(Arc::new(e.id.to_owned())));
-        m.insert(
-            "type".into(),
-            cel::Value::String(Arc::new(e.event_type.to_owned())),
-        );
-        m.insert(
-            "channel".into(),
-            e.channel.map_or(cel::Value::Null, |c| {
-                cel::Value::String(Arc::new(c.to_owned()))
-            }),
-        );
-        if let Some(t) = chrono::DateTime::from_timestamp_millis(e.occurred_at) {
-            m.insert(
-                "occurred_at".into(),
-                cel::Value::Timestamp(t.fixed_offset()),
-            );
-        }
-        m.insert("attributes".into(), map_to_cel(e.attributes));
-        ctx.add_variable_from_value("event", cel::Value::from(m));
-    }
+    let vars = Vars {
+        profile,
+        event,
+        profile_map: OnceLock::new(),
+        event_map: OnceLock::new(),
+        attributes_map: OnceLock::new(),
+    };
+    let mut ctx = cel::Context::with_env(Arc::clone(&STDLIB));
+    ctx.set_variable_resolver(&vars);
     let out = expr.program().execute(&ctx).map_err(|e| e.to_string())?;
     from_cel(&out)
 }

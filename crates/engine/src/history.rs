@@ -46,13 +46,10 @@ impl std::fmt::Display for HistoryLine {
 }
 
 impl Engine {
-    /// The customer's history, oldest first, in words.
-    pub fn history(&self, state: &CustomerState) -> Vec<HistoryLine> {
-        state
-            .history
-            .iter()
-            .map(|r| self.describe(state, r))
-            .collect()
+    /// A customer's history records (oldest first, kept apart from the state) in words. The
+    /// state names the journeys the records point to.
+    pub fn history(&self, state: &CustomerState, records: &[Record]) -> Vec<HistoryLine> {
+        records.iter().map(|r| self.describe(state, r)).collect()
     }
 
     /// One record in words.

@@ -11,7 +11,9 @@ pub mod ids;
 mod localtime;
 mod state;
 
-pub use engine::{Effects, Engine, Input, Settings, TimerChange, CONSENT_CHANGED, PROFILE_UPDATED};
+pub use engine::{
+    append_history, Effects, Engine, Input, Settings, TimerChange, CONSENT_CHANGED, PROFILE_UPDATED,
+};
 pub use eval::EventView;
 pub use history::HistoryLine;
 pub use state::*;

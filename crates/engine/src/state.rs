@@ -5,7 +5,13 @@
 //! (`j`), and to steps by index within the journey version it names, to keep the value small.
 //! Indices into `journeys` never change: entries are only appended.
 //!
-//! Field order is part of the stored format: append new fields at the end with defaults.
+//! Field order is part of the stored format: append new fields at the end with defaults. A
+//! change that is not such an append bumps [`STATE_FORMAT`] and keeps a reader for the older
+//! layout (see [`CustomerState::decode`]).
+//!
+//! The history is not part of the state: the engine returns each input's records in
+//! [`crate::Effects::records`], and the service and the simulator keep a bounded history per
+//! customer beside the state (see [`crate::append_history`]).
 
 use journeyd_types::{Attributes, CancelReason, Millis};
 use serde::{Deserialize, Serialize};
@@ -29,8 +35,6 @@ pub struct CustomerState {
     pub held: Vec<Held>,
     /// Recent sends, for frequency caps.
     pub sent: Vec<SentMark>,
-    /// What happened to the customer and why, oldest first, bounded.
-    pub history: Vec<Record>,
     /// The earliest time at which the engine has work for this customer (the pending timer).
     pub wake: Option<Millis>,
 }
@@ -82,6 +86,7 @@ pub struct Instance {
     /// The journey version the instance runs to its end.
     pub version: u32,
     /// The instance key (seeds action ids).
+    #[serde(with = "fixed_u64")]
     pub key: u64,
     /// The current step index.
     pub step: u16,
@@ -99,6 +104,7 @@ pub struct Instance {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outstanding {
     /// The send's action id.
+    #[serde(with = "fixed_u128")]
     pub id: u128,
     /// Index into [`CustomerState::journeys`].
     pub j: u16,
@@ -107,6 +113,7 @@ pub struct Outstanding {
     /// The step index.
     pub step: u16,
     /// The instance key.
+    #[serde(with = "fixed_u64")]
     pub key: u64,
     /// The channel (kept so a cancel always finds its topic).
     pub channel: String,
@@ -118,6 +125,7 @@ pub struct Outstanding {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Held {
     /// The action id it will have.
+    #[serde(with = "fixed_u128")]
     pub id: u128,
     /// Index into [`CustomerState::journeys`].
     pub j: u16,
@@ -126,6 +134,7 @@ pub struct Held {
     /// The step index.
     pub step: u16,
     /// The instance key.
+    #[serde(with = "fixed_u64")]
     pub key: u64,
     /// When quiet hours end.
     pub release_at: Millis,
@@ -292,15 +301,188 @@ pub enum What {
     },
 }
 
-impl CustomerState {
-    /// Serialises the state for the store.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).expect("serialising to memory cannot fail")
+/// The stored format of [`CustomerState`]: its first byte.
+///
+/// Format 0 (the first) had no such byte: it began with the clock, a zigzag varint whose first
+/// byte is even for every clock at or after 1970. Format 1 (this one) begins with an odd byte,
+/// so the two cannot be confused (a format-0 state would need a clock before 1970). Format 1
+/// left out the history and stores action ids and instance keys as fixed-width bytes (a random
+/// 128-bit id takes 19 bytes as a varint, 16 as bytes).
+pub const STATE_FORMAT: u8 = 1;
+
+/// Action ids as 16 little-endian bytes, not a varint (random ids would take 19 bytes).
+mod fixed_u128 {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
+        v.to_le_bytes().serialize(s)
     }
 
-    /// Reads a stored state.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        <[u8; 16]>::deserialize(d).map(u128::from_le_bytes)
+    }
+}
+
+/// Instance keys as 8 little-endian bytes, not a varint (random keys would take 10 bytes).
+mod fixed_u64 {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        v.to_le_bytes().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        <[u8; 8]>::deserialize(d).map(u64::from_le_bytes)
+    }
+}
+
+/// Format 0: the state with its history inside, ids and keys as varints.
+mod format0 {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Serialize))]
+    pub struct State {
+        pub clock: Millis,
+        pub profile: Attributes,
+        pub consent: Vec<(String, bool)>,
+        pub journeys: Vec<JourneyMemory>,
+        pub instances: Vec<Instance0>,
+        pub outstanding: Vec<Outstanding0>,
+        pub held: Vec<Held0>,
+        pub sent: Vec<SentMark>,
+        pub history: Vec<Record>,
+        pub wake: Option<Millis>,
+    }
+
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Serialize))]
+    pub struct Instance0 {
+        pub j: u16,
+        pub version: u32,
+        pub key: u64,
+        pub step: u16,
+        pub entered_at: Millis,
+        pub deadline: Option<Millis>,
+        pub visits: u32,
+        pub event: Option<StoredEvent>,
+    }
+
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Serialize))]
+    pub struct Outstanding0 {
+        pub id: u128,
+        pub j: u16,
+        pub version: u32,
+        pub step: u16,
+        pub key: u64,
+        pub channel: String,
+        pub expires_at: Millis,
+    }
+
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Serialize))]
+    pub struct Held0 {
+        pub id: u128,
+        pub j: u16,
+        pub version: u32,
+        pub step: u16,
+        pub key: u64,
+        pub release_at: Millis,
+        pub vars: Attributes,
+    }
+
+    impl State {
+        /// The state in today's layout, and the history it carried.
+        pub fn upgrade(self) -> (CustomerState, Vec<Record>) {
+            let state = CustomerState {
+                clock: self.clock,
+                profile: self.profile,
+                consent: self.consent,
+                journeys: self.journeys,
+                instances: self
+                    .instances
+                    .into_iter()
+                    .map(|i| Instance {
+                        j: i.j,
+                        version: i.version,
+                        key: i.key,
+                        step: i.step,
+                        entered_at: i.entered_at,
+                        deadline: i.deadline,
+                        visits: i.visits,
+                        event: i.event,
+                    })
+                    .collect(),
+                outstanding: self
+                    .outstanding
+                    .into_iter()
+                    .map(|o| Outstanding {
+                        id: o.id,
+                        j: o.j,
+                        version: o.version,
+                        step: o.step,
+                        key: o.key,
+                        channel: o.channel,
+                        expires_at: o.expires_at,
+                    })
+                    .collect(),
+                held: self
+                    .held
+                    .into_iter()
+                    .map(|h| Held {
+                        id: h.id,
+                        j: h.j,
+                        version: h.version,
+                        step: h.step,
+                        key: h.key,
+                        release_at: h.release_at,
+                        vars: h.vars,
+                    })
+                    .collect(),
+                sent: self.sent,
+                wake: self.wake,
+            };
+            (state, self.history)
+        }
+    }
+}
+
+impl CustomerState {
+    /// Serialises the state for the store: [`STATE_FORMAT`], then the fields in order.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_extend(self, vec![STATE_FORMAT]).expect("serialising to memory cannot fail")
+    }
+
+    /// Reads a stored state, of this format or an older one (an older state's history is
+    /// dropped: see [`CustomerState::decode`] to keep it).
     pub fn from_bytes(bytes: &[u8]) -> Result<CustomerState, postcard::Error> {
-        postcard::from_bytes(bytes)
+        Self::decode(bytes).map(|(state, _)| state)
+    }
+
+    /// Reads a stored state, of this format or an older one, with the history a format-0 state
+    /// carried inside (empty for this format), so that a reader can move it to where history
+    /// is kept now.
+    ///
+    /// An unknown format, and a format-1 state with bytes left over, are errors: a state is
+    /// either read as written or refused, never misread.
+    pub fn decode(bytes: &[u8]) -> Result<(CustomerState, Vec<Record>), postcard::Error> {
+        match bytes.first() {
+            Some(&STATE_FORMAT) => {
+                let (state, rest) = postcard::take_from_bytes(&bytes[1..])?;
+                if !rest.is_empty() {
+                    return Err(postcard::Error::DeserializeBadEncoding);
+                }
+                Ok((state, Vec::new()))
+            }
+            // Format 0 began with the clock (zigzag: even for a clock at or after 1970).
+            Some(b) if b % 2 == 0 => {
+                let old: format0::State = postcard::from_bytes(bytes)?;
+                Ok(old.upgrade())
+            }
+            Some(_) => Err(postcard::Error::DeserializeBadEncoding),
+            None => Err(postcard::Error::DeserializeUnexpectedEnd),
+        }
     }
 
     /// Whether the customer has granted consent for a channel.
@@ -351,5 +533,120 @@ impl CustomerState {
             .iter()
             .filter_map(|m| m.inactivity.as_ref().map(|a| a.due));
         waits.chain(holds).chain(idle).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use journeyd_types::Value;
+
+    /// A state in format 0, as journeyd wrote it before the history moved out of it.
+    fn format0(clock: Millis) -> (Vec<u8>, CustomerState, Vec<Record>) {
+        let id: u128 = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210;
+        let key = 0xfeed_beef_dead_f00d;
+        let history = vec![Record {
+            at: clock,
+            j: Some(0),
+            version: 2,
+            step: Some(1),
+            what: What::Sent { id },
+        }];
+        let old = format0::State {
+            clock,
+            profile: [("segment".to_string(), Value::from("gold"))].into(),
+            consent: vec![("email".into(), true)],
+            journeys: vec![JourneyMemory {
+                id: "retention".into(),
+                entered_at: Some(clock - 10),
+                version: 2,
+                converted: false,
+                inactivity: None,
+            }],
+            instances: vec![format0::Instance0 {
+                j: 0,
+                version: 2,
+                key,
+                step: 1,
+                entered_at: clock - 10,
+                deadline: Some(clock + 1000),
+                visits: 1,
+                event: None,
+            }],
+            outstanding: vec![format0::Outstanding0 {
+                id,
+                j: 0,
+                version: 2,
+                step: 0,
+                key,
+                channel: "email".into(),
+                expires_at: clock + 5000,
+            }],
+            held: vec![format0::Held0 {
+                id: id + 1,
+                j: 0,
+                version: 2,
+                step: 2,
+                key,
+                release_at: clock + 60,
+                vars: Attributes::new(),
+            }],
+            sent: vec![SentMark {
+                at: clock,
+                channel: "email".into(),
+                service: false,
+            }],
+            history: history.clone(),
+            wake: Some(clock + 60),
+        };
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        let (state, _) = old.upgrade();
+        (bytes, state, history)
+    }
+
+    #[test]
+    fn a_format0_state_is_read_with_its_history() {
+        let clock = 1_767_600_000_000; // 2026-01-05
+        let (bytes, expected, history) = format0(clock);
+        assert_eq!(bytes[0] % 2, 0, "format 0 starts with an even byte");
+        let (state, old_history) = CustomerState::decode(&bytes).unwrap();
+        assert_eq!(state, expected);
+        assert_eq!(
+            state.outstanding[0].id,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210
+        );
+        assert_eq!(old_history, history);
+        assert_eq!(CustomerState::from_bytes(&bytes).unwrap(), expected);
+        // Written again, it is format 1, and reads back the same, without history.
+        let again = state.to_bytes();
+        assert_eq!(again[0], STATE_FORMAT);
+        assert_eq!(
+            CustomerState::decode(&again).unwrap(),
+            (expected, Vec::new())
+        );
+        assert!(again.len() < bytes.len());
+    }
+
+    #[test]
+    fn unknown_or_damaged_states_are_refused_not_misread() {
+        let clock = 1_767_600_000_000;
+        let (_, state, _) = format0(clock);
+        let mut bytes = state.to_bytes();
+        bytes.push(0);
+        assert!(
+            CustomerState::from_bytes(&bytes).is_err(),
+            "bytes left over"
+        );
+        bytes.pop();
+        bytes[0] = 3;
+        assert!(CustomerState::from_bytes(&bytes).is_err(), "format 3");
+        assert!(CustomerState::from_bytes(&[]).is_err());
+        let cut = &state.to_bytes()[..20];
+        assert!(CustomerState::from_bytes(cut).is_err());
+        // The empty state: format 1 reads back; format 0 (no history) too.
+        let empty = CustomerState::default();
+        assert_eq!(CustomerState::from_bytes(&empty.to_bytes()).unwrap(), empty);
+        let old_empty = [0u8; 10];
+        assert_eq!(CustomerState::from_bytes(&old_empty).unwrap(), empty);
     }
 }

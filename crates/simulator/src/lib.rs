@@ -10,10 +10,10 @@ pub mod testing;
 
 pub use events::{read_events, BadLine};
 
-use journeyd_engine::{CustomerState, Effects, Engine, Input};
+use journeyd_engine::{append_history, CustomerState, Effects, Engine, HistoryLine, Input, Record};
 use journeyd_types::{time, Action, Event, Millis};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// An action with the virtual time it was emitted at.
@@ -46,9 +46,18 @@ pub enum Error {
 #[derive(Debug)]
 pub struct Simulator {
     engine: Arc<Engine>,
-    customers: BTreeMap<String, CustomerState>,
+    /// By id, hashed: looked up once per input (the sorted view is [`Simulator::customers`]).
+    customers: HashMap<String, Customer>,
     timers: BTreeSet<(Millis, String)>,
     clock: Option<Millis>,
+}
+
+/// One customer: the engine's state, and the history kept beside it (as the service keeps it
+/// in its store).
+#[derive(Debug, Default)]
+struct Customer {
+    state: CustomerState,
+    history: Vec<Record>,
 }
 
 impl Simulator {
@@ -56,7 +65,7 @@ impl Simulator {
     pub fn new(engine: Arc<Engine>) -> Simulator {
         Simulator {
             engine,
-            customers: BTreeMap::new(),
+            customers: HashMap::new(),
             timers: BTreeSet::new(),
             clock: None,
         }
@@ -74,22 +83,49 @@ impl Simulator {
 
     /// A customer's state.
     pub fn customer(&self, id: &str) -> Option<&CustomerState> {
-        self.customers.get(id)
+        self.customers.get(id).map(|c| &c.state)
     }
 
     /// A customer's state, created empty if new (to give a test its starting profile).
     pub fn customer_mut(&mut self, id: &str) -> &mut CustomerState {
-        self.customers.entry(id.to_owned()).or_default()
+        &mut self.customers.entry(id.to_owned()).or_default().state
     }
 
     /// All customers, by id.
-    pub fn customers(&self) -> &BTreeMap<String, CustomerState> {
-        &self.customers
+    pub fn customers(&self) -> BTreeMap<&str, &CustomerState> {
+        self.customers
+            .iter()
+            .map(|(id, c)| (id.as_str(), &c.state))
+            .collect()
+    }
+
+    /// A customer's history records, oldest first (at most the engine's `history_limit`).
+    pub fn history_records(&self, id: &str) -> &[Record] {
+        self.customers.get(id).map_or(&[], |c| &c.history)
+    }
+
+    /// A customer's history in words, oldest first.
+    pub fn history(&self, id: &str) -> Vec<HistoryLine> {
+        self.customers
+            .get(id)
+            .map(|c| self.engine.history(&c.state, &c.history))
+            .unwrap_or_default()
     }
 
     fn apply(&mut self, customer: &str, input: Input<'_>, now: Millis) -> Vec<Emitted> {
-        let state = self.customers.entry(customer.to_owned()).or_default();
-        let Effects { actions, timer, .. } = self.engine.process(state, customer, input, now);
+        // Looked up before inserting: most inputs are for a known customer, and the id need
+        // not be copied for them.
+        let c = match self.customers.get_mut(customer) {
+            Some(c) => c,
+            None => self.customers.entry(customer.to_owned()).or_default(),
+        };
+        let Effects {
+            actions,
+            timer,
+            records,
+        } = self.engine.process(&mut c.state, customer, input, now);
+        let limit = self.engine.settings().history_limit;
+        append_history(&mut c.history, &records, limit);
         if let Some(old) = timer.clear {
             self.timers.remove(&(old, customer.to_owned()));
         }
@@ -108,11 +144,10 @@ impl Simulator {
     /// Advances the clock to `t`, firing every timer due at or before it, in due order.
     pub fn advance_to(&mut self, t: Millis) -> Vec<Emitted> {
         let mut out = Vec::new();
-        while let Some((due, customer)) = self.timers.first().cloned() {
-            if due > t {
+        while self.timers.first().is_some_and(|(due, _)| *due <= t) {
+            let Some((due, customer)) = self.timers.pop_first() else {
                 break;
-            }
-            self.timers.pop_first();
+            };
             out.extend(self.apply(&customer, Input::Timer, due));
         }
         self.clock = Some(self.clock.map_or(t, |c| c.max(t)));

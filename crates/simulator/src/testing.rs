@@ -393,9 +393,9 @@ pub fn run_case<'a>(
         for (n, e) in emitted.iter().enumerate() {
             let _ = writeln!(s, "    {}. {}", n + 1, describe_action(e));
         }
-        for (id, st) in sim.customers() {
+        for id in sim.customers().keys() {
             let _ = writeln!(s, "  history of {id}:");
-            for line in sim.engine().history(st) {
+            for line in sim.history(id) {
                 let _ = writeln!(s, "    {line}");
             }
         }

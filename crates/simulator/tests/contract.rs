@@ -254,7 +254,7 @@ fn exit_on_cancels_outstanding_sends_with_reason_exited() {
         Some(out[0].action.action_id.as_str())
     );
     // The purchase was also the goal: a conversion is recorded.
-    let history = sim.engine().history(sim.customer("c1").unwrap());
+    let history = sim.history("c1");
     assert!(
         history.iter().any(|h| h.kind == "converted"),
         "{history:#?}"
@@ -295,8 +295,7 @@ steps:
         "the goal does not end the instance"
     );
     let converted = |c: &str| {
-        sim.engine()
-            .history(sim.customer(c).unwrap())
+        sim.history(c)
             .iter()
             .filter(|h| h.kind == "converted")
             .count()
@@ -494,7 +493,7 @@ steps:
         sim.customer("a").unwrap().profile.get("plan"),
         Some(&Value::from("premium"))
     );
-    let hist = sim.engine().history(sim.customer("c").unwrap());
+    let hist = sim.history("c");
     assert!(
         hist.iter().any(|h| h.kind == "expr_failed"),
         "a failed expression is recorded: {hist:#?}"
@@ -653,7 +652,7 @@ fn consent_is_required_for_listed_channels() {
         brief(&out),
         vec!["2026-01-05T12:00:00Z send email promo/msg c1"]
     );
-    let hist = sim.engine().history(sim.customer("c1").unwrap());
+    let hist = sim.history("c1");
     assert_eq!(
         hist.iter()
             .filter(|h| h.detail == "send suppressed: no_consent")
@@ -686,7 +685,7 @@ fn frequency_caps_suppress_and_count_by_category() {
             "2026-01-06T10:00:01Z send sms promo/msg c1"
         ]
     );
-    let hist = sim.engine().history(sim.customer("c1").unwrap());
+    let hist = sim.history("c1");
     assert_eq!(
         hist.iter()
             .filter(|h| h.detail == "send suppressed: frequency_cap")
@@ -807,7 +806,7 @@ steps:
     ];
     let (sim, out) = run_sim(&e, &events, Some("2026-01-10T00:00:00Z"));
     assert!(out.is_empty(), "{:?}", brief(&out));
-    let hist = sim.engine().history(sim.customer("c1").unwrap());
+    let hist = sim.history("c1");
     assert!(hist.iter().any(|h| h.kind == "dropped"), "{hist:#?}");
 }
 

@@ -899,7 +899,7 @@ fn advance(
             .customers()
             .iter()
             .filter(|(_, s)| s.wake.is_some_and(|w| w <= due))
-            .map(|(c, s)| (c.clone(), s.wake))
+            .map(|(c, s)| (c.to_string(), s.wake))
             .collect();
         prop_assert!(
             left.is_empty(),

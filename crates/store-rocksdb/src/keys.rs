@@ -6,6 +6,7 @@
 //! | timers    | `0x02` | due (`i64` big-endian, sign bit flipped), customer id (UTF-8)   |
 //! | offsets   | `0x03` | topic length (`u16` BE), topic, partition (`i32` BE, sign flipped) |
 //! | journeys  | `0x04` | id length (`u8`), id, version (`u32` BE)                        |
+//! | history   | `0x05` | customer id (UTF-8)                                             |
 //! | meta      | `0x7f` | name (UTF-8)                                                    |
 //!
 //! Invariants:
@@ -32,6 +33,8 @@ pub enum Table {
     Offsets,
     /// Journey versions, by id then version.
     Journeys,
+    /// Customer history, by customer id; values are entry lists kept by a merge operator.
+    History,
     /// Store metadata (format version, counters), by name.
     Meta,
 }
@@ -41,11 +44,12 @@ pub const RETIRED_PREFIXES: &[u8] = &[];
 
 impl Table {
     /// Every live table.
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 6] = [
         Table::Customers,
         Table::Timers,
         Table::Offsets,
         Table::Journeys,
+        Table::History,
         Table::Meta,
     ];
 
@@ -56,6 +60,7 @@ impl Table {
             Table::Timers => 0x02,
             Table::Offsets => 0x03,
             Table::Journeys => 0x04,
+            Table::History => 0x05,
             Table::Meta => 0x7f,
         }
     }
@@ -72,6 +77,7 @@ impl Table {
             Table::Timers => "timers",
             Table::Offsets => "offsets",
             Table::Journeys => "journeys",
+            Table::History => "history",
             Table::Meta => "meta",
         }
     }
@@ -121,6 +127,14 @@ fn unflip_i32(b: [u8; 4]) -> i32 {
 pub fn customer(id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + id.len());
     key.push(Table::Customers.prefix());
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// The key of a customer's history.
+pub fn history(id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + id.len());
+    key.push(Table::History.prefix());
     key.extend_from_slice(id.as_bytes());
     key
 }
@@ -185,6 +199,8 @@ pub fn meta(name: &str) -> Vec<u8> {
 pub enum Key {
     /// A customer's state.
     Customer(String),
+    /// A customer's history.
+    History(String),
     /// A timer index entry.
     Timer {
         /// When it is due.
@@ -215,6 +231,7 @@ impl Key {
     pub fn table(&self) -> Table {
         match self {
             Key::Customer(_) => Table::Customers,
+            Key::History(_) => Table::History,
             Key::Timer { .. } => Table::Timers,
             Key::Offset { .. } => Table::Offsets,
             Key::Journey { .. } => Table::Journeys,
@@ -226,6 +243,7 @@ impl Key {
     pub fn encode(&self) -> Result<Vec<u8>, Error> {
         Ok(match self {
             Key::Customer(id) => customer(id),
+            Key::History(id) => history(id),
             Key::Timer { due, customer: c } => timer(*due, c),
             Key::Offset { topic, partition } => offset(topic, *partition)?,
             Key::Journey { id, version } => journey(id, *version)?,
@@ -247,6 +265,7 @@ impl Key {
             .ok_or_else(|| corrupt(&format!("unknown table prefix 0x{prefix:02x}")))?;
         match table {
             Table::Customers => Ok(Key::Customer(text(rest, "customer id")?)),
+            Table::History => Ok(Key::History(text(rest, "customer id")?)),
             Table::Timers => {
                 let (due, customer) = rest
                     .split_first_chunk::<8>()
@@ -308,6 +327,7 @@ impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Key::Customer(id) => write!(f, "customers/{}", quote(id)),
+            Key::History(id) => write!(f, "history/{}", quote(id)),
             Key::Timer { due, customer } => write!(f, "timers/{due}/{}", quote(customer)),
             Key::Offset { topic, partition } => write!(f, "offsets/{}/{partition}", quote(topic)),
             Key::Journey { id, version } => write!(f, "journeys/{}/v{version}", quote(id)),
@@ -367,6 +387,7 @@ mod tests {
             (Table::Timers, 0x02),
             (Table::Offsets, 0x03),
             (Table::Journeys, 0x04),
+            (Table::History, 0x05),
             (Table::Meta, 0x7f),
         ];
         for (table, prefix) in pinned {
@@ -413,6 +434,7 @@ mod tests {
     fn any_key() -> impl Strategy<Value = Key> {
         prop_oneof![
             any::<String>().prop_map(Key::Customer),
+            any::<String>().prop_map(Key::History),
             (any::<i64>(), any::<String>())
                 .prop_map(|(due, customer)| Key::Timer { due, customer }),
             (any::<String>(), any::<i32>())

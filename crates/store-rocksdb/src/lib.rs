@@ -20,18 +20,21 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use journeyd_store::{check_journeys, DueTimer, Error, Millis, Offset, Store, StoredJourney, WriteSet};
+use journeyd_store::{
+    check_journeys, DueTimer, Error, Millis, Offset, Store, StoredJourney, WriteSet,
+};
 use rocksdb::{
     properties, BlockBasedOptions, Cache, DBCompressionType, ErrorKind, IteratorMode, Options,
     ReadOptions, WriteBatch, WriteOptions, DB,
 };
 
+mod history;
 pub mod keys;
 
 use keys::{meta, Key, Table};
 
 /// The format version this binary writes and the newest it can read.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// How to open a [`RocksStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +80,12 @@ pub fn rocksdb_options(opts: &StoreOptions) -> Options {
     db_opts.set_write_buffer_size(opts.write_buffer_bytes);
     // One column family today, but keep flushes atomic if more arrive (style.md).
     db_opts.set_atomic_flush(true);
+    // The history table's values are appended to by merges (see `history`).
+    db_opts.set_merge_operator(
+        history::MERGE_OPERATOR,
+        history::full_merge,
+        history::partial_merge,
+    );
     db_opts
 }
 
@@ -219,6 +228,17 @@ impl RocksStore {
         }
         if found == 0 {
             return Err(corrupt(&version_key, "format version 0 was never written"));
+        }
+        if found < FORMAT_VERSION {
+            // Version 1 had no history table (its values need the merge operator): mark the
+            // store as version 2, so that a journeyd that does not know the table refuses it.
+            self.db
+                .put_opt(
+                    &version_key,
+                    FORMAT_VERSION.to_be_bytes(),
+                    &self.write_options(),
+                )
+                .map_err(backend("open (upgrade the format version)"))?;
         }
         let counter = |name: &str| -> Result<u64, Error> {
             let key = keys::meta(name);
@@ -575,6 +595,23 @@ impl Store for RocksStore {
         for (key, next) in &offsets {
             batch.put(key, next.to_be_bytes());
         }
+        // History: deleting a customer deletes it, then this write's entries are appended (one
+        // merge per customer, entries in order).
+        for (id, value) in &set.customers {
+            if value.is_none() {
+                batch.delete(keys::history(id));
+            }
+        }
+        let mut appended: std::collections::BTreeMap<&str, Vec<&[u8]>> = Default::default();
+        for (id, entry) in &set.history {
+            appended.entry(id).or_default().push(entry);
+        }
+        for (id, entries) in appended {
+            batch.merge(
+                keys::history(id),
+                history::operand(set.history_limit, entries),
+            );
+        }
         let counters = Counters {
             timers: adjust(guard.timers, timer_delta, meta::TIMER_COUNT)?,
             customers: adjust(guard.customers, customer_delta, meta::CUSTOMER_COUNT)?,
@@ -591,6 +628,16 @@ impl Store for RocksStore {
         *guard = counters;
         self.publish(counters);
         Ok(())
+    }
+
+    fn history(&self, id: &str) -> Result<Vec<Vec<u8>>, Error> {
+        let key = keys::history(id);
+        let Some(value) = self.db.get_pinned(&key).map_err(backend("read history"))? else {
+            return Ok(Vec::new());
+        };
+        let entries = history::entries(&value)
+            .ok_or_else(|| corrupt(&key, "the history's entries do not add up to its length"))?;
+        Ok(entries.into_iter().map(<[u8]>::to_vec).collect())
     }
 
     fn size_bytes(&self) -> u64 {

@@ -76,6 +76,12 @@ fn reopening_keeps_everything() {
             partition: 2,
             next: 42,
         }],
+        history: vec![
+            ("alice".into(), b"h1".to_vec()),
+            ("alice".into(), b"h2".to_vec()),
+            ("bob".into(), b"h1".to_vec()),
+        ],
+        history_limit: 8,
     };
     {
         let store = open(dir.path());
@@ -104,6 +110,12 @@ fn reopening_keeps_everything() {
         vec![(-5, "alice".into()), (10, "carol".into())]
     );
     assert_eq!(store.offsets().unwrap(), set.offsets);
+    assert_eq!(
+        store.history("alice").unwrap(),
+        vec![b"h1".to_vec(), b"h2".to_vec()],
+        "history merged and reloaded"
+    );
+    assert!(store.history("bob").unwrap().is_empty(), "deleted with bob");
     assert_eq!(
         store.journeys().unwrap(),
         vec![journey("welcome", 1), journey("welcome", 2)]

@@ -63,6 +63,7 @@ pub const CASES: &[Case] = &[
     ("empty_write_changes_nothing", empty_write_changes_nothing),
     ("size_grows_with_writes", size_grows_with_writes),
     ("random_writes_match_model", random_writes_match_model),
+    ("history_appends_and_trims", history_appends_and_trims),
 ];
 
 /// Runs every behaviour in [`CASES`], each against a new store from `make`.
@@ -392,7 +393,12 @@ pub fn timer_clear_then_set_same_entry(store: &dyn Store) {
 pub fn due_timers_in_skips_other_partitions(store: &dyn Store) {
     let mut set = timers_write(
         vec![],
-        vec![timer(1, "p0"), timer(2, "p1"), timer(3, "any"), timer(4, "p0")],
+        vec![
+            timer(1, "p0"),
+            timer(2, "p1"),
+            timer(3, "any"),
+            timer(4, "p0"),
+        ],
     );
     set.timer_partitions = vec![("p0".into(), 0), ("p1".into(), 1)];
     write(store, &set);
@@ -422,7 +428,11 @@ pub fn due_timers_in_skips_other_partitions(store: &dyn Store) {
         vec![timer(2, "p1"), timer(3, "any")]
     );
     assert_eq!(store.pending_timers(), 4, "skipped timers stay");
-    assert_eq!(store.due_timers(10, 10).unwrap().len(), 4, "due_timers takes all");
+    assert_eq!(
+        store.due_timers(10, 10).unwrap().len(),
+        4,
+        "due_timers takes all"
+    );
     // p1's customer now comes from partition 0: setting the same entry moves it.
     let mut moved = timers_write(vec![], vec![timer(2, "p1")]);
     moved.timer_partitions = vec![("p1".into(), 0)];
@@ -591,6 +601,8 @@ pub fn write_all_parts_together(store: &dyn Store) {
             set_timers: vec![timer(10, "a"), timer(20, "b")],
             offsets: vec![offset("events", 3, 100)],
             timer_partitions: vec![],
+            history: vec![("a".into(), b"h1".to_vec()), ("b".into(), b"h1".to_vec())],
+            history_limit: 8,
         },
     );
     write(
@@ -601,8 +613,15 @@ pub fn write_all_parts_together(store: &dyn Store) {
             set_timers: vec![timer(15, "a")],
             offsets: vec![offset("events", 3, 101), offset("events", 4, 7)],
             timer_partitions: vec![],
+            history: vec![("a".into(), b"h2".to_vec())],
+            history_limit: 8,
         },
     );
+    assert_eq!(
+        store.history("a").unwrap(),
+        vec![b"h1".to_vec(), b"h2".to_vec()]
+    );
+    assert!(store.history("b").unwrap().is_empty(), "deleted with b");
     assert_eq!(
         store.customer("a").unwrap().as_deref(),
         Some(&b"state2"[..])
@@ -625,6 +644,9 @@ fn snapshot(store: &dyn Store, ids: &[&str]) -> impl PartialEq + std::fmt::Debug
         store.journeys().unwrap(),
         store.customer_count(),
         store.pending_timers(),
+        ids.iter()
+            .map(|id| store.history(id).unwrap())
+            .collect::<Vec<_>>(),
     )
 }
 
@@ -638,6 +660,8 @@ pub fn write_refused_changes_nothing(store: &dyn Store) {
             set_timers: vec![timer(1, "a")],
             offsets: vec![offset("events", 0, 5)],
             timer_partitions: vec![],
+            history: vec![("a".into(), b"h".to_vec())],
+            history_limit: 4,
         },
     );
     let ids = ["a", "b", "c"];
@@ -651,6 +675,8 @@ pub fn write_refused_changes_nothing(store: &dyn Store) {
             offset("events", 0, 6),
             offset(&"t".repeat(MAX_TOPIC_BYTES + 1), 0, 1),
         ],
+        history: vec![("a".into(), b"x".to_vec()), ("c".into(), b"x".to_vec())],
+        history_limit: 1,
     };
     let err = store.write(&bad).expect_err("a too-long topic is refused");
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
@@ -828,4 +854,70 @@ pub fn random_writes_match_model(store: &dyn Store) {
             "step {step}: offsets"
         );
     }
+}
+
+fn history_write(entries: &[(&str, &[u8])], limit: usize) -> WriteSet {
+    WriteSet {
+        history: entries
+            .iter()
+            .map(|(id, e)| ((*id).to_owned(), e.to_vec()))
+            .collect(),
+        history_limit: limit,
+        ..WriteSet::default()
+    }
+}
+
+/// History entries append in order, per customer, are trimmed to the newest `history_limit`,
+/// go with the rest of their write, and go when the customer is deleted.
+pub fn history_appends_and_trims(store: &dyn Store) {
+    assert!(store.history("c1").unwrap().is_empty(), "no history yet");
+    store
+        .write(&history_write(
+            &[("c1", b"a"), ("c2", b"x"), ("c1", b"b")],
+            3,
+        ))
+        .unwrap();
+    store.write(&history_write(&[("c1", b"")], 3)).unwrap();
+    assert_eq!(
+        store.history("c1").unwrap(),
+        vec![b"a".to_vec(), b"b".to_vec(), Vec::new()],
+        "appended in order, an empty entry kept"
+    );
+    assert_eq!(store.history("c2").unwrap(), vec![b"x".to_vec()]);
+    store
+        .write(&history_write(&[("c1", b"c"), ("c1", b"d")], 3))
+        .unwrap();
+    assert_eq!(
+        store.history("c1").unwrap(),
+        vec![Vec::new(), b"c".to_vec(), b"d".to_vec()],
+        "trimmed to the newest 3"
+    );
+    store.write(&history_write(&[("c1", b"e")], 2)).unwrap();
+    assert_eq!(
+        store.history("c1").unwrap(),
+        vec![b"d".to_vec(), b"e".to_vec()],
+        "trimmed to the newest 2 when the limit shrinks"
+    );
+    // Atomic with the rest: a write refused for its offsets appends nothing.
+    let mut bad = history_write(&[("c2", b"y")], 3);
+    bad.offsets
+        .push(offset(&"t".repeat(crate::MAX_TOPIC_BYTES + 1), 0, 1));
+    assert!(store.write(&bad).is_err());
+    assert_eq!(
+        store.history("c2").unwrap(),
+        vec![b"x".to_vec()],
+        "nothing appended"
+    );
+    // Deleting the customer deletes the history; entries in the same write come after.
+    store
+        .write(&customers_write(vec![put("c2", b"s")]))
+        .unwrap();
+    let mut gone = customers_write(vec![delete("c2")]);
+    gone.history.push(("c2".into(), b"z".to_vec()));
+    gone.history_limit = 3;
+    store.write(&gone).unwrap();
+    assert_eq!(store.history("c2").unwrap(), vec![b"z".to_vec()]);
+    let large = vec![7u8; 100_000];
+    store.write(&history_write(&[("c3", &large)], 1)).unwrap();
+    assert_eq!(store.history("c3").unwrap(), vec![large]);
 }

@@ -10,6 +10,8 @@
 //! - Within one [`WriteSet`], customer operations apply in order (the last one for an id wins),
 //!   timer clears apply before timer sets (so clearing and setting one entry leaves it set), and
 //!   the last offset for a `(topic, partition)` wins.
+//! - A customer's history is a list of entries, appended by [`WriteSet::history`] and trimmed to
+//!   the newest [`WriteSet::history_limit`]; deleting the customer deletes it.
 //! - The timer index is a set of `(due, customer)`: setting a present entry and clearing an absent
 //!   one are no-ops.
 //! - [`Store::pending_timers`] and [`Store::customer_count`] are exact counters, read in O(1).
@@ -89,6 +91,12 @@ pub struct WriteSet {
     pub timer_partitions: Vec<(String, i32)>,
     /// Consumed positions, each overwriting the one stored for its `(topic, partition)`.
     pub offsets: Vec<Offset>,
+    /// History entries to append, `(customer, entry)`, in order (after `customers`: deleting a
+    /// customer deletes their history first). Entries are opaque bytes, like states.
+    pub history: Vec<(String, Vec<u8>)>,
+    /// How many history entries each customer named in `history` keeps after this write (the
+    /// oldest go first). `0` keeps none.
+    pub history_limit: usize,
 }
 
 impl WriteSet {
@@ -98,6 +106,7 @@ impl WriteSet {
             && self.clear_timers.is_empty()
             && self.set_timers.is_empty()
             && self.offsets.is_empty()
+            && self.history.is_empty()
     }
 
     /// Checks that every part can be stored; implementations call this before writing anything.
@@ -180,6 +189,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn put_journeys(&self, journeys: &[StoredJourney]) -> Result<(), Error>;
     /// Applies a write set atomically: all of it or none of it.
     fn write(&self, set: &WriteSet) -> Result<(), Error>;
+    /// Reads a customer's history entries, oldest first (empty for an unknown customer).
+    fn history(&self, id: &str) -> Result<Vec<Vec<u8>>, Error>;
     /// Approximates the store's size in bytes (on disk, or in memory).
     fn size_bytes(&self) -> u64;
     /// Counts the stored customers, in O(1).
@@ -312,6 +323,9 @@ mod tests {
             self.timers
                 .fetch_add(delta, std::sync::atomic::Ordering::SeqCst);
             Ok(())
+        }
+        fn history(&self, id: &str) -> Result<Vec<Vec<u8>>, Error> {
+            self.inner.history(id)
         }
         fn size_bytes(&self) -> u64 {
             self.inner.size_bytes()

@@ -7,9 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::{
-    check_journeys, DueTimer, Error, Millis, Offset, Store, StoredJourney, WriteSet,
-};
+use crate::{check_journeys, DueTimer, Error, Millis, Offset, Store, StoredJourney, WriteSet};
 
 /// A [`Store`] kept in memory, for tests and simulations; lost when dropped.
 #[derive(Debug, Default)]
@@ -24,6 +22,7 @@ struct Inner {
     timers: BTreeMap<(Millis, String), Option<i32>>,
     offsets: BTreeMap<(String, i32), i64>,
     journeys: BTreeMap<(String, u32), StoredJourney>,
+    history: BTreeMap<String, std::collections::VecDeque<Vec<u8>>>,
 }
 
 impl MemoryStore {
@@ -125,6 +124,25 @@ impl Store for MemoryStore {
                 }
             }
         }
+        for (id, value) in &set.customers {
+            if value.is_none() {
+                inner.history.remove(id);
+            }
+        }
+        for (id, entry) in &set.history {
+            inner
+                .history
+                .entry(id.clone())
+                .or_default()
+                .push_back(entry.clone());
+        }
+        for (id, _) in &set.history {
+            if let Some(h) = inner.history.get_mut(id) {
+                while h.len() > set.history_limit {
+                    h.pop_front();
+                }
+            }
+        }
         for entry in &set.clear_timers {
             inner.timers.remove(entry);
         }
@@ -141,6 +159,15 @@ impl Store for MemoryStore {
             inner.offsets.insert((o.topic.clone(), o.partition), o.next);
         }
         Ok(())
+    }
+
+    fn history(&self, id: &str) -> Result<Vec<Vec<u8>>, Error> {
+        Ok(self
+            .lock()
+            .history
+            .get(id)
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default())
     }
 
     fn size_bytes(&self) -> u64 {
@@ -162,7 +189,12 @@ impl Store for MemoryStore {
             .values()
             .map(|j| 2 + j.id.len() + 4 + j.id.len() + 4 + 8 + j.file.len() + j.source.len() + 8)
             .sum();
-        (customers + timers + offsets + journeys) as u64
+        let history: usize = inner
+            .history
+            .iter()
+            .map(|(k, h)| 1 + k.len() + h.iter().map(|e| 4 + e.len()).sum::<usize>())
+            .sum();
+        (customers + timers + offsets + journeys + history) as u64
     }
 
     fn customer_count(&self) -> u64 {
