@@ -315,6 +315,13 @@ impl ConsumerContext for Context {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!(partitions = tpl.count(), "Partitions revoked.");
                 self.owned.revoke(tpl);
+                // Another member reports these partitions' lag now.
+                for el in tpl.elements() {
+                    let _ = self
+                        .metrics
+                        .consumer_lag
+                        .remove_label_values(&[el.topic(), &el.partition().to_string()]);
+                }
                 if cooperative {
                     consumer.incremental_unassign(tpl)
                 } else {
