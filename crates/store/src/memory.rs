@@ -51,11 +51,6 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn due_timers(&self, up_to: Millis, limit: usize) -> Result<Vec<(Millis, String)>, Error> {
-        let due = self.due_timers_in(up_to, limit, &|_| true)?;
-        Ok(due.into_iter().map(|t| (t.due, t.customer)).collect())
-    }
-
     fn due_timers_in(
         &self,
         up_to: Millis,
