@@ -92,7 +92,7 @@ impl Metrics {
         let batch_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "journeyd_batch_seconds",
-                "Seconds per batch stage (process, produce, write).",
+                "Seconds per batch stage (collect, prepare, process, produce, write, gauges).",
             )
             .buckets(latency_buckets),
             &["stage"],

@@ -31,8 +31,8 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset as KafkaOffset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -91,21 +91,23 @@ pub struct Owned {
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Part {
-    /// The offset consumption resumed from, when the store knew it.
-    seed: Option<i64>,
+    /// The next offset to read: the offset consumption resumed from (when the store knew it),
+    /// then one past the last message consumed.
+    next: Option<i64>,
     /// Read to the head of the partition once since it was assigned.
     at_head: bool,
     /// Everything appended before this time (ms) has been read.
     watermark: Millis,
-    /// When the broker was last asked for the watermarks.
+    /// When a message last came from it.
+    received: Option<Instant>,
+    /// When the broker was last asked for its watermarks.
     probed: Option<Instant>,
 }
 
 /// How long a partition may go without a message before the broker is asked whether it is
-/// quiet or the reading is behind.
+/// quiet or the reading is behind; also the least time between two questions about one
+/// partition.
 const QUIET: Duration = Duration::from_millis(300);
-/// The most partitions probed per loop, so an unreachable broker slows the loop only a little.
-const PROBES_PER_ROUND: usize = 4;
 
 impl Owned {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, i32), Part>> {
@@ -117,14 +119,14 @@ impl Owned {
     fn assign(&self, tpl: &TopicPartitionList) {
         let mut m = self.lock();
         for el in tpl.elements() {
-            let seed = match el.offset() {
+            let next = match el.offset() {
                 KafkaOffset::Offset(n) => Some(n),
                 _ => None,
             };
             m.insert(
                 (el.topic().to_owned(), el.partition()),
                 Part {
-                    seed,
+                    next,
                     ..Part::default()
                 },
             );
@@ -142,83 +144,98 @@ impl Owned {
         self.lock().clear();
     }
 
-    /// Advances the watermarks past the messages just consumed.
+    /// Advances the positions and watermarks past the messages just consumed.
     pub fn consumed(&self, msgs: &[OwnedMessage]) {
+        let now = Instant::now();
         let mut m = self.lock();
         for msg in msgs {
-            let Some(ts) = msg.timestamp().to_millis() else {
+            let Some(part) = m.get_mut(&(msg.topic().to_owned(), msg.partition())) else {
                 continue;
             };
-            if let Some(part) = m.get_mut(&(msg.topic().to_owned(), msg.partition())) {
+            part.next = Some(part.next.unwrap_or(0).max(msg.offset() + 1));
+            part.received = Some(now);
+            if let Some(ts) = msg.timestamp().to_millis() {
                 part.watermark = part.watermark.max(ts);
             }
         }
     }
 
-    /// Asks the broker about the partitions not read to their head yet, and the quiet ones
-    /// (no message for a while): a partition whose position (the next offset to deliver, else
-    /// the offset consumption resumed from) has reached the high watermark is at its head, and
-    /// everything appended before the question has been read.
-    pub fn refresh<C: Consumer<Context>>(&self, consumer: &C) {
-        let now = wall_now();
-        let mut pending: Vec<(String, i32, Option<i64>, Option<Instant>)> = self
-            .lock()
-            .iter()
-            .filter(|(_, part)| {
-                !part.at_head || now - part.watermark >= QUIET.as_millis() as Millis
-            })
+    /// The partitions to ask the broker about: not read to their head yet, or quiet (no
+    /// message for a while), and not asked about lately. Marks them asked.
+    fn to_probe(&self) -> Vec<(String, i32, Option<i64>)> {
+        let mut m = self.lock();
+        m.iter_mut()
+            .filter(|(_, part)| !part.at_head || part.received.is_none_or(|t| t.elapsed() >= QUIET))
             .filter(|(_, part)| part.probed.is_none_or(|t| t.elapsed() >= QUIET))
-            .map(|((topic, partition), part)| (topic.clone(), *partition, part.seed, part.probed))
-            .collect();
-        if pending.is_empty() {
+            .map(|((topic, partition), part)| {
+                part.probed = Some(Instant::now());
+                (topic.clone(), *partition, part.next)
+            })
+            .collect()
+    }
+
+    /// Records an answer: the partition's watermarks, asked at `asked_at` while `next` was its
+    /// next offset to read. When `next` had reached the high watermark, the partition is at
+    /// its head and everything appended before the question has been read.
+    fn answer(
+        &self,
+        at: (&str, i32),
+        next: Option<i64>,
+        (low, high): (i64, i64),
+        asked_at: Millis,
+    ) {
+        let (topic, partition) = at;
+        let read = match next {
+            Some(next) => next >= high,
+            // Nothing read and no stored offset: only an empty partition is read.
+            None => low == high,
+        };
+        if !read {
             return;
         }
-        // The longest unasked first.
-        pending.sort_by_key(|(_, _, _, probed)| *probed);
-        pending.truncate(PROBES_PER_ROUND);
-        let positions = consumer.position().ok();
-        for (topic, partition, seed, _) in pending {
-            let asked_at = wall_now();
-            if let Some(part) = self.lock().get_mut(&(topic.clone(), partition)) {
-                part.probed = Some(Instant::now());
-            }
-            let position = positions
-                .as_ref()
-                .and_then(|tpl| tpl.find_partition(&topic, partition))
-                .and_then(|el| match el.offset() {
-                    KafkaOffset::Offset(n) => Some(n),
-                    _ => None,
-                })
-                .or(seed);
-            let Ok((low, high)) =
-                consumer.fetch_watermarks(&topic, partition, Duration::from_millis(200))
-            else {
-                continue;
-            };
-            let read = match position {
-                Some(next) => next >= high,
-                // Nothing delivered and no stored offset: only an empty partition is read.
-                None => low == high,
-            };
-            if !read {
-                continue;
-            }
-            let mut m = self.lock();
-            let Some(part) = m.get_mut(&(topic.clone(), partition)) else {
-                continue;
-            };
-            if !part.at_head {
-                tracing::info!(
-                    topic,
-                    partition,
-                    position,
-                    high,
-                    "Partition read to its head; its timers fire."
-                );
-            }
-            part.at_head = true;
-            part.watermark = part.watermark.max(asked_at);
+        let mut m = self.lock();
+        let Some(part) = m.get_mut(&(topic.to_owned(), partition)) else {
+            return;
+        };
+        if !part.at_head {
+            tracing::info!(
+                topic,
+                partition,
+                next,
+                high,
+                "Partition read to its head; its timers fire."
+            );
         }
+        part.at_head = true;
+        part.watermark = part.watermark.max(asked_at);
+    }
+
+    /// Asks the broker about the partitions [`Owned::to_probe`] names, from a thread of its
+    /// own with a client of its own, so the service loop never waits for the answers. Stops
+    /// when `stop` is set.
+    fn probe_in_background(
+        self: &Arc<Self>,
+        config: ClientConfig,
+        stop: Arc<AtomicBool>,
+    ) -> Result<std::thread::JoinHandle<()>, KafkaError> {
+        let client: BaseConsumer = config.create()?;
+        let owned = self.clone();
+        Ok(std::thread::Builder::new()
+            .name("journeyd-watermarks".into())
+            .spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    for (topic, partition, next) in owned.to_probe() {
+                        let asked_at = wall_now();
+                        if let Ok(marks) =
+                            client.fetch_watermarks(&topic, partition, Duration::from_secs(2))
+                        {
+                            owned.answer((&topic, partition), next, marks, asked_at);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+            .expect("a thread for the watermark probes"))
     }
 
     /// Whether a timer of partition number `p` due at `due` may fire: every input topic's
@@ -405,6 +422,24 @@ fn set_default(c: &mut ClientConfig, key: &str, value: &str) {
     if c.get(key).is_none() {
         c.set(key, value);
     }
+}
+
+/// The settings of the client that asks for watermarks: the service's, without the group.
+fn probe_client_config(config: &Config) -> ClientConfig {
+    let mut c = client_config(config);
+    for k in [
+        "group.id",
+        "group.instance.id",
+        "partition.assignment.strategy",
+        "session.timeout.ms",
+        "statistics.interval.ms",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "auto.offset.reset",
+    ] {
+        c.remove(k);
+    }
+    c
 }
 
 /// Creates the consumer (subscribed) and the producer.
@@ -703,6 +738,9 @@ pub fn reload(shared: &Shared) {
 pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let (consumer, producer) = clients(&shared)?;
     let owned = consumer.context().owned.clone();
+    let stop_probes = Arc::new(AtomicBool::new(false));
+    let probes =
+        owned.probe_in_background(probe_client_config(&shared.config), stop_probes.clone())?;
     let registry = shared
         .config
         .schema_registry
@@ -722,18 +760,29 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             let s = shared.clone();
             tokio::task::spawn_blocking(move || reload(&s)).await?;
         }
+        let stage = |name: &str, since: Instant| {
+            shared
+                .metrics
+                .batch_seconds
+                .with_label_values(&[name])
+                .observe(since.elapsed().as_secs_f64());
+        };
+        let collecting = Instant::now();
         let (msgs, idle) = collect(&consumer, &shared.config).await;
+        if !msgs.is_empty() {
+            stage("collect", collecting);
+        }
         // Caught up: nothing more to read, or reading at the head of the log (the newest message
         // is fresh). Under steady load the consumer is never idle, so freshness matters too.
         let newest = msgs.iter().filter_map(|m| m.timestamp().to_millis()).max();
         let fresh = newest.is_some_and(|ts| ts >= wall_now() - 2_000);
         owned.consumed(&msgs);
-        owned.refresh(&consumer);
         if (idle || fresh) && !caught_up {
             caught_up = true;
             shared.ready.store(true, Ordering::SeqCst);
             tracing::info!("Caught up with the input topics; timers are firing.");
         }
+        let preparing = Instant::now();
         let prepared = {
             let (s, d, sd) = (shared.clone(), decoder.clone(), shutdown.clone());
             let caught = caught_up;
@@ -774,8 +823,13 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         let Some(prepared) = prepared else {
             break;
         };
+        if !prepared.work.is_empty() {
+            stage("prepare", preparing);
+        }
         if last_gauges.elapsed() > Duration::from_secs(5) {
+            let gauging = Instant::now();
             update_gauges(&shared);
+            stage("gauges", gauging);
             last_gauges = Instant::now();
         }
         if prepared.consumed.is_empty() && prepared.work.is_empty() {
@@ -889,6 +943,8 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     if !shared.config.kafka.contains_key("group.instance.id") {
         consumer.unsubscribe();
     }
+    stop_probes.store(true, Ordering::SeqCst);
+    let _ = probes.join();
     Ok(())
 }
 
@@ -961,5 +1017,46 @@ mod tests {
         assert!(!o.fires(0, 21));
         o.clear();
         assert!(!o.fires(0, 0));
+    }
+
+    #[test]
+    fn an_answer_from_the_broker_marks_a_partition_read_only_when_reading_reached_its_head() {
+        let o = Owned::default();
+        let mut seeded = TopicPartitionList::new();
+        seeded
+            .add_partition_offset("a", 0, KafkaOffset::Offset(5))
+            .unwrap();
+        seeded.add_partition("b", 0);
+        o.assign(&seeded);
+        assert_eq!(o.to_probe().len(), 2, "new partitions are asked about");
+        assert!(o.to_probe().is_empty(), "not again at once");
+        o.answer(("a", 0), Some(5), (0, 7), 100);
+        assert!(!o.lock()[&("a".to_owned(), 0)].at_head, "5 < 7: behind");
+        o.answer(("b", 0), None, (3, 4), 100);
+        assert!(
+            !o.lock()[&("b".to_owned(), 0)].at_head,
+            "unknown position, not empty"
+        );
+        o.consumed(&[msg("a", 0, 50)]);
+        let next = o.lock()[&("a".to_owned(), 0)].next;
+        assert_eq!(
+            next,
+            Some(5),
+            "the position never goes back (offset 0 is below the seed)"
+        );
+        o.answer(("a", 0), Some(7), (0, 7), 100);
+        o.answer(("b", 0), None, (4, 4), 120);
+        let m = o.lock();
+        assert!(m[&("a".to_owned(), 0)].at_head);
+        assert_eq!(
+            m[&("a".to_owned(), 0)].watermark,
+            100,
+            "read up to the question"
+        );
+        assert!(
+            m[&("b".to_owned(), 0)].at_head,
+            "an empty partition is read"
+        );
+        assert_eq!(m[&("b".to_owned(), 0)].watermark, 120);
     }
 }
