@@ -488,9 +488,13 @@ pub fn clients(shared: &Shared) -> Result<(StreamConsumer<Context>, FutureProduc
 
 /// Collects one batch of messages. Returns them and whether the consumer was idle (nothing
 /// came within the poll interval).
-async fn collect(consumer: &StreamConsumer<Context>, config: &Config) -> (Vec<OwnedMessage>, bool) {
+async fn collect(
+    consumer: &StreamConsumer<Context>,
+    config: &Config,
+    first_wait: Duration,
+) -> (Vec<OwnedMessage>, bool) {
     let mut msgs = Vec::new();
-    let first = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+    let first = tokio::time::timeout(first_wait, consumer.recv()).await;
     match first {
         Err(_) => return (msgs, true),
         Ok(Err(error)) => {
@@ -753,6 +757,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         (Encoding::Json, _) => ActionEncoder::new(Format::Json),
     };
     let mut caught_up = false;
+    let mut timers_backlogged = false;
     let mut last_gauges = Instant::now() - Duration::from_secs(60);
     tracing::info!(topics = ?shared.config.inputs.iter().map(|i| &i.topic).collect::<Vec<_>>(), "Consuming.");
     while !shutdown.is_cancelled() {
@@ -768,7 +773,13 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 .observe(since.elapsed().as_secs_f64());
         };
         let collecting = Instant::now();
-        let (msgs, idle) = collect(&consumer, &shared.config).await;
+        // With more timers due than one batch fires, don't wait for messages in between.
+        let first_wait = if timers_backlogged {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(100)
+        };
+        let (msgs, idle) = collect(&consumer, &shared.config, first_wait).await;
         if !msgs.is_empty() {
             stage("collect", collecting);
         }
@@ -826,6 +837,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         if !prepared.work.is_empty() {
             stage("prepare", preparing);
         }
+        timers_backlogged = prepared.timers >= shared.config.processing.timer_batch;
         if last_gauges.elapsed() > Duration::from_secs(5) {
             let gauging = Instant::now();
             update_gauges(&shared);

@@ -17,7 +17,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use journeyd_store::{
@@ -116,6 +116,10 @@ pub struct RocksStore {
     /// Copies of the committed counters for lock-free reads.
     timers: AtomicU64,
     customers: AtomicU64,
+    /// No timer is due before this: scans of the timer table start here, not at its first key,
+    /// so they do not walk over the deletions of every timer fired since the last compaction.
+    /// Writes lower it before they commit; scans raise it to the first entry they meet.
+    timer_floor: AtomicI64,
 }
 
 impl fmt::Debug for RocksStore {
@@ -191,6 +195,7 @@ impl RocksStore {
             }),
             timers: AtomicU64::new(0),
             customers: AtomicU64::new(0),
+            timer_floor: AtomicI64::new(Millis::MIN),
         };
         let counters = store.load_meta()?;
         *store
@@ -310,6 +315,15 @@ impl RocksStore {
         self.db.iterator_opt(IteratorMode::Start, ro)
     }
 
+    /// Where a scan of the timer table starts, given the floor.
+    fn timers_from(&self, floor: Millis) -> Vec<u8> {
+        if floor == Millis::MIN {
+            Table::Timers.lower_bound()
+        } else {
+            keys::timer(floor, "")
+        }
+    }
+
     /// Which of `keys` exist, in order.
     fn exist(&self, op: &'static str, keys: &[Vec<u8>]) -> Result<Vec<bool>, Error> {
         if keys.is_empty() {
@@ -403,8 +417,15 @@ impl Store for RocksStore {
             return Ok(Vec::new());
         }
         let mut due = Vec::new();
-        for item in self.scan(Table::Timers.lower_bound(), keys::timers_after(up_to)) {
+        let floor = self.timer_floor.load(Ordering::SeqCst);
+        let mut first: Option<Millis> = None;
+        for item in self.scan(self.timers_from(floor), keys::timers_after(up_to)) {
             let (key, value) = item.map_err(backend("read due timers"))?;
+            if first.is_none() {
+                if let Key::Timer { due: at, .. } = Key::decode(&key)? {
+                    first = Some(at);
+                }
+            }
             // The value is the owning partition (i32 BE), or empty for every partition.
             let partition = match *value {
                 [] => None,
@@ -426,12 +447,19 @@ impl Store for RocksStore {
                 break;
             }
         }
+        // Nothing live before the first entry met (or, meeting none, up to `up_to`); a write
+        // that lowered the floor meanwhile wins.
+        let raised = first.unwrap_or(up_to.saturating_add(1)).max(floor);
+        let _ =
+            self.timer_floor
+                .compare_exchange(floor, raised, Ordering::SeqCst, Ordering::SeqCst);
         Ok(due)
     }
 
     fn next_timer(&self) -> Result<Option<(Millis, String)>, Error> {
+        let floor = self.timer_floor.load(Ordering::SeqCst);
         let first = self
-            .scan(Table::Timers.lower_bound(), Table::Timers.upper_bound())
+            .scan(self.timers_from(floor), Table::Timers.upper_bound())
             .next();
         let Some(item) = first else { return Ok(None) };
         let (key, _) = item.map_err(backend("read next timer"))?;
@@ -531,12 +559,16 @@ impl Store for RocksStore {
         for (id, value) in &set.customers {
             customers.insert(keys::customer(id), value.as_deref());
         }
+        // The last partition given for a customer wins.
+        let partitions: std::collections::HashMap<&str, i32> = set
+            .timer_partitions
+            .iter()
+            .map(|(c, p)| (c.as_str(), *p))
+            .collect();
         let partition_of = |customer: &str| {
-            set.timer_partitions
-                .iter()
-                .rev()
-                .find(|(c, _)| c == customer)
-                .map(|(_, p)| p.to_be_bytes().to_vec())
+            partitions
+                .get(customer)
+                .map(|p| p.to_be_bytes().to_vec())
                 .unwrap_or_default()
         };
         // Per key: None clears, Some(value) sets (the value names the owning partition).
@@ -616,6 +648,10 @@ impl Store for RocksStore {
         }
         if batch.is_empty() {
             return Ok(());
+        }
+        if let Some(earliest) = set.set_timers.iter().map(|(due, _)| *due).min() {
+            // Before the commit, so no scan can miss the new entry.
+            self.timer_floor.fetch_min(earliest, Ordering::SeqCst);
         }
         self.db
             .write_opt(batch, &self.write_options())

@@ -50,6 +50,10 @@ pub const CASES: &[Case] = &[
         due_timers_in_skips_other_partitions,
     ),
     (
+        "timers_set_before_earlier_scans_are_found",
+        timers_set_before_earlier_scans_are_found,
+    ),
+    (
         "offsets_overwrite_per_partition",
         offsets_overwrite_per_partition,
     ),
@@ -443,6 +447,31 @@ pub fn due_timers_in_skips_other_partitions(store: &dyn Store) {
         vec![timer(3, "any")]
     );
     assert_eq!(store.due_timers_in(10, 10, &only_0).unwrap().len(), 4);
+}
+
+/// A scan may remember where the live timers begin (a store may skip what it fired), but a
+/// timer set earlier than anything scanned before is still found, and so is the next one.
+pub fn timers_set_before_earlier_scans_are_found(store: &dyn Store) {
+    write(store, &timers_write(vec![], vec![timer(10, "a"), timer(20, "b")]));
+    assert_eq!(store.due_timers(15, 10).unwrap(), vec![timer(10, "a")]);
+    write(store, &timers_write(vec![timer(10, "a")], vec![]));
+    assert_eq!(store.due_timers(15, 10).unwrap(), vec![]);
+    assert_eq!(store.due_timers(100, 10).unwrap(), vec![timer(20, "b")]);
+    write(store, &timers_write(vec![], vec![timer(5, "c"), timer(-7, "d")]));
+    assert_eq!(
+        store.due_timers(100, 10).unwrap(),
+        vec![timer(-7, "d"), timer(5, "c"), timer(20, "b")]
+    );
+    assert_eq!(store.next_timer().unwrap(), Some(timer(-7, "d")));
+    write(
+        store,
+        &timers_write(vec![timer(-7, "d"), timer(5, "c"), timer(20, "b")], vec![]),
+    );
+    assert_eq!(store.due_timers(1000, 10).unwrap(), vec![]);
+    assert_eq!(store.next_timer().unwrap(), None);
+    write(store, &timers_write(vec![], vec![timer(999, "e")]));
+    assert_eq!(store.next_timer().unwrap(), Some(timer(999, "e")));
+    assert_eq!(store.due_timers(999, 10).unwrap(), vec![timer(999, "e")]);
 }
 
 /// Setting a present entry and clearing an absent one change nothing, counter included.
