@@ -78,7 +78,9 @@ async fn serve(
     ready: std::sync::mpsc::Sender<()>,
 ) {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let listener = TcpListener::bind(addr).await.expect("the proxy port is free");
+    let listener = TcpListener::bind(addr)
+        .await
+        .expect("the proxy port is free");
     let _ = ready.send(());
     loop {
         let Ok((client, _)) = listener.accept().await else {

@@ -154,9 +154,9 @@ pub fn expected(events: &[Event]) -> BTreeMap<String, Action> {
 pub fn check(expected: &BTreeMap<String, Action>, arrived: &[Action]) -> usize {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for a in arrived {
-        let want = expected.get(&a.action_id).unwrap_or_else(|| {
-            panic!("an action the simulator does not expect arrived: {a:#?}")
-        });
+        let want = expected
+            .get(&a.action_id)
+            .unwrap_or_else(|| panic!("an action the simulator does not expect arrived: {a:#?}"));
         assert_eq!(
             a, want,
             "an action arrived that differs from the simulator's (same id)"

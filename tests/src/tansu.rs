@@ -60,7 +60,9 @@ impl Broker {
         let child = Command::new(&bin)
             .arg("broker")
             .args(["--kafka-cluster-id", "journeyd-e2e"])
-            .arg(format!("--kafka-listener-url=tcp://127.0.0.1:{listen_port}"))
+            .arg(format!(
+                "--kafka-listener-url=tcp://127.0.0.1:{listen_port}"
+            ))
             .arg(format!(
                 "--kafka-advertised-listener-url=tcp://127.0.0.1:{advertised_port}"
             ))

@@ -14,8 +14,8 @@ use journeyd_tests::tansu::Broker;
 use journeyd_tests::{free_port, now_ms};
 use journeyd_types::{Action, ActionKind, Event};
 use std::collections::{BTreeMap, BTreeSet};
-use tokio::sync::Mutex;
 use std::time::Duration;
+use tokio::sync::Mutex;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
@@ -111,7 +111,11 @@ fn wait_for_all(
         expected.keys().all(|k| got.contains(k.as_str()))
     });
     if !all {
-        let got: BTreeSet<&str> = reader.actions.iter().map(|a| a.action_id.as_str()).collect();
+        let got: BTreeSet<&str> = reader
+            .actions
+            .iter()
+            .map(|a| a.action_id.as_str())
+            .collect();
         let missing: Vec<&Action> = expected
             .values()
             .filter(|a| !got.contains(a.action_id.as_str()))
@@ -221,11 +225,11 @@ async fn waits_that_fall_due_while_journeyd_is_down_fire_when_it_is_back() {
     let publisher = world.publisher();
     play(&publisher, &events, |_| {}).await;
     let mut reader = world.reader();
-    reader.until(
-        "the sends made at entry",
-        Duration::from_secs(30),
-        |r| immediate.iter().all(|a| r.actions.iter().any(|b| b.action_id == a.action_id)),
-    );
+    reader.until("the sends made at entry", Duration::from_secs(30), |r| {
+        immediate
+            .iter()
+            .all(|a| r.actions.iter().any(|b| b.action_id == a.action_id))
+    });
     assert!(
         journeyd.terminate(Duration::from_secs(30)).success(),
         "SIGTERM stops cleanly"
@@ -241,7 +245,11 @@ async fn waits_that_fall_due_while_journeyd_is_down_fire_when_it_is_back() {
     ))
     .await;
     reader.settle(Duration::from_millis(500));
-    assert_eq!(reader.actions.len(), before, "nothing arrives while journeyd is down");
+    assert_eq!(
+        reader.actions.len(),
+        before,
+        "nothing arrives while journeyd is down"
+    );
     let restarted_at = now_ms();
     journeyd.spawn();
     wait_for_all(&mut reader, &expected, &events, &journeyd);
@@ -292,7 +300,12 @@ async fn poison_input_goes_to_the_dead_letter_topic_and_the_rest_flows() {
         .insert("blob".into(), "x".repeat(3000).into());
     let cases: Vec<(&str, Option<&str>, Vec<u8>, &str)> = vec![
         (INPUT, Some("g"), b"\x01\x02garbage".to_vec(), "bad_avro"),
-        (INPUT, Some("bad-fp"), good[..good.len() - 3].to_vec(), "bad_avro"),
+        (
+            INPUT,
+            Some("bad-fp"),
+            good[..good.len() - 3].to_vec(),
+            "bad_avro",
+        ),
         (INPUT, Some("bad-fp"), unknown_fp, "unknown_schema"),
         (
             INPUT,
@@ -342,7 +355,10 @@ async fn poison_input_goes_to_the_dead_letter_topic_and_the_rest_flows() {
     got.sort();
     let mut want: Vec<&str> = cases.iter().map(|c| c.3).collect();
     want.sort();
-    assert_eq!(got, want, "one dead letter per bad message, with its reason");
+    assert_eq!(
+        got, want,
+        "one dead letter per bad message, with its reason"
+    );
     for d in &reader.dead {
         let case = cases
             .iter()
@@ -350,8 +366,12 @@ async fn poison_input_goes_to_the_dead_letter_topic_and_the_rest_flows() {
             .unwrap_or_else(|| panic!("a dead letter keeps the original bytes: {d:?}"));
         assert_eq!(d.headers["journeyd.dlq.reason"], case.3);
         assert_eq!(d.headers["journeyd.dlq.source.topic"], case.0);
-        assert!(d.headers["journeyd.dlq.source.offset"].parse::<i64>().is_ok());
-        assert!(d.headers["journeyd.dlq.source.partition"].parse::<i32>().is_ok());
+        assert!(d.headers["journeyd.dlq.source.offset"]
+            .parse::<i64>()
+            .is_ok());
+        assert!(d.headers["journeyd.dlq.source.partition"]
+            .parse::<i32>()
+            .is_ok());
         assert!(!d.headers["journeyd.dlq.error"].is_empty());
     }
     let rejected = journeyd

@@ -452,12 +452,18 @@ pub fn due_timers_in_skips_other_partitions(store: &dyn Store) {
 /// A scan may remember where the live timers begin (a store may skip what it fired), but a
 /// timer set earlier than anything scanned before is still found, and so is the next one.
 pub fn timers_set_before_earlier_scans_are_found(store: &dyn Store) {
-    write(store, &timers_write(vec![], vec![timer(10, "a"), timer(20, "b")]));
+    write(
+        store,
+        &timers_write(vec![], vec![timer(10, "a"), timer(20, "b")]),
+    );
     assert_eq!(store.due_timers(15, 10).unwrap(), vec![timer(10, "a")]);
     write(store, &timers_write(vec![timer(10, "a")], vec![]));
     assert_eq!(store.due_timers(15, 10).unwrap(), vec![]);
     assert_eq!(store.due_timers(100, 10).unwrap(), vec![timer(20, "b")]);
-    write(store, &timers_write(vec![], vec![timer(5, "c"), timer(-7, "d")]));
+    write(
+        store,
+        &timers_write(vec![], vec![timer(5, "c"), timer(-7, "d")]),
+    );
     assert_eq!(
         store.due_timers(100, 10).unwrap(),
         vec![timer(-7, "d"), timer(5, "c"), timer(20, "b")]

@@ -1,0 +1,279 @@
+//! The performance harness of journeyd: every row of issue 5, each against its own limit
+//! measured in the same run. Prints one Markdown table and writes it to
+//! `$CARGO_TARGET_DIR/bench/journeyd.md` (or `$JOURNEYD_BENCH_OUT`).
+//!
+//! ```sh
+//! cargo bench -p journeyd-bench --bench journeyd
+//! ```
+//!
+//! Knobs (environment):
+//! - `JOURNEYD_BENCH_EVENTS`: events of the engine and engine + RocksDB rows (1,000,000);
+//! - `JOURNEYD_BENCH_KAFKA_EVENTS`: events of the end-to-end rows (the smaller of 200,000 and
+//!   `JOURNEYD_BENCH_EVENTS`);
+//! - `JOURNEYD_BENCH_LATENCY_SECS`: how long the latency rows produce (20; 1 when
+//!   `JOURNEYD_BENCH_EVENTS` is under 100,000);
+//! - `JOURNEYD_BENCH_CUSTOMERS`: customers of the scale row (1,000,000);
+//! - `JOURNEYD_BENCH_ROWS`: which rows, a comma list of `engine`, `rocksdb`, `kafka-mock`,
+//!   `kafka-tansu`, `latency`, `scale` (all). `latency` runs on each selected Kafka.
+//!
+//! Smoke run (CI): `JOURNEYD_BENCH_EVENTS=5000 JOURNEYD_BENCH_CUSTOMERS=2000 cargo test -p
+//! journeyd-bench --bench journeyd` (a debug build, a tiny workload: it only checks that every
+//! row still runs; no figure of a debug build means anything).
+
+use journeyd_bench::kafka_row::{self, Cluster, ClusterFactory, Mock, Tansu};
+use journeyd_bench::table::{Row, Table};
+use journeyd_bench::{engine_row, rocks_row, scale_row};
+use std::path::PathBuf;
+use std::time::Instant;
+
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace(['_', ','], "").parse().ok())
+        .unwrap_or(default)
+}
+
+/// The target directory: `$CARGO_TARGET_DIR`, else the one this executable was built in.
+fn target_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(d);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target").into())
+}
+
+const ALL: [&str; 6] = [
+    "engine",
+    "rocksdb",
+    "kafka-mock",
+    "kafka-tansu",
+    "latency",
+    "scale",
+];
+
+fn main() {
+    let started = Instant::now();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let events = knob("JOURNEYD_BENCH_EVENTS", 1_000_000).max(100);
+    let kafka_events = knob("JOURNEYD_BENCH_KAFKA_EVENTS", events.min(200_000)).max(100);
+    let latency_secs = knob(
+        "JOURNEYD_BENCH_LATENCY_SECS",
+        if events < 100_000 { 1 } else { 20 },
+    )
+    .max(1) as f64;
+    let customers = knob("JOURNEYD_BENCH_CUSTOMERS", 1_000_000).max(10);
+    let rows: Vec<String> = std::env::var("JOURNEYD_BENCH_ROWS")
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_else(|_| ALL.iter().map(|s| (*s).to_owned()).collect());
+    for r in &rows {
+        if !ALL.contains(&r.as_str()) {
+            eprintln!(
+                "journeyd bench: unknown row `{r}` in JOURNEYD_BENCH_ROWS (rows: {})",
+                ALL.join(", ")
+            );
+            std::process::exit(2);
+        }
+    }
+    let on = |r: &str| rows.iter().any(|x| x == r);
+    let mut table = Table::default();
+    let mut timings: Vec<(String, f64)> = Vec::new();
+    let mut timed =
+        |name: &str, t: Instant| timings.push((name.to_owned(), t.elapsed().as_secs_f64()));
+
+    if on("engine") {
+        let t = Instant::now();
+        eprintln!("journeyd bench: engine ({events} events)");
+        table.extend(
+            engine_row::measure(events).unwrap_or_else(|e| vec![Row::error("engine only", &e)]),
+        );
+        table.note(
+            "engine only",
+            "no machine limit to compare with, so the limit column is the target. One thread over \
+             decoded events and states in memory (a hash map of states and a sorted timer index, \
+             due timers fired before each event as the simulator does), so it is bound by the \
+             engine's own CPU work per event: finding the journeys an event concerns, running \
+             steps, evaluating conditions, cloning and encoding state. The simulator line is the \
+             same stream through journeyd_simulator (BTreeMap of states, an id allocated per \
+             event); the \"no journeys\" line is the floor of the loop (map lookup, state \
+             creation, profile and consent updates) on the same stream.",
+        );
+        timed("engine", t);
+    }
+    if on("rocksdb") {
+        let t = Instant::now();
+        eprintln!("journeyd bench: engine + RocksDB ({events} events)");
+        table.extend(
+            rocks_row::measure(events).unwrap_or_else(|e| vec![Row::error("engine + RocksDB", &e)]),
+        );
+        table.note(
+            "engine + RocksDB",
+            "the limit is RocksDB itself: a raw WriteBatch loop writing the same keys and values \
+             (the write sets the measured run produced), one batch per 1,000 events, into a fresh \
+             database opened with the same options. The measured loop also reads every customer \
+             of the batch (multi_get), reads the due timers, runs the engine, encodes the states, \
+             and the store reads which keys exist (for its exact counters) before each write.",
+        );
+        timed("rocksdb", t);
+    }
+
+    let kafka_kinds: Vec<(&str, Box<ClusterFactory>)> = [
+        (
+            "kafka-mock",
+            "mock cluster",
+            Box::new(|| Ok(Box::new(Mock::start()?) as Box<dyn Cluster>)) as Box<ClusterFactory>,
+        ),
+        (
+            "kafka-tansu",
+            "tansu",
+            Box::new(|| Ok(Box::new(Tansu::start()?) as Box<dyn Cluster>)) as Box<ClusterFactory>,
+        ),
+    ]
+    .into_iter()
+    .filter(|(row, _, _)| on(row))
+    .filter(|(row, kind, _)| {
+        // No tansu binary here: say so and go on (not an error of the harness).
+        let missing = *row == "kafka-tansu" && journeyd_tests::tansu::binary().is_err();
+        if missing {
+            let why = journeyd_tests::tansu::binary().err().unwrap_or_default();
+            table.extend([Row::not_run(format!("end to end, {kind}"), why)]);
+        }
+        !missing
+    })
+    .map(|(_, kind, f)| (kind, f))
+    .collect();
+    let kafka_kinds: Vec<(&str, Box<ClusterFactory>)> = if kafka_kinds.is_empty() && on("latency") {
+        vec![(
+            "mock cluster",
+            Box::new(|| Ok(Box::new(Mock::start()?) as Box<dyn Cluster>)) as Box<ClusterFactory>,
+        )]
+    } else {
+        kafka_kinds
+    };
+    if !kafka_kinds.is_empty() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        for (kind, new_cluster) in &kafka_kinds {
+            let t = Instant::now();
+            eprintln!("journeyd bench: end to end, {kind} ({kafka_events} events)");
+            let max = runtime.block_on(async {
+                match kafka_row::throughput(kind, new_cluster.as_ref(), kafka_events).await {
+                    Ok((rows, max)) => {
+                        table.extend(rows);
+                        Some(max)
+                    }
+                    Err(e) => {
+                        table.extend([Row::error(format!("end to end, {kind}"), &e)]);
+                        None
+                    }
+                }
+            });
+            timed(&format!("end to end, {kind}"), t);
+            if on("latency") {
+                let t = Instant::now();
+                let name = format!("end to end, {kind}: latency");
+                let Some(max) = max else {
+                    table.extend([Row::not_run(name, "no maximum throughput measured")]);
+                    continue;
+                };
+                eprintln!("journeyd bench: latency, {kind} ({latency_secs} s)");
+                let rows = runtime.block_on(async {
+                    let cluster = new_cluster()?;
+                    kafka_row::latency_rows(kind, cluster.as_ref(), max, latency_secs).await
+                });
+                table.extend(rows.unwrap_or_else(|e| vec![Row::error(name, &e)]));
+                timed(&format!("latency, {kind}"), t);
+            }
+        }
+        table.note(
+            "end to end",
+            "the limit is the Kafka client and broker: a plain rdkafka StreamConsumer → \
+             FutureProducer loop copying the same messages one for one, with the service's own \
+             clients (journeyd::service::clients: same consumer settings, idempotent acks=all \
+             producer, linger.ms=5, lz4) and the same batching (up to 1,000 messages, 20 ms \
+             linger, every send acknowledged before the next batch, async offset commit). Both \
+             are clocked from the end of their first batch to the end of the last, all in one \
+             process on the same cores as the broker (mock) or next to it (tansu). Latency: \
+             every tenth event is a probe (card_blocked for a new customer, answered at once with \
+             an in-app send); from the produce call to the action's arrival at a consumer of the \
+             action topics. It includes the service's 20 ms batch linger, the producer's 5 ms \
+             linger and the acknowledgement round trip. The \"ms per batch\" line splits the service's \
+             time per batch into its stages and the rest of its loop.",
+        );
+    }
+    if on("scale") {
+        let t = Instant::now();
+        eprintln!("journeyd bench: scale ({customers} customers)");
+        table.extend(
+            scale_row::measure(customers).unwrap_or_else(|e| vec![Row::error("scale", &e)]),
+        );
+        table.note(
+            "scale",
+            "the targets are absolute (no machine limit measured): restart to ready < 2 s with no \
+             replay, timers fired at ≥ 200,000/s. The bytes per customer are held against the \
+             bytes of keys and values written per customer (state, customer key, timer key). The \
+             firing rate is bound by the service loop: at most processing.timer_batch (5,000) \
+             timers per iteration, each waiting for its emails to be acknowledged and written, \
+             and each also spending time outside its stages (the \"rest\" line: the idle wait \
+             for input, the due-timer scan, the partition watermark probes).",
+        );
+        timed("scale", t);
+    }
+
+    let total = started.elapsed().as_secs_f64();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut out = String::new();
+    out.push_str(&format!(
+        "journeyd bench: {cores} cores; {events} events (engine, RocksDB), {kafka_events} events (Kafka), {customers} customers (scale); {}; {total:.0} s\n\n",
+        if cfg!(debug_assertions) {
+            "DEBUG BUILD: figures mean nothing"
+        } else {
+            "release build"
+        }
+    ));
+    out.push_str(&table.markdown());
+    out.push_str("\nWhat limits each row:\n\n");
+    out.push_str(&table.notes_markdown());
+    out.push_str("\nSeconds per row: ");
+    out.push_str(
+        &timings
+            .iter()
+            .map(|(n, s)| format!("{n} {s:.0}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    out.push('\n');
+    print!("{out}");
+    let path = std::env::var_os("JOURNEYD_BENCH_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("bench/journeyd.md"));
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::write(&path, &out) {
+        Ok(()) => println!("written to {}", path.display()),
+        Err(e) => eprintln!("journeyd bench: cannot write {}: {e}", path.display()),
+    }
+    // Missed targets are figures, not failures; a row that could not be measured is.
+    if table.errors() > 0 {
+        eprintln!(
+            "journeyd bench: {} row(s) could not be measured (ERROR in the table)",
+            table.errors()
+        );
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,736 @@
+//! Row 3: end to end through Kafka (librdkafka's mock cluster in the process, and tansu on
+//! loopback): touchpoints in, actions out, against a plain consume-and-produce copy of the
+//! same messages with the same client settings and batching; then the latency from event to
+//! action at half the measured maximum throughput.
+//!
+//! Throughput: N Avro touchpoints of the mix (times in the last ten minutes, so none is "in the
+//! future" for the service's real clock) are produced to the input topic first; then the
+//! service (`journeyd::app::open`, `app::shared`, `service::run`, in this process, default
+//! configuration) consumes them, and the clock runs from the first batch it writes to the last
+//! (the group join before the first batch is left out, and reported apart). A batch counts when
+//! its actions are acknowledged by Kafka and its states written to RocksDB.
+//!
+//! The limit is the copy: the same messages in another topic, consumed and produced one for
+//! one to an output topic by a loop with the service's consumer and producer
+//! (`journeyd::service::clients`: same librdkafka settings, idempotent `acks=all` producer,
+//! `linger.ms=5`, lz4), batches collected the same way (at most `batch_max_messages`, at most
+//! `batch_linger_ms` after the first), every send acknowledged before the next batch, offsets
+//! committed asynchronously after each batch. Clocked the same way.
+
+use crate::table::{percent, thousands, Row, Verdict};
+use crate::workload;
+use futures::future::join_all;
+use journeyd::app;
+use journeyd::config::{Config, Encoding, InputConfig};
+use journeyd::metrics::Metrics;
+use journeyd::service::{self, Shared};
+use journeyd_codec::{encode_touchpoint, Framing};
+use journeyd_types::time;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// A Kafka cluster to run against.
+pub trait Cluster {
+    /// Where clients connect.
+    fn bootstrap(&self) -> String;
+    /// Creates a topic.
+    fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()>;
+}
+
+/// librdkafka's mock cluster, in this process (what `journeyd run --embedded-kafka` uses).
+#[derive(Debug)]
+pub struct Mock(journeyd::embedded::Embedded);
+
+impl Mock {
+    /// Starts one.
+    pub fn start() -> anyhow::Result<Mock> {
+        Ok(Mock(journeyd::embedded::Embedded::start(&[])?))
+    }
+}
+
+impl Cluster for Mock {
+    fn bootstrap(&self) -> String {
+        self.0.bootstrap_servers()
+    }
+    fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
+        Ok(self.0.create_topic(name, partitions)?)
+    }
+}
+
+/// tansu, a Kafka-compatible broker written independently of this project, on loopback (the
+/// helper of the end-to-end suites, `journeyd_tests::tansu`).
+pub struct Tansu(journeyd_tests::tansu::Broker);
+
+fn unpanic<T>(what: &str, f: impl FnOnce() -> T) -> anyhow::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let why = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default();
+        anyhow::anyhow!("{what}: {why}")
+    })
+}
+
+impl std::fmt::Debug for Tansu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tansu({})", self.0.bootstrap())
+    }
+}
+
+impl Tansu {
+    /// Starts one, or says why it cannot.
+    pub fn start() -> anyhow::Result<Tansu> {
+        journeyd_tests::tansu::binary().map_err(anyhow::Error::msg)?;
+        Ok(Tansu(unpanic(
+            "tansu did not start",
+            journeyd_tests::tansu::Broker::start,
+        )?))
+    }
+}
+
+impl Cluster for Tansu {
+    fn bootstrap(&self) -> String {
+        self.0.bootstrap()
+    }
+    fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
+        unpanic("tansu topic create", || {
+            self.0.create_topic(name, partitions)
+        })
+    }
+}
+
+/// Starts a fresh cluster of one kind.
+pub type ClusterFactory = dyn Fn() -> anyhow::Result<Box<dyn Cluster>>;
+
+/// A message to produce: key (the customer id) and value (the Avro touchpoint).
+pub type Payload = (String, Vec<u8>);
+
+/// N touchpoints of the mix, Avro-encoded, with times in the last ten minutes.
+pub fn touchpoints(n: usize) -> anyhow::Result<Vec<Payload>> {
+    let engine = workload::engine_for(&workload::example_journeys())?;
+    let now = journeyd::clock::wall_now();
+    let span = 10 * time::MINUTE;
+    Ok(workload::events(&engine, n, now - span, span)
+        .into_iter()
+        .map(|e| {
+            let bytes = encode_touchpoint(&e, Framing::SingleObject);
+            (e.customer_id, bytes)
+        })
+        .collect())
+}
+
+/// Counts the messages Kafka did not acknowledge.
+#[derive(Debug, Default)]
+struct Failures(AtomicU64);
+
+impl rdkafka::ClientContext for Failures {}
+
+impl rdkafka::producer::ProducerContext for Failures {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        if result.is_err() {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Produces every payload to `topic` and waits until all are acknowledged.
+pub fn produce_all(bootstrap: &str, topic: &str, payloads: &[Payload]) -> anyhow::Result<()> {
+    let producer: BaseProducer<Failures> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "500000")
+        .create_with_context(Failures::default())?;
+    for (key, value) in payloads {
+        let mut record = BaseRecord::<str, [u8]>::to(topic)
+            .key(key.as_str())
+            .payload(value.as_slice());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(300))?;
+    let failed = producer.context().0.load(Ordering::Relaxed);
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {} messages to {topic} were not acknowledged",
+        payloads.len()
+    );
+    Ok(())
+}
+
+/// The service's configuration for a run: defaults, with topics and group under `prefix`.
+pub fn service_config(bootstrap: &str, prefix: &str, dir: &std::path::Path) -> Config {
+    let mut c = Config::default();
+    c.kafka
+        .insert("bootstrap.servers".into(), bootstrap.to_owned());
+    c.kafka
+        .insert("group.id".into(), format!("{prefix}journeyd"));
+    c.inputs = vec![InputConfig {
+        topic: format!("{prefix}touchpoints"),
+        format: Encoding::Avro,
+    }];
+    c.outputs.actions_topic = format!("{prefix}actions.{{channel}}");
+    c.outputs.dead_letter_topic = format!("{prefix}touchpoints.dlq");
+    c.journeys.dir = workload::example_journeys();
+    c.store.path = dir.join("store");
+    c.http.listen = String::new();
+    c
+}
+
+/// The service, running in this process.
+pub struct Service {
+    /// Its shared state (metrics, store).
+    pub shared: Arc<Shared>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Service")
+    }
+}
+
+impl Service {
+    /// Creates the service's topics on `cluster` (inputs with 4 partitions, as
+    /// `--embedded-kafka` does), runs `before` (to fill the input topic), and starts it.
+    pub fn start(
+        cluster: &dyn Cluster,
+        prefix: &str,
+        before: impl FnOnce(&Config) -> anyhow::Result<()>,
+    ) -> anyhow::Result<(Service, Config)> {
+        let dir = tempfile::tempdir()?;
+        let config = service_config(&cluster.bootstrap(), prefix, dir.path());
+        let opened = app::open(&config)?;
+        for i in &config.inputs {
+            cluster.create_topic(&i.topic, 4)?;
+        }
+        cluster.create_topic(&config.outputs.dead_letter_topic, 1)?;
+        for c in app::channels(&opened.engine) {
+            cluster.create_topic(&config.actions_topic(&c), 1)?;
+        }
+        before(&config)?;
+        let shared = app::shared(config.clone(), opened)?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(service::run(shared.clone(), stop.clone()));
+        Ok((
+            Service {
+                shared,
+                stop,
+                task,
+                _dir: dir,
+            },
+            config,
+        ))
+    }
+
+    /// Events consumed and written so far.
+    pub fn consumed(&self) -> u64 {
+        Metrics::total(&self.shared.metrics.events_consumed)
+    }
+
+    /// Stops it and waits for the loop to end.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.task.await?
+    }
+}
+
+/// What one throughput run measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    /// Messages per second, from the end of the first batch to the end of the last.
+    pub eps: f64,
+    /// Seconds from start to the end of the first batch (group join, first fetch).
+    pub startup: f64,
+    /// Messages produced by the loop (actions for the service, copies for the copy).
+    pub produced: u64,
+    /// Messages processed.
+    pub done: u64,
+    /// Batches, and the seconds they spent in the service's stages (process, produce, write),
+    /// from `journeyd_batch_seconds`; all zero for the copy.
+    pub batches: u64,
+    /// Seconds in the stages `process`, `produce`, `write`.
+    pub stages: [f64; 3],
+    /// Seconds from start to the end of the last batch.
+    pub wall: f64,
+}
+
+fn deadline_for(n: usize) -> Duration {
+    Duration::from_secs(60) + Duration::from_millis(n as u64 / 2)
+}
+
+fn rate(n: u64, first: Option<(Instant, u64)>, end: Instant, start: Instant) -> f64 {
+    match first {
+        Some((t, at)) if n > at && end > t => (n - at) as f64 / (end - t).as_secs_f64(),
+        _ => n as f64 / (end - start).as_secs_f64(),
+    }
+}
+
+/// The service over `payloads` (produced to its input topic first).
+pub async fn service_run(
+    cluster: &dyn Cluster,
+    prefix: &str,
+    payloads: &[Payload],
+) -> anyhow::Result<Run> {
+    // Every message is in before the service starts, so that producing never limits it.
+    let bootstrap = cluster.bootstrap();
+    let (service, _) = Service::start(cluster, prefix, |config| {
+        let topic = &config.inputs[0].topic;
+        tokio::task::block_in_place(|| produce_all(&bootstrap, topic, payloads))
+    })?;
+    let n = payloads.len() as u64;
+    let start = Instant::now();
+    let deadline = start + deadline_for(payloads.len());
+    let mut first = None;
+    let mut done = 0;
+    while done < n && Instant::now() < deadline {
+        done = service.consumed();
+        if done > 0 && first.is_none() {
+            first = Some((Instant::now(), done));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let end = Instant::now();
+    let stage = |name: &str| {
+        let h = service
+            .shared
+            .metrics
+            .batch_seconds
+            .with_label_values(&[name]);
+        (h.get_sample_sum(), h.get_sample_count())
+    };
+    let (process, batches) = stage("process");
+    let stages = [process, stage("produce").0, stage("write").0];
+    let produced = Metrics::total(&service.shared.metrics.actions);
+    let rejected = Metrics::total(&service.shared.metrics.events_rejected);
+    service.stop().await?;
+    anyhow::ensure!(
+        done >= n,
+        "the service consumed {done} of {n} events in {:.0} s",
+        (end - start).as_secs_f64()
+    );
+    anyhow::ensure!(
+        rejected == 0,
+        "the service dead-lettered {rejected} of the events"
+    );
+    Ok(Run {
+        eps: rate(n, first, end, start),
+        startup: first.map_or(0.0, |(t, _)| (t - start).as_secs_f64()),
+        produced,
+        done,
+        batches,
+        stages,
+        wall: (end - start).as_secs_f64(),
+    })
+}
+
+/// One batch, collected exactly as the service collects it.
+async fn collect(
+    consumer: &StreamConsumer<service::Context>,
+    config: &Config,
+) -> Vec<OwnedMessage> {
+    let mut msgs = Vec::new();
+    match tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await {
+        Ok(Ok(m)) => msgs.push(m.detach()),
+        _ => return msgs,
+    }
+    let end = Instant::now() + Duration::from_millis(config.processing.batch_linger_ms);
+    while msgs.len() < config.processing.batch_max_messages {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Ok(m)) => msgs.push(m.detach()),
+            _ => break,
+        }
+    }
+    msgs
+}
+
+/// The plain copy over `payloads`: consume, produce one for one, wait for the acks, commit.
+pub async fn copy_run(
+    cluster: &dyn Cluster,
+    prefix: &str,
+    payloads: &[Payload],
+) -> anyhow::Result<Run> {
+    let dir = tempfile::tempdir()?;
+    let mut config = service_config(&cluster.bootstrap(), prefix, dir.path());
+    config
+        .kafka
+        .insert("group.id".into(), format!("{prefix}copy"));
+    let input = config.inputs[0].topic.clone();
+    let output = format!("{prefix}copy");
+    cluster.create_topic(&input, 4)?;
+    cluster.create_topic(&output, 1)?;
+    // Every message is in before the copy starts, so that producing never limits it.
+    let bootstrap = cluster.bootstrap();
+    tokio::task::block_in_place(|| produce_all(&bootstrap, &input, payloads))?;
+    // A Shared only to get the service's own clients (its store seeds the offsets: empty).
+    let shared = app::shared(config.clone(), app::open(&config)?)?;
+    let (consumer, producer): (StreamConsumer<service::Context>, FutureProducer) =
+        service::clients(&shared)?;
+    let n = payloads.len() as u64;
+    let start = Instant::now();
+    let deadline = start + deadline_for(payloads.len());
+    let (mut done, mut produced, mut first) = (0u64, 0u64, None);
+    while done < n && Instant::now() < deadline {
+        let msgs = collect(&consumer, &config).await;
+        if msgs.is_empty() {
+            continue;
+        }
+        let sends = msgs.iter().map(|m| {
+            let record = FutureRecord::<[u8], [u8]>::to(&output)
+                .key(m.key().unwrap_or_default())
+                .payload(m.payload().unwrap_or_default());
+            producer.send(record, Duration::from_secs(30))
+        });
+        let results = join_all(sends).await;
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        anyhow::ensure!(failed == 0, "the copy lost {failed} messages");
+        produced += results.len() as u64;
+        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for m in &msgs {
+            let e = next
+                .entry((m.topic().to_owned(), m.partition()))
+                .or_default();
+            *e = (*e).max(m.offset() + 1);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in &next {
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+        }
+        let _ = consumer.commit(&tpl, CommitMode::Async);
+        done += msgs.len() as u64;
+        if first.is_none() {
+            first = Some((Instant::now(), done));
+        }
+    }
+    let end = Instant::now();
+    drop(consumer);
+    drop(producer);
+    anyhow::ensure!(done >= n, "the copy consumed {done} of {n} messages");
+    Ok(Run {
+        eps: rate(n, first, end, start),
+        startup: first.map_or(0.0, |(t, _)| (t - start).as_secs_f64()),
+        produced,
+        done,
+        batches: 0,
+        stages: [0.0; 3],
+        wall: (end - start).as_secs_f64(),
+    })
+}
+
+/// The throughput rows of one cluster kind. Returns the rows and the service's rate.
+pub async fn throughput(
+    kind: &str,
+    new_cluster: &ClusterFactory,
+    n: usize,
+) -> anyhow::Result<(Vec<Row>, f64)> {
+    let payloads = touchpoints(n)?;
+    let bytes = payloads
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum::<usize>();
+    let copy = {
+        let cluster = new_cluster()?;
+        copy_run(cluster.as_ref(), "c.", &payloads).await?
+    };
+    let svc = {
+        let cluster = new_cluster()?;
+        service_run(cluster.as_ref(), "s.", &payloads).await?
+    };
+    let ratio = svc.eps / copy.eps;
+    let rows = vec![
+        Row {
+            name: format!(
+                "end to end, {kind}: touchpoints/s in, actions out ({} events, {:.0} B each; {} actions)",
+                thousands(n as f64),
+                bytes as f64 / n.max(1) as f64,
+                thousands(svc.produced as f64)
+            ),
+            measured: thousands(svc.eps),
+            limit: format!(
+                "plain rdkafka consume-and-produce copy, same settings and batching: {} msg/s",
+                thousands(copy.eps)
+            ),
+            ratio: percent(ratio),
+            target: "≥ 50%".into(),
+            verdict: Verdict::of(ratio >= 0.5),
+        },
+        Row::info(
+            format!("end to end, {kind}: seconds to the first batch (group join), service / copy"),
+            format!("{:.2} / {:.2}", svc.startup, copy.startup),
+        ),
+        Row::info(
+            format!(
+                "end to end, {kind}: the service's ms per batch ({} batches): process / produce + acks / write / the rest (collect, decode, timers, partition probes)",
+                thousands(svc.batches as f64)
+            ),
+            {
+                let per = |s: f64| 1000.0 * s / svc.batches.max(1) as f64;
+                // The clock ran from the end of the first batch: batches - 1 batches.
+                let batch = 1000.0 * (svc.wall - svc.startup) / (svc.batches.max(2) - 1) as f64;
+                let staged: f64 = svc.stages.iter().map(|s| per(*s)).sum();
+                format!(
+                    "{:.1} / {:.1} / {:.1} / {:.1}",
+                    per(svc.stages[0]),
+                    per(svc.stages[1]),
+                    per(svc.stages[2]),
+                    (batch - staged).max(0.0)
+                )
+            },
+        ),
+    ];
+    Ok((rows, svc.eps))
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Probes whose action arrived.
+    pub received: usize,
+    /// Probes sent.
+    pub sent: usize,
+    /// The rate reached, events per second.
+    pub rate: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+/// Every tenth event is a probe: `card_blocked` for a customer of its own, answered at once with
+/// an in-app send. The others are the mix.
+pub const PROBE_EVERY: usize = 10;
+
+/// Produces at `rate` events/s for `secs` seconds to a running service and measures, per probe,
+/// the time from the produce call to the arrival of its first action at a consumer of the
+/// action topics (which is after Kafka acknowledged it to the service).
+pub async fn latency(cluster: &dyn Cluster, rate: f64, secs: f64) -> anyhow::Result<Latency> {
+    let (service, config) = Service::start(cluster, "l.", |_| Ok(()))?;
+    let total = ((rate * secs) as usize).max(PROBE_EVERY * 10);
+    let bootstrap = cluster.bootstrap();
+    let input = config.inputs[0].topic.clone();
+    let engine = workload::engine_for(&workload::example_journeys())?;
+    let now = journeyd::clock::wall_now();
+    // Built before the clock starts: the messages, keys and probe numbers.
+    let mix = workload::events(&engine, total, now - time::MINUTE, time::MINUTE);
+    let mut messages: Vec<(Option<usize>, String, Vec<u8>)> = Vec::with_capacity(total);
+    for (i, e) in mix.into_iter().enumerate() {
+        let (probe, e) = if i.is_multiple_of(PROBE_EVERY) {
+            let n = i / PROBE_EVERY;
+            let p = workload::probe(format!("lat{n:08}"), format!("lat{n}"), now);
+            (Some(n), p)
+        } else {
+            (None, e)
+        };
+        messages.push((
+            probe,
+            e.customer_id.clone(),
+            encode_touchpoint(&e, Framing::SingleObject),
+        ));
+    }
+    let probes = messages.iter().filter(|m| m.0.is_some()).count();
+
+    // The consumer of every action topic, from the start.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "l.watcher")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for c in app::channels(&service.shared.engine()) {
+        tpl.add_partition_offset(&config.actions_topic(&c), 0, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let t0 = Instant::now();
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..probes).map(|_| AtomicU64::new(0)).collect());
+    let arrived: Arc<Vec<AtomicU64>> = Arc::new((0..probes).map(|_| AtomicU64::new(0)).collect());
+    let warm = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (arrived, warm, received, stop) = (
+            arrived.clone(),
+            warm.clone(),
+            received.clone(),
+            stop.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) else {
+                    continue;
+                };
+                let at = t0.elapsed().as_nanos() as u64;
+                let Some(key) = m.key() else { continue };
+                if key.starts_with(b"warm") {
+                    warm.store(true, Ordering::SeqCst);
+                } else if let Some(n) = key
+                    .strip_prefix(b"lat")
+                    .and_then(|d| std::str::from_utf8(d).ok())
+                    .and_then(|d| d.parse::<usize>().ok())
+                {
+                    if let Some(slot) = arrived.get(n) {
+                        if slot
+                            .compare_exchange(0, at, Ordering::SeqCst, Ordering::SeqCst)
+                            .is_ok()
+                        {
+                            received.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            }
+        })
+    };
+
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("linger.ms", "0")
+        .create()?;
+    // Warm up: until the service answers a probe (the group has been joined).
+    let warm_deadline = Instant::now() + Duration::from_secs(60);
+    let mut w = 0;
+    while !warm.load(Ordering::SeqCst) {
+        anyhow::ensure!(
+            Instant::now() < warm_deadline,
+            "the service never answered a warm-up probe"
+        );
+        let e = workload::probe(
+            format!("warm{w}"),
+            format!("warm{w}"),
+            journeyd::clock::wall_now(),
+        );
+        let bytes = encode_touchpoint(&e, Framing::SingleObject);
+        let _ = producer.send(
+            BaseRecord::<str, [u8]>::to(&input)
+                .key(&e.customer_id)
+                .payload(&bytes),
+        );
+        producer.poll(Duration::ZERO);
+        w += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let paced = {
+        let sent = sent.clone();
+        std::thread::spawn(move || -> anyhow::Result<f64> {
+            let start = Instant::now();
+            for (i, (probe, key, value)) in messages.iter().enumerate() {
+                let due = start + Duration::from_secs_f64(i as f64 / rate);
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                if let Some(n) = probe {
+                    sent[*n].store(t0.elapsed().as_nanos() as u64, Ordering::SeqCst);
+                }
+                let mut record = BaseRecord::<str, [u8]>::to(&input)
+                    .key(key.as_str())
+                    .payload(value.as_slice());
+                loop {
+                    match producer.send(record) {
+                        Ok(()) => break,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                            record = r;
+                            producer.poll(Duration::from_millis(1));
+                        }
+                        Err((e, _)) => return Err(e.into()),
+                    }
+                }
+                producer.poll(Duration::ZERO);
+            }
+            let reached = messages.len() as f64 / start.elapsed().as_secs_f64();
+            producer.flush(Duration::from_secs(30))?;
+            Ok(reached)
+        })
+    };
+    let reached = tokio::task::spawn_blocking(move || paced.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the producer thread panicked"))??;
+    let grace = Instant::now() + Duration::from_secs(10);
+    while received.load(Ordering::SeqCst) < probes && Instant::now() < grace {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let _ = tokio::task::spawn_blocking(move || watcher.join()).await?;
+    service.stop().await?;
+
+    let mut ms: Vec<f64> = (0..probes)
+        .filter_map(|n| {
+            let (s, a) = (
+                sent[n].load(Ordering::SeqCst),
+                arrived[n].load(Ordering::SeqCst),
+            );
+            (s > 0 && a > 0).then(|| a.saturating_sub(s) as f64 / 1e6)
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    Ok(Latency {
+        p50: percentile(&ms, 0.50),
+        p99: percentile(&ms, 0.99),
+        p999: percentile(&ms, 0.999),
+        received: ms.len(),
+        sent: probes,
+        rate: reached,
+    })
+}
+
+/// The latency row of one cluster kind, at half of `max_eps`.
+pub async fn latency_rows(
+    kind: &str,
+    cluster: &dyn Cluster,
+    max_eps: f64,
+    secs: f64,
+) -> anyhow::Result<Vec<Row>> {
+    let target_rate = (max_eps / 2.0).max(100.0);
+    let l = latency(cluster, target_rate, secs).await?;
+    Ok(vec![Row {
+        name: format!(
+            "end to end, {kind}: ms from event to acknowledged action at half the maximum ({} events/s asked, {} reached, {:.0} s; {} of {} probes answered), p50 / p99 / p999",
+            thousands(target_rate),
+            thousands(l.rate),
+            secs,
+            thousands(l.received as f64),
+            thousands(l.sent as f64)
+        ),
+        measured: format!("{:.1} / {:.1} / {:.1}", l.p50, l.p99, l.p999),
+        limit: "target: p99 20 ms".into(),
+        ratio: percent(l.p99 / 20.0),
+        target: "p99 < 20 ms".into(),
+        verdict: Verdict::of(l.p99 < 20.0 && l.received == l.sent),
+    }])
+}
