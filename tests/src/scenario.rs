@@ -39,6 +39,11 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)
     }
+
+    /// One of `xs` (which must not be empty).
+    pub fn pick<'a>(&mut self, xs: &'a [String]) -> &'a str {
+        &xs[self.below(xs.len() as u64) as usize]
+    }
 }
 
 fn event(id: String, customer: &str, kind: &str, channel: Option<&str>, at: i64) -> Event {

@@ -12,29 +12,9 @@ use journeyd_types::{Attributes, Event, Millis, Value};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-/// A small deterministic generator (xorshift), so every run sees the same stream.
-#[derive(Debug, Clone)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    /// The next value.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// A value in `0..n`.
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-
-    /// One of `xs` (which must not be empty).
-    pub fn pick<'a>(&mut self, xs: &'a [String]) -> &'a str {
-        &xs[self.below(xs.len() as u64) as usize]
-    }
-}
+/// A small deterministic generator (xorshift), so every run sees the same stream: the one the
+/// end-to-end suites use.
+pub use journeyd_tests::scenario::Rng;
 
 /// The seed of every stream.
 pub const SEED: u64 = 0x9E37_79B9_7F4A_7C15;

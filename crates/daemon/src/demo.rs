@@ -109,6 +109,9 @@ fn event(
     }
 }
 
+/// Setup events (profiles, consents) published per tick of 100 ms.
+const SETUP_BURST: usize = 5_000;
+
 /// Publishes the demo stream until `shutdown`.
 pub async fn publish(
     shared: Arc<Shared>,
@@ -184,18 +187,70 @@ pub async fn publish(
         }
         let now = clock.now();
         let mut batch = Vec::with_capacity(per_tick);
+        // The profiles and consents go out first, in bursts (not at the demo's rate), so that
+        // journeys start within seconds of the start even with many customers.
+        while batch.len() < SETUP_BURST {
+            let Some(mut e) = setup.pop() else { break };
+            n += 1;
+            e.event_id = format!("demo-{n}");
+            e.occurred_at = now;
+            batch.push(e);
+        }
         for _ in 0..per_tick {
             n += 1;
-            if let Some(mut e) = setup.pop() {
-                e.event_id = format!("demo-{n}");
-                e.occurred_at = now;
-                batch.push(e);
-                continue;
-            }
             let c = customers[rng.below(customers.len())].as_str();
             let roll = rng.below(100);
             let mut attrs = Attributes::new();
+            // What the example journeys read from their events, with realistic spreads.
             attrs.insert("amount".into(), Value::Int(rng.below(400) as i64 + 5));
+            let pick = |rng: &mut Rng, xs: &[&str]| Value::from(xs[rng.below(xs.len())]);
+            attrs.insert(
+                "product".into(),
+                pick(
+                    &mut rng,
+                    &["current_account", "savings_account", "credit_card", "loan"],
+                ),
+            );
+            attrs.insert("cart_value".into(), Value::Int(rng.below(480) as i64 + 10));
+            attrs.insert("item_count".into(), Value::Int(rng.below(5) as i64 + 1));
+            attrs.insert(
+                "top_item".into(),
+                pick(&mut rng, &["headphones", "kettle", "book"]),
+            );
+            attrs.insert(
+                "score".into(),
+                Value::Float(0.5 + rng.below(50) as f64 / 100.0),
+            );
+            attrs.insert(
+                "top_reason".into(),
+                pick(&mut rng, &["fees", "rate", "service"]),
+            );
+            attrs.insert(
+                "reason".into(),
+                pick(&mut rng, &["suspected_fraud", "lost", "stolen"]),
+            );
+            attrs.insert(
+                "template".into(),
+                pick(&mut rng, &["retention_loyalty_offer", "welcome"]),
+            );
+            attrs.insert(
+                "card_last4".into(),
+                Value::from(format!("{:04}", rng.below(10_000)).as_str()),
+            );
+            attrs.insert(
+                "account_last4".into(),
+                Value::from(format!("{:04}", rng.below(10_000)).as_str()),
+            );
+            attrs.insert("sort_code".into(), Value::from("20-00-00"));
+            attrs.insert(
+                "merchant".into(),
+                pick(&mut rng, &["Tesco", "Amazon", "Shell"]),
+            );
+            attrs.insert(
+                "application_id".into(),
+                Value::from(format!("app-{n}").as_str()),
+            );
+            attrs.insert("offer_expires".into(), Value::from("2026-12-31"));
             let (t, ch) = match roll {
                 0..=59 => (rng.pick(&noise), rng.pick(&web_channels)),
                 60..=74 => (rng.pick(&roles.entry), rng.pick(&web_channels)),
