@@ -486,7 +486,7 @@ pub async fn throughput(
         ),
         Row::info(
             format!(
-                "end to end, {kind}: the service's ms per batch ({} batches): process / produce + acks / write / the rest (collect, decode, timers, partition probes)",
+                "end to end, {kind}: the service's ms per batch ({} batches): process / produce + acks / write / the rest (collect, decode, due-timer scan)",
                 thousands(svc.batches as f64)
             ),
             {

@@ -426,7 +426,7 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
             verdict: Verdict::of(rate >= TARGET_FIRE_RATE),
         },
         Row::info(
-            format!("{who}: the daemon's ms per batch while firing: process / produce + acks / write / the rest (collect's idle wait, timer scan, partition probes)"),
+            format!("{who}: the daemon's ms per batch while firing: process / produce + acks / write / the rest (collect, due-timer scan)"),
             stages,
         ),
         Row::info(
