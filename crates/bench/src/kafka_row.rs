@@ -144,6 +144,28 @@ impl rdkafka::producer::ProducerContext for Failures {
     }
 }
 
+/// Queues one message, waiting while the producer's queue is full, and serves delivery reports.
+fn send_waiting<C: rdkafka::producer::ProducerContext<DeliveryOpaque = ()>>(
+    producer: &BaseProducer<C>,
+    topic: &str,
+    key: &str,
+    value: &[u8],
+) -> anyhow::Result<()> {
+    let mut record = BaseRecord::<str, [u8]>::to(topic).key(key).payload(value);
+    loop {
+        match producer.send(record) {
+            Ok(()) => break,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
+    }
+    producer.poll(Duration::ZERO);
+    Ok(())
+}
+
 /// Produces every payload to `topic` and waits until all are acknowledged.
 pub fn produce_all(bootstrap: &str, topic: &str, payloads: &[Payload]) -> anyhow::Result<()> {
     let producer: BaseProducer<Failures> = ClientConfig::new()
@@ -153,20 +175,7 @@ pub fn produce_all(bootstrap: &str, topic: &str, payloads: &[Payload]) -> anyhow
         .set("queue.buffering.max.messages", "500000")
         .create_with_context(Failures::default())?;
     for (key, value) in payloads {
-        let mut record = BaseRecord::<str, [u8]>::to(topic)
-            .key(key.as_str())
-            .payload(value.as_slice());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(5));
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
-        producer.poll(Duration::ZERO);
+        send_waiting(&producer, topic, key, value)?;
     }
     producer.flush(Duration::from_secs(300))?;
     let failed = producer.context().0.load(Ordering::Relaxed);
@@ -346,28 +355,14 @@ pub async fn service_run(
     })
 }
 
-/// One batch, collected exactly as the service collects it.
+/// One batch, collected exactly as the service collects it (with the service's function).
 async fn collect(
     consumer: &StreamConsumer<service::Context>,
     config: &Config,
 ) -> Vec<OwnedMessage> {
-    let mut msgs = Vec::new();
-    match tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await {
-        Ok(Ok(m)) => msgs.push(m.detach()),
-        _ => return msgs,
-    }
-    let end = Instant::now() + Duration::from_millis(config.processing.batch_linger_ms);
-    while msgs.len() < config.processing.batch_max_messages {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        match tokio::time::timeout(left, consumer.recv()).await {
-            Ok(Ok(m)) => msgs.push(m.detach()),
-            _ => break,
-        }
-    }
-    msgs
+    service::collect(consumer, config, Duration::from_millis(100))
+        .await
+        .0
 }
 
 /// The plain copy over `payloads`: consume, produce one for one, wait for the acks, commit.
@@ -658,20 +653,7 @@ pub async fn latency(cluster: &dyn Cluster, rate: f64, secs: f64) -> anyhow::Res
                 if let Some(n) = probe {
                     sent[*n].store(t0.elapsed().as_nanos() as u64, Ordering::SeqCst);
                 }
-                let mut record = BaseRecord::<str, [u8]>::to(&input)
-                    .key(key.as_str())
-                    .payload(value.as_slice());
-                loop {
-                    match producer.send(record) {
-                        Ok(()) => break,
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                            record = r;
-                            producer.poll(Duration::from_millis(1));
-                        }
-                        Err((e, _)) => return Err(e.into()),
-                    }
-                }
-                producer.poll(Duration::ZERO);
+                send_waiting(&producer, &input, key, value)?;
             }
             let reached = messages.len() as f64 / start.elapsed().as_secs_f64();
             producer.flush(Duration::from_secs(30))?;

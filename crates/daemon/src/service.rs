@@ -486,9 +486,10 @@ pub fn clients(shared: &Shared) -> Result<(StreamConsumer<Context>, FutureProduc
     Ok((consumer, producer))
 }
 
-/// Collects one batch of messages. Returns them and whether the consumer was idle (nothing
-/// came within the poll interval).
-async fn collect(
+/// Collects one batch of messages: waits up to `first_wait` for the first, then up to
+/// `processing.batch_linger_ms` for more, up to `processing.batch_max_messages`. Returns them
+/// and whether the consumer was idle (nothing came within `first_wait`).
+pub async fn collect(
     consumer: &StreamConsumer<Context>,
     config: &Config,
     first_wait: Duration,
