@@ -125,7 +125,8 @@ pub struct StoreConfig {
 pub struct ProcessingConfig {
     /// The most messages in one batch.
     pub batch_max_messages: usize,
-    /// How long to wait for a batch to fill, in milliseconds.
+    /// The longest a batch waits to fill, in milliseconds; it closes sooner when the stream
+    /// pauses (2 ms without a message).
     pub batch_linger_ms: u64,
     /// Messages larger than this go to the dead-letter topic (`oversized`).
     pub max_event_bytes: usize,

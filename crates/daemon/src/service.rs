@@ -486,9 +486,15 @@ pub fn clients(shared: &Shared) -> Result<(StreamConsumer<Context>, FutureProduc
     Ok((consumer, producer))
 }
 
-/// Collects one batch of messages: waits up to `first_wait` for the first, then up to
-/// `processing.batch_linger_ms` for more, up to `processing.batch_max_messages`. Returns them
-/// and whether the consumer was idle (nothing came within `first_wait`).
+/// Collects one batch of messages: waits up to `first_wait` for the first, then takes more
+/// while they keep coming (a gap of [`BATCH_GAP`] closes the batch), for at most
+/// `processing.batch_linger_ms` and `processing.batch_max_messages`. Returns them and whether
+/// the consumer was idle (nothing came within `first_wait`).
+///
+/// Why a gap closes the batch: the loop runs a batch's stages one after another, so time spent
+/// waiting for a batch to fill is time nothing else happens. Under load messages arrive while
+/// the previous batch is processed and the next batch fills at once; when they trickle in,
+/// a batch goes out as soon as the stream pauses.
 pub async fn collect(
     consumer: &StreamConsumer<Context>,
     config: &Config,
@@ -511,7 +517,7 @@ pub async fn collect(
         if left.is_zero() {
             break;
         }
-        match tokio::time::timeout(left, consumer.recv()).await {
+        match tokio::time::timeout(left.min(BATCH_GAP), consumer.recv()).await {
             Ok(Ok(m)) => msgs.push(m.detach()),
             Ok(Err(error)) => {
                 tracing::warn!(%error, "Kafka consumer error.");
@@ -522,6 +528,9 @@ pub async fn collect(
     }
     (msgs, false)
 }
+
+/// No message for this long closes a batch (see [`collect`]).
+pub const BATCH_GAP: Duration = Duration::from_millis(2);
 
 /// Decodes messages into work and dead letters. Transient decode failures (the schema registry
 /// is unreachable) are retried here until they pass or the service stops.
