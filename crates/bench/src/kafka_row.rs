@@ -568,7 +568,7 @@ pub async fn latency(
     // The consumer of every action topic, from the start.
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
-        .set("group.id", "l.watcher")
+        .set("group.id", format!("{prefix}watcher"))
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "5")
         .create()?;
