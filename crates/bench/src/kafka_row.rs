@@ -696,6 +696,23 @@ pub async fn latency(
     })
 }
 
+/// A latency row's name: where it was measured, the rate asked and reached, the probes.
+fn latency_name(kind: &str, at: &str, asked: f64, l: &Latency, secs: f64) -> String {
+    format!(
+        "end to end, {kind}: ms from event to acknowledged action at {at} ({} events/s asked, {} reached, {:.0} s; {} of {} probes answered), p50 / p99 / p999",
+        thousands(asked),
+        thousands(l.rate),
+        secs,
+        thousands(l.received as f64),
+        thousands(l.sent as f64)
+    )
+}
+
+/// A latency row's figures: p50 / p99 / p999 in ms.
+fn latency_measured(l: &Latency) -> String {
+    format!("{:.1} / {:.1} / {:.1}", l.p50, l.p99, l.p999)
+}
+
 /// The latency row of one cluster kind, at half of `max_eps`.
 pub async fn latency_rows(
     kind: &str,
@@ -710,33 +727,22 @@ pub async fn latency_rows(
     let low_rate = (max_eps / 10.0).max(100.0);
     let low = latency(cluster, "l10.", low_rate, secs).await?;
     let low_row = Row {
-        name: format!(
-            "end to end, {kind}: ms from event to acknowledged action at a tenth of the maximum ({} events/s asked, {} reached, {:.0} s; {} of {} probes answered), p50 / p99 / p999",
-            thousands(low_rate),
-            thousands(low.rate),
-            secs,
-            thousands(low.received as f64),
-            thousands(low.sent as f64)
-        ),
-        measured: format!("{:.1} / {:.1} / {:.1}", low.p50, low.p99, low.p999),
+        name: latency_name(kind, "a tenth of the maximum", low_rate, &low, secs),
+        measured: latency_measured(&low),
         limit: "–".into(),
         ratio: "–".into(),
         target: "–".into(),
         verdict: Verdict::Info,
     };
-    Ok(vec![Row {
-        name: format!(
-            "end to end, {kind}: ms from event to acknowledged action at half the maximum ({} events/s asked, {} reached, {:.0} s; {} of {} probes answered), p50 / p99 / p999",
-            thousands(target_rate),
-            thousands(l.rate),
-            secs,
-            thousands(l.received as f64),
-            thousands(l.sent as f64)
-        ),
-        measured: format!("{:.1} / {:.1} / {:.1}", l.p50, l.p99, l.p999),
-        limit: "target: p99 20 ms".into(),
-        ratio: percent(l.p99 / 20.0),
-        target: "p99 < 20 ms".into(),
-        verdict: Verdict::of(l.p99 < 20.0 && l.received == l.sent),
-    }, low_row])
+    Ok(vec![
+        Row {
+            name: latency_name(kind, "half the maximum", target_rate, &l, secs),
+            measured: latency_measured(&l),
+            limit: "target: p99 20 ms".into(),
+            ratio: percent(l.p99 / 20.0),
+            target: "p99 < 20 ms".into(),
+            verdict: Verdict::of(l.p99 < 20.0 && l.received == l.sent),
+        },
+        low_row,
+    ])
 }
