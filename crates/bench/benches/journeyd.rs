@@ -12,6 +12,8 @@
 //!   `JOURNEYD_BENCH_EVENTS`);
 //! - `JOURNEYD_BENCH_LATENCY_SECS`: how long the latency rows produce (20; 1 when
 //!   `JOURNEYD_BENCH_EVENTS` is under 100,000);
+//! - `JOURNEYD_BENCH_LATENCY_MAX_EPS`: skip the throughput runs and take this as the maximum
+//!   the latency rows run at a half and a tenth of;
 //! - `JOURNEYD_BENCH_CUSTOMERS`: customers of the scale row (1,000,000);
 //! - `JOURNEYD_BENCH_ROWS`: which rows, a comma list of `engine`, `rocksdb`, `kafka-mock`,
 //!   `kafka-tansu`, `latency`, `scale` (all). `latency` runs on each selected Kafka.
@@ -170,7 +172,13 @@ fn main() {
         for (kind, new_cluster) in &kafka_kinds {
             let t = Instant::now();
             eprintln!("journeyd bench: end to end, {kind} ({kafka_events} events)");
+            let fixed_max = std::env::var("JOURNEYD_BENCH_LATENCY_MAX_EPS")
+                .ok()
+                .and_then(|v| v.parse::<f64>().ok());
             let max = runtime.block_on(async {
+                if let Some(max) = fixed_max {
+                    return Some(max);
+                }
                 match kafka_row::throughput(kind, new_cluster.as_ref(), kafka_events).await {
                     Ok((rows, max)) => {
                         table.extend(rows);
@@ -204,14 +212,14 @@ fn main() {
             "the limit is the Kafka client and broker: a plain rdkafka StreamConsumer → \
              FutureProducer loop copying the same messages one for one, with the service's own \
              clients (journeyd::service::clients: same consumer settings, idempotent acks=all \
-             producer, linger.ms=5, lz4) and the same batching (up to 1,000 messages, 20 ms \
+             producer, linger.ms=1, lz4; fetch.wait.max.ms=5, as neither broker here answers a fetch early) and the same batching (up to 1,000 messages, 20 ms \
              linger, every send acknowledged before the next batch, async offset commit). Both \
              are clocked from the end of their first batch to the end of the last, all in one \
              process on the same cores as the broker (mock) or next to it (tansu). Latency: \
              every tenth event is a probe (card_blocked for a new customer, answered at once with \
              an in-app send); from the produce call to the action's arrival at a consumer of the \
-             action topics. It includes the service's 20 ms batch linger, the producer's 5 ms \
-             linger and the acknowledgement round trip. The \"ms per batch\" line splits the service's \
+             action topics. It includes the service's batching (a batch closes when no message comes for \
+             2 ms, at most 20 ms after its first), the producers' 1 ms linger and the acknowledgement round trip. The \"ms per batch\" line splits the service's \
              time per batch into its stages and the rest of its loop.",
         );
     }

@@ -13,7 +13,7 @@
 //! The limit is the copy: the same messages in another topic, consumed and produced one for
 //! one to an output topic by a loop with the service's consumer and producer
 //! (`journeyd::service::clients`: same librdkafka settings, idempotent `acks=all` producer,
-//! `linger.ms=5`, lz4), batches collected the same way (at most `batch_max_messages`, at most
+//! `linger.ms=1`, lz4), batches collected the same way (at most `batch_max_messages`, at most
 //! `batch_linger_ms` after the first), every send acknowledged before the next batch, offsets
 //! committed asynchronously after each batch. Clocked the same way.
 
@@ -187,6 +187,9 @@ pub fn produce_all(bootstrap: &str, topic: &str, payloads: &[Payload]) -> anyhow
     Ok(())
 }
 
+/// `fetch.wait.max.ms` of every consumer of the harness and the service (see [`service_config`]).
+pub const FETCH_WAIT_MS: &str = "5";
+
 /// The service's configuration for a run: defaults, with topics and group under `prefix`.
 pub fn service_config(bootstrap: &str, prefix: &str, dir: &std::path::Path) -> Config {
     let mut c = Config::default();
@@ -194,6 +197,12 @@ pub fn service_config(bootstrap: &str, prefix: &str, dir: &std::path::Path) -> C
         .insert("bootstrap.servers".into(), bootstrap.to_owned());
     c.kafka
         .insert("group.id".into(), format!("{prefix}journeyd"));
+    // Neither broker here answers a fetch early when data arrives: the mock cluster holds an
+    // empty fetch for the whole wait, tansu 0.6 sleeps through (half) the wait even when it
+    // has data. Apache Kafka answers a long poll as soon as data comes; these two need a short
+    // wait, or every fetch costs librdkafka's default 500 ms.
+    c.kafka
+        .insert("fetch.wait.max.ms".into(), FETCH_WAIT_MS.into());
     c.inputs = vec![InputConfig {
         topic: format!("{prefix}touchpoints"),
         format: Encoding::Avro,
@@ -570,7 +579,7 @@ pub async fn latency(
         .set("bootstrap.servers", &bootstrap)
         .set("group.id", format!("{prefix}watcher"))
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "5")
+        .set("fetch.wait.max.ms", FETCH_WAIT_MS)
         .create()?;
     let mut tpl = TopicPartitionList::new();
     for c in app::channels(&service.shared.engine()) {
@@ -619,7 +628,10 @@ pub async fn latency(
 
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
-        .set("linger.ms", "0")
+        // An upstream system's producer batches a little (librdkafka's default is 5 ms); one
+        // message per request would make the broker, not the service, the bottleneck. The
+        // latency counts from the produce call, so this wait is in the figures.
+        .set("linger.ms", "1")
         .create()?;
     // Warm up: until the service answers a probe (the group has been joined).
     let warm_deadline = Instant::now() + Duration::from_secs(60);

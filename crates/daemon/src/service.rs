@@ -480,7 +480,9 @@ pub fn clients(shared: &Shared) -> Result<(StreamConsumer<Context>, FutureProduc
     }
     set_default(&mut pc, "enable.idempotence", "true");
     set_default(&mut pc, "acks", "all");
-    set_default(&mut pc, "linger.ms", "5");
+    // The loop queues a whole batch's sends at once and waits for their acknowledgements before
+    // it goes on: the batching is done, and a longer linger would only add idle time per batch.
+    set_default(&mut pc, "linger.ms", "1");
     set_default(&mut pc, "compression.type", "lz4");
     let producer: FutureProducer = pc.create()?;
     Ok((consumer, producer))
@@ -915,6 +917,15 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             .batch_seconds
             .with_label_values(&["write"])
             .observe(written.elapsed().as_secs_f64());
+        tracing::debug!(
+            messages = prepared.consumed.len(),
+            timers = prepared.timers,
+            actions = out.actions.len(),
+            collect_ms = (preparing - collecting).as_secs_f64() * 1e3,
+            total_ms = collecting.elapsed().as_secs_f64() * 1e3,
+            write_ms = written.elapsed().as_secs_f64() * 1e3,
+            "Batch done."
+        );
         let now = wall_now();
         for ts in &prepared.timestamps {
             shared
