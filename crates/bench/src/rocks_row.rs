@@ -14,7 +14,7 @@
 use crate::engine_row::stream_window;
 use crate::table::{percent, thousands, Row, Verdict};
 use crate::workload;
-use journeyd::processor::{run_batch, Position, Work};
+use journeyd::processor::{run_batch, Position, Unwritten, Work};
 use journeyd_store::{Store, WriteSet};
 use journeyd_store_rocksdb::{keys, rocksdb_options, rocksdb_write_options, RocksStore};
 use journeyd_store_rocksdb::{StoreOptions, FORMAT_VERSION};
@@ -113,7 +113,7 @@ pub fn measure(events: usize) -> anyhow::Result<Vec<Row>> {
             customer: t.customer,
             partition: t.partition,
         }));
-        let out = run_batch(&engine, &store, &work, &consumed)?;
+        let out = run_batch(&engine, &store, &Unwritten::none(), &work, &consumed)?;
         store.write(&out.write)?;
         actions += out.actions.len();
         recorded.push(out.write);

@@ -21,7 +21,7 @@
 use crate::rocks_row::daemon_store_options;
 use crate::table::{bytes, percent, thousands, Row, Verdict};
 use crate::workload;
-use journeyd::processor::{run_batch, Work};
+use journeyd::processor::{run_batch, Unwritten, Work};
 use journeyd_store::Store;
 use journeyd_store_rocksdb::{rocksdb_options, RocksStore};
 use journeyd_types::time;
@@ -230,7 +230,13 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
                     partition: (i % 4) as i32,
                 })
                 .collect();
-            let out = run_batch(&opened.engine, store.as_ref(), &work, &[])?;
+            let out = run_batch(
+                &opened.engine,
+                store.as_ref(),
+                &Unwritten::none(),
+                &work,
+                &[],
+            )?;
             anyhow::ensure!(out.actions.is_empty(), "the entry sent something");
             for (id, v) in &out.write.customers {
                 key_bytes += journeyd_store_rocksdb::keys::customer(id).len();

@@ -7,9 +7,123 @@
 //! actions (ids and content) and the same write. That is what makes a crash anywhere safe.
 
 use journeyd_engine::{append_history, CustomerState, Engine, Input, Record, Suppression, What};
-use journeyd_store::{Offset, Store, WriteSet};
+use journeyd_store::{DueTimer, Offset, Store, WriteSet};
 use journeyd_types::{Action, Event, Millis};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// The writes of batches whose actions are out but which are not in the store yet, oldest
+/// first. A batch reads through them, so it can run while the batches before it are written.
+#[derive(Debug, Clone, Default)]
+pub struct Unwritten(Vec<Arc<WriteSet>>);
+
+impl Unwritten {
+    /// Nothing unwritten: reads go to the store alone.
+    pub fn none() -> Unwritten {
+        Unwritten::default()
+    }
+
+    /// Adds the write of the newest batch.
+    pub fn push(&mut self, write: Arc<WriteSet>) {
+        self.0.push(write);
+    }
+
+    /// Forgets the oldest write (it is in the store now).
+    pub fn pop_oldest(&mut self) -> Option<Arc<WriteSet>> {
+        (!self.0.is_empty()).then(|| self.0.remove(0))
+    }
+
+    /// How many writes are unwritten.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether nothing is unwritten.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The customers' states as they are after every unwritten write, in the order of `ids`.
+    pub fn customers(
+        &self,
+        store: &dyn Store,
+        ids: &[&str],
+    ) -> Result<Vec<Option<Vec<u8>>>, journeyd_store::Error> {
+        if self.0.is_empty() {
+            return store.customers(ids);
+        }
+        // The last operation on each customer, newest write last.
+        let mut last: HashMap<&str, Option<&Vec<u8>>> = HashMap::new();
+        for w in &self.0 {
+            for (id, state) in &w.customers {
+                last.insert(id.as_str(), state.as_ref());
+            }
+        }
+        let missing: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !last.contains_key(id))
+            .collect();
+        let mut stored = store.customers(&missing)?.into_iter();
+        Ok(ids
+            .iter()
+            .map(|id| match last.get(id) {
+                Some(state) => state.cloned(),
+                None => stored.next().flatten(),
+            })
+            .collect())
+    }
+
+    /// [`Store::due_timers_in`] as it reads after every unwritten write: without the entries
+    /// they clear, with the due entries they set.
+    pub fn due_timers_in(
+        &self,
+        store: &dyn Store,
+        up_to: Millis,
+        limit: usize,
+        owned: &dyn Fn(i32) -> bool,
+    ) -> Result<Vec<DueTimer>, journeyd_store::Error> {
+        if self.0.is_empty() {
+            return store.due_timers_in(up_to, limit, owned);
+        }
+        // The last operation on each entry: `None` cleared, `Some(partition)` set.
+        let mut last: HashMap<(Millis, &str), Option<Option<i32>>> = HashMap::new();
+        for w in &self.0 {
+            let owner: HashMap<&str, i32> = w
+                .timer_partitions
+                .iter()
+                .map(|(c, p)| (c.as_str(), *p))
+                .collect();
+            for (due, c) in &w.clear_timers {
+                last.insert((*due, c.as_str()), None);
+            }
+            for (due, c) in &w.set_timers {
+                last.insert((*due, c.as_str()), Some(owner.get(c.as_str()).copied()));
+            }
+        }
+        let cleared = last.values().filter(|v| v.is_none()).count();
+        let mut due: Vec<DueTimer> = store
+            .due_timers_in(up_to, limit + cleared, owned)?
+            .into_iter()
+            .filter(|t| !last.contains_key(&(t.due, t.customer.as_str())))
+            .collect();
+        // Entries the writes touch come from the writes alone (a set may change the owner).
+        for ((at, customer), op) in &last {
+            if let Some(partition) = op {
+                if *at <= up_to && partition.is_none_or(owned) {
+                    due.push(DueTimer {
+                        due: *at,
+                        customer: (*customer).to_owned(),
+                        partition: *partition,
+                    });
+                }
+            }
+        }
+        due.sort_by(|a, b| (a.due, &a.customer).cmp(&(b.due, &b.customer)));
+        due.truncate(limit);
+        Ok(due)
+    }
+}
 
 /// Where a message came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,11 +220,12 @@ fn count(tally: &mut Tally, state: &CustomerState, r: &Record) {
     }
 }
 
-/// Runs a batch. `consumed` lists every message the batch covers, including those sent to the
+/// Runs a batch over the stored states as `unwritten` changes them. `consumed` lists every message the batch covers, including those sent to the
 /// dead-letter topic, so their offsets are recorded too.
 pub fn run_batch(
     engine: &Engine,
     store: &dyn Store,
+    unwritten: &Unwritten,
     work: &[Work],
     consumed: &[Position],
 ) -> Result<Output, journeyd_store::Error> {
@@ -140,7 +255,7 @@ pub fn run_batch(
             _ => {}
         }
     }
-    let stored = store.customers(&ids)?;
+    let stored = unwritten.customers(store, &ids)?;
     let mut out = Output::default();
     let mut states: HashMap<&str, (CustomerState, Option<Millis>)> =
         HashMap::with_capacity(ids.len());
@@ -235,4 +350,185 @@ pub fn run_batch(
         })
         .collect();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use journeyd_store::MemoryStore;
+    use journeyd_types::{Attributes, Value};
+
+    /// A tiny deterministic generator (xorshift).
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    fn random_write(rng: &mut Rng) -> WriteSet {
+        let mut w = WriteSet::default();
+        for _ in 0..rng.below(12) {
+            let id = format!("c{}", rng.below(10));
+            let state = (rng.below(4) > 0).then(|| vec![rng.below(256) as u8; 3]);
+            w.customers.push((id, state));
+        }
+        for _ in 0..rng.below(12) {
+            w.clear_timers
+                .push((rng.below(8) as Millis, format!("c{}", rng.below(10))));
+        }
+        for _ in 0..rng.below(12) {
+            let id = format!("c{}", rng.below(10));
+            w.set_timers.push((rng.below(8) as Millis, id.clone()));
+            if rng.below(3) > 0 {
+                w.timer_partitions.push((id, rng.below(3) as i32));
+            }
+        }
+        w
+    }
+
+    #[test]
+    fn reads_through_unwritten_writes_are_the_reads_after_writing_them() {
+        let ids: Vec<String> = (0..12).map(|i| format!("c{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let owned = |p: i32| p != 1;
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for round in 0..300 {
+            let store = MemoryStore::new();
+            for _ in 0..rng.below(3) {
+                store.write(&random_write(&mut rng)).unwrap();
+            }
+            let mut unwritten = Unwritten::none();
+            let writes: Vec<Arc<WriteSet>> = (0..1 + rng.below(3))
+                .map(|_| Arc::new(random_write(&mut rng)))
+                .collect();
+            for w in &writes {
+                unwritten.push(w.clone());
+            }
+            let up_to = rng.below(9) as Millis;
+            let limit = 1 + rng.below(10) as usize;
+            let customers = unwritten.customers(&store, &ids).unwrap();
+            let timers = unwritten
+                .due_timers_in(&store, up_to, limit, &owned)
+                .unwrap();
+            for w in &writes {
+                store.write(w).unwrap();
+            }
+            assert_eq!(customers, store.customers(&ids).unwrap(), "round {round}");
+            assert_eq!(
+                timers,
+                store.due_timers_in(up_to, limit, &owned).unwrap(),
+                "round {round}"
+            );
+        }
+    }
+
+    fn event(customer: &str, kind: &str, at: Millis, value: f64) -> Work {
+        let mut attributes = Attributes::new();
+        attributes.insert("cart_value".into(), Value::from(value));
+        attributes.insert("score".into(), Value::from(value / 100.0));
+        Work::Event {
+            event: Event {
+                event_id: format!("{customer}-{kind}-{at}"),
+                customer_id: customer.into(),
+                event_type: kind.into(),
+                channel: None,
+                occurred_at: at,
+                attributes,
+            },
+            partition: (customer.len() % 3) as i32,
+        }
+    }
+
+    /// The batches of a stream: events, and before each batch the timers due by its last event.
+    fn run_all(
+        engine: &Engine,
+        store: &MemoryStore,
+        batches: &[Vec<Work>],
+        pipelined: bool,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut unwritten = Unwritten::none();
+        for batch in batches {
+            let last = batch
+                .iter()
+                .map(|w| match w {
+                    Work::Event { event, .. } => event.occurred_at,
+                    Work::Timer { due, .. } => *due,
+                })
+                .max()
+                .unwrap();
+            let mut work = batch.clone();
+            let due = unwritten.due_timers_in(store, last, 4, &|_| true).unwrap();
+            work.extend(due.into_iter().map(|t| Work::Timer {
+                due: t.due,
+                customer: t.customer,
+                partition: t.partition,
+            }));
+            let out = run_batch(engine, store, &unwritten, &work, &[]).unwrap();
+            actions.extend(out.actions);
+            if pipelined {
+                // The previous write lands only now, after this batch ran over it.
+                if let Some(w) = unwritten.pop_oldest() {
+                    store.write(&w).unwrap();
+                }
+                unwritten.push(Arc::new(out.write));
+            } else {
+                store.write(&out.write).unwrap();
+            }
+        }
+        if let Some(w) = unwritten.pop_oldest() {
+            store.write(&w).unwrap();
+        }
+        actions
+    }
+
+    #[test]
+    fn a_batch_run_over_the_unwritten_previous_batch_does_what_it_does_after_the_write() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/journeys");
+        let engine = Engine::new(journeyd_journey::load_dir(&dir).unwrap().catalog);
+        let mut rng = Rng(42);
+        let kinds = [
+            "cart_abandoned",
+            "cart_viewed",
+            "order_placed",
+            "risk_flagged",
+            "offer_viewed",
+        ];
+        let mut at: Millis = 1_700_000_000_000;
+        let batches: Vec<Vec<Work>> = (0..60)
+            .map(|_| {
+                (0..1 + rng.below(6))
+                    .map(|_| {
+                        at += rng.below(900) as Millis;
+                        let customer = format!("c{}", rng.below(15));
+                        let kind = kinds[rng.below(kinds.len() as u64) as usize];
+                        event(&customer, kind, at, 10.0 + rng.below(300) as f64)
+                    })
+                    .collect()
+            })
+            .collect();
+        let (serial, pipelined) = (MemoryStore::new(), MemoryStore::new());
+        let expected = run_all(&engine, &serial, &batches, false);
+        let got = run_all(&engine, &pipelined, &batches, true);
+        assert!(expected.len() > 20, "the stream sends: {}", expected.len());
+        assert!(
+            expected.iter().any(|a| a.kind.as_str() == "cancel"),
+            "the stream cancels"
+        );
+        assert_eq!(got, expected);
+        let ids: Vec<String> = (0..15).map(|i| format!("c{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        assert_eq!(
+            pipelined.customers(&ids).unwrap(),
+            serial.customers(&ids).unwrap()
+        );
+        assert_eq!(
+            pipelined.due_timers(Millis::MAX, 1000).unwrap(),
+            serial.due_timers(Millis::MAX, 1000).unwrap()
+        );
+    }
 }

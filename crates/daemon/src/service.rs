@@ -18,10 +18,10 @@
 use crate::clock::{wall_now, Clock};
 use crate::config::{Config, Encoding};
 use crate::metrics::Metrics;
-use crate::processor::{run_batch, Output, Position, Work};
+use crate::processor::{run_batch, Output, Position, Unwritten, Work};
 use journeyd_codec::{ActionEncoder, Format, TouchpointDecoder};
 use journeyd_engine::Engine;
-use journeyd_store::{Millis, Store};
+use journeyd_store::{Millis, Offset, Store, WriteSet};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -771,6 +771,9 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     let mut caught_up = false;
     let mut timers_backlogged = false;
     let mut last_gauges = Instant::now() - Duration::from_secs(60);
+    // The batch being written, and the writes batches must read through.
+    let mut writing: Option<Writing> = None;
+    let mut unwritten = Unwritten::none();
     tracing::info!(topics = ?shared.config.inputs.iter().map(|i| &i.topic).collect::<Vec<_>>(), "Consuming.");
     while !shutdown.is_cancelled() {
         if shared.reload.swap(false, Ordering::SeqCst) {
@@ -810,14 +813,17 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             let (s, d, sd) = (shared.clone(), decoder.clone(), shutdown.clone());
             let caught = caught_up;
             let owned = owned.clone();
+            let unwritten = unwritten.clone();
             tokio::task::spawn_blocking(move || {
                 let mut p = prepare(&s, &d, msgs, &sd)?;
                 if caught {
-                    let due = s
-                        .store
-                        .due_timers_in(s.clock.now(), s.config.processing.timer_batch, &|p| {
-                            owned.fires(p, Millis::MIN)
-                        })
+                    let due = unwritten
+                        .due_timers_in(
+                            s.store.as_ref(),
+                            s.clock.now(),
+                            s.config.processing.timer_batch,
+                            &|p| owned.fires(p, Millis::MIN),
+                        )
                         .unwrap_or_else(|error| {
                             tracing::error!(%error, "Cannot read due timers.");
                             Vec::new()
@@ -857,18 +863,23 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             last_gauges = Instant::now();
         }
         if prepared.consumed.is_empty() && prepared.work.is_empty() {
+            // Nothing new: let the last write land and count (offsets, metrics) now.
+            if let Some(w) = writing.take() {
+                finish(&shared, &consumer, &mut unwritten, w).await?;
+            }
             continue;
         }
         let out = loop {
             let started = Instant::now();
             let engine = shared.engine();
-            let (s, work, consumed) = (
+            let (s, work, consumed, unwritten) = (
                 shared.clone(),
                 prepared.work.clone(),
                 prepared.consumed.clone(),
+                unwritten.clone(),
             );
             let out = tokio::task::spawn_blocking(move || {
-                run_batch(&engine, s.store.as_ref(), &work, &consumed)
+                run_batch(&engine, s.store.as_ref(), &unwritten, &work, &consumed)
             })
             .await?;
             let out = match out {
@@ -899,46 +910,34 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 .observe(produced.elapsed().as_secs_f64());
             break out;
         };
-        // Kafka has every action: now record that the inputs are applied.
-        let written = Instant::now();
-        loop {
-            let (s, w) = (shared.clone(), out.write.clone());
-            match tokio::task::spawn_blocking(move || s.store.write(&w)).await? {
-                Ok(()) => break,
-                Err(error) => {
-                    tracing::error!(%error, "Writing the batch to the store failed; retrying.");
-                    shared.metrics.batch_retries.inc();
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
+        // Kafka has every action: now record that the inputs are applied. Writes land in
+        // order, one at a time: the previous batch's first. This one's is written while the next
+        // batch runs (reading through it).
+        let waited = Instant::now();
+        if let Some(w) = writing.take() {
+            finish(&shared, &consumer, &mut unwritten, w).await?;
+            stage("write_wait", waited);
         }
-        shared
-            .metrics
-            .batch_seconds
-            .with_label_values(&["write"])
-            .observe(written.elapsed().as_secs_f64());
         tracing::debug!(
             messages = prepared.consumed.len(),
             timers = prepared.timers,
             actions = out.actions.len(),
             collect_ms = (preparing - collecting).as_secs_f64() * 1e3,
             total_ms = collecting.elapsed().as_secs_f64() * 1e3,
-            write_ms = written.elapsed().as_secs_f64() * 1e3,
-            "Batch done."
+            "Batch out; its write starts."
         );
+        let Output {
+            actions,
+            write,
+            tally,
+        } = out;
+        writing = Some(start_write(&shared, &mut unwritten, write, prepared.topics));
         let now = wall_now();
         for ts in &prepared.timestamps {
             shared
                 .metrics
                 .event_to_action_seconds
                 .observe(((now - ts).max(0) as f64) / 1000.0);
-        }
-        for t in &prepared.topics {
-            shared
-                .metrics
-                .events_consumed
-                .with_label_values(&[t.as_str()])
-                .inc();
         }
         for d in &prepared.dead {
             shared
@@ -948,7 +947,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 .inc();
             tracing::warn!(reason = d.reason, error = %d.error, topic = d.message.topic(), partition = d.message.partition(), offset = d.message.offset(), "Message sent to the dead-letter topic.");
         }
-        for a in &out.actions {
+        for a in &actions {
             shared
                 .metrics
                 .actions
@@ -956,17 +955,10 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 .inc();
         }
         shared.metrics.timers_fired.inc_by(prepared.timers as u64);
-        shared.metrics.apply(&out.tally);
-        if !out.write.offsets.is_empty() {
-            let mut tpl = TopicPartitionList::new();
-            for o in &out.write.offsets {
-                let _ =
-                    tpl.add_partition_offset(&o.topic, o.partition, KafkaOffset::Offset(o.next));
-            }
-            if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
-                tracing::debug!(%error, "Committing offsets to Kafka failed (only lag dashboards use them).");
-            }
-        }
+        shared.metrics.apply(&tally);
+    }
+    if let Some(w) = writing.take() {
+        finish(&shared, &consumer, &mut unwritten, w).await?;
     }
     tracing::info!("Stopping: flushing the producer.");
     let _ = producer.flush(Duration::from_secs(10));
@@ -979,6 +971,85 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     stop_probes.store(true, Ordering::SeqCst);
     let _ = probes.join();
     Ok(())
+}
+
+/// A batch's write, under way.
+struct Writing {
+    task: tokio::task::JoinHandle<()>,
+    write: Arc<WriteSet>,
+    topics: Vec<String>,
+}
+
+/// Starts writing a batch (retrying until it lands); batches read through it meanwhile.
+fn start_write(
+    shared: &Arc<Shared>,
+    unwritten: &mut Unwritten,
+    write: WriteSet,
+    topics: Vec<String>,
+) -> Writing {
+    let write = Arc::new(write);
+    unwritten.push(write.clone());
+    let (s, w) = (shared.clone(), write.clone());
+    let task = tokio::spawn(async move {
+        let started = Instant::now();
+        loop {
+            let (s2, w2) = (s.clone(), w.clone());
+            match tokio::task::spawn_blocking(move || s2.store.write(&w2)).await {
+                Ok(Ok(())) => break,
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "Writing the batch to the store failed; retrying.");
+                }
+                Err(error) => {
+                    tracing::error!(%error, "The batch's write did not finish; retrying.");
+                }
+            }
+            s.metrics.batch_retries.inc();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        s.metrics
+            .batch_seconds
+            .with_label_values(&["write"])
+            .observe(started.elapsed().as_secs_f64());
+    });
+    Writing {
+        task,
+        write,
+        topics,
+    }
+}
+
+/// Waits for a batch's write to land, then counts its events and commits its offsets.
+async fn finish(
+    shared: &Shared,
+    consumer: &StreamConsumer<Context>,
+    unwritten: &mut Unwritten,
+    w: Writing,
+) -> anyhow::Result<()> {
+    w.task.await?;
+    unwritten.pop_oldest();
+    for t in &w.topics {
+        shared
+            .metrics
+            .events_consumed
+            .with_label_values(&[t.as_str()])
+            .inc();
+    }
+    commit(consumer, &w.write.offsets);
+    Ok(())
+}
+
+/// Commits consumed offsets to Kafka (asynchronously; only lag dashboards read them).
+fn commit(consumer: &StreamConsumer<Context>, offsets: &[Offset]) {
+    if offsets.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for o in offsets {
+        let _ = tpl.add_partition_offset(&o.topic, o.partition, KafkaOffset::Offset(o.next));
+    }
+    if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
+        tracing::debug!(%error, "Committing offsets to Kafka failed (only lag dashboards use them).");
+    }
 }
 
 /// Refreshes the gauges that come from the store.

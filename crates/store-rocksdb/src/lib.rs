@@ -120,6 +120,11 @@ pub struct RocksStore {
     /// so they do not walk over the deletions of every timer fired since the last compaction.
     /// Writes lower it before they commit; scans raise it to the first entry they meet.
     timer_floor: AtomicI64,
+    /// The earliest timer the write under way sets (`Millis::MAX` when none is under way):
+    /// a scan that runs beside a write does not raise the floor past it.
+    writing_floor: AtomicI64,
+    /// Counts the writes that set timers, bumped as each one starts.
+    timer_writes: AtomicU64,
 }
 
 impl fmt::Debug for RocksStore {
@@ -196,6 +201,8 @@ impl RocksStore {
             timers: AtomicU64::new(0),
             customers: AtomicU64::new(0),
             timer_floor: AtomicI64::new(Millis::MIN),
+            writing_floor: AtomicI64::new(Millis::MAX),
+            timer_writes: AtomicU64::new(0),
         };
         let counters = store.load_meta()?;
         *store
@@ -417,6 +424,10 @@ impl Store for RocksStore {
             return Ok(Vec::new());
         }
         let mut due = Vec::new();
+        // Read before the scan, in this order (a write publishes them in the other): see the
+        // end of `write`.
+        let writes = self.timer_writes.load(Ordering::SeqCst);
+        let beside = self.writing_floor.load(Ordering::SeqCst);
         let floor = self.timer_floor.load(Ordering::SeqCst);
         let mut first: Option<Millis> = None;
         for item in self.scan(self.timers_from(floor), keys::timers_after(up_to)) {
@@ -447,12 +458,24 @@ impl Store for RocksStore {
                 break;
             }
         }
-        // Nothing live before the first entry met (or, meeting none, up to `up_to`); a write
-        // that lowered the floor meanwhile wins.
-        let raised = first.unwrap_or(up_to.saturating_add(1)).max(floor);
-        let _ =
-            self.timer_floor
-                .compare_exchange(floor, raised, Ordering::SeqCst, Ordering::SeqCst);
+        // Nothing live before the first entry met (or, meeting none, up to `up_to`), except
+        // what a write under way since before the scan may be adding (not past its earliest).
+        // A write that started during the scan may have committed after the scan's snapshot:
+        // then the floor stays. A write that lowered the floor meanwhile wins.
+        let raised = first
+            .unwrap_or(up_to.saturating_add(1))
+            .min(beside)
+            .max(floor);
+        if self.timer_writes.load(Ordering::SeqCst) == writes
+            && self
+                .timer_floor
+                .compare_exchange(floor, raised, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            && self.timer_writes.load(Ordering::SeqCst) != writes
+        {
+            // A write started between the check and the raise: back to where it was.
+            self.timer_floor.fetch_min(floor, Ordering::SeqCst);
+        }
         Ok(due)
     }
 
@@ -649,13 +672,25 @@ impl Store for RocksStore {
         if batch.is_empty() {
             return Ok(());
         }
-        if let Some(earliest) = set.set_timers.iter().map(|(due, _)| *due).min() {
-            // Before the commit, so no scan can miss the new entry.
+        // Scans run beside writes. Before the commit, under the writer lock (one write at a
+        // time): publish the earliest new entry, then count the write, then lower the floor.
+        // A scan reads the count, then the earliest, before its snapshot; so a scan whose
+        // snapshot may miss this write's entries either sees the earliest (and raises the floor
+        // no further) or sees the count change (and leaves the floor).
+        let earliest = set.set_timers.iter().map(|(due, _)| *due).min();
+        if let Some(earliest) = earliest {
+            self.writing_floor.store(earliest, Ordering::SeqCst);
+            self.timer_writes.fetch_add(1, Ordering::SeqCst);
             self.timer_floor.fetch_min(earliest, Ordering::SeqCst);
         }
-        self.db
+        let committed = self
+            .db
             .write_opt(batch, &self.write_options())
-            .map_err(backend("write"))?;
+            .map_err(backend("write"));
+        if earliest.is_some() {
+            self.writing_floor.store(Millis::MAX, Ordering::SeqCst);
+        }
+        committed?;
         *guard = counters;
         self.publish(counters);
         Ok(())

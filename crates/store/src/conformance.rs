@@ -54,6 +54,10 @@ pub const CASES: &[Case] = &[
         timers_set_before_earlier_scans_are_found,
     ),
     (
+        "timers_set_while_scans_run_are_found",
+        timers_set_while_scans_run_are_found,
+    ),
+    (
         "offsets_overwrite_per_partition",
         offsets_overwrite_per_partition,
     ),
@@ -447,6 +451,40 @@ pub fn due_timers_in_skips_other_partitions(store: &dyn Store) {
         vec![timer(3, "any")]
     );
     assert_eq!(store.due_timers_in(10, 10, &only_0).unwrap().len(), 4);
+}
+
+/// Scans may run beside writes (the daemon scans for due timers while the previous batch is
+/// written): a timer whose write commits while a scan runs is still found by later scans.
+pub fn timers_set_while_scans_run_are_found(store: &dyn Store) {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                store.due_timers(Millis::MAX, 1).unwrap();
+            }
+        });
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for i in 0..2_000 {
+                let entry = timer(i, &format!("c{i}"));
+                write(store, &timers_write(vec![], vec![entry.clone()]));
+                assert_eq!(
+                    store.next_timer().unwrap(),
+                    Some(entry.clone()),
+                    "timers_set_while_scans_run_are_found: a timer written beside a scan is the next"
+                );
+                assert_eq!(
+                    store.due_timers(i, 10).unwrap(),
+                    vec![entry.clone()],
+                    "timers_set_while_scans_run_are_found: and due"
+                );
+                write(store, &timers_write(vec![entry], vec![]));
+            }
+        }));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Err(panic) = checked {
+            std::panic::resume_unwind(panic);
+        }
+    });
 }
 
 /// A scan may remember where the live timers begin (a store may skip what it fired), but a
