@@ -18,6 +18,7 @@ use journeyd::processor::{run_batch, Position, Unwritten, Work};
 use journeyd_store::{Store, WriteSet};
 use journeyd_store_rocksdb::{keys, rocksdb_options, rocksdb_write_options, RocksStore};
 use journeyd_store_rocksdb::{StoreOptions, FORMAT_VERSION};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Events per batch (the daemon's `processing.batch_max_messages`).
@@ -30,20 +31,34 @@ pub fn daemon_store_options() -> StoreOptions {
     let config = journeyd::config::Config::default();
     StoreOptions {
         block_cache_bytes: (config.store.block_cache_mb as usize) << 20,
+        state_cache_bytes: std::env::var("XSC")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(config.store.state_cache_mb as usize)
+            << 20,
         sync_writes: config.store.sync_writes,
         ..StoreOptions::default()
     }
 }
 
-type RawBatch = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+/// One raw operation: a put (`Some`), a delete (`None`), or a merge (the history's appends).
+type RawBatch = Vec<(Vec<u8>, RawOp)>;
+
+#[derive(Debug, Clone)]
+enum RawOp {
+    Put(Vec<u8>),
+    Delete,
+    Merge(Vec<u8>),
+}
 
 fn raw_ops(set: WriteSet) -> anyhow::Result<RawBatch> {
     let mut ops = Vec::with_capacity(set.customers.len() + set.set_timers.len() + 4);
     for (id, value) in &set.customers {
-        ops.push((keys::customer(id), value.clone()));
+        let op = value.clone().map_or(RawOp::Delete, RawOp::Put);
+        ops.push((keys::customer(id), op));
     }
     for (due, customer) in &set.clear_timers {
-        ops.push((keys::timer(*due, customer), None));
+        ops.push((keys::timer(*due, customer), RawOp::Delete));
     }
     // A timer's value names the partition that owns it (as the store writes it).
     let owner: std::collections::HashMap<&str, i32> = set
@@ -55,12 +70,26 @@ fn raw_ops(set: WriteSet) -> anyhow::Result<RawBatch> {
         let value = owner
             .get(customer.as_str())
             .map_or_else(Vec::new, |p| p.to_be_bytes().to_vec());
-        ops.push((keys::timer(*due, customer), Some(value)));
+        ops.push((keys::timer(*due, customer), RawOp::Put(value)));
     }
     for o in &set.offsets {
         ops.push((
             keys::offset(&o.topic, o.partition)?,
-            Some(o.next.to_be_bytes().to_vec()),
+            RawOp::Put(o.next.to_be_bytes().to_vec()),
+        ));
+    }
+    // The history's appends, one merge per customer as the store makes them.
+    let mut appended: std::collections::BTreeMap<&str, Vec<&[u8]>> = Default::default();
+    for (id, entry) in &set.history {
+        appended.entry(id).or_default().push(entry);
+    }
+    for (id, entries) in appended {
+        ops.push((
+            keys::history(id),
+            RawOp::Merge(journeyd_store_rocksdb::history_operand(
+                set.history_limit,
+                entries,
+            )),
         ));
     }
     Ok(ops)
@@ -72,7 +101,7 @@ pub fn measure(events: usize) -> anyhow::Result<Vec<Row>> {
     let (start, span) = stream_window();
     let stream = workload::events(&engine, events, start, span);
     // The batches, prepared outside the clock (the daemon decodes them in its own step).
-    let mut batches: Vec<(Vec<Work>, Vec<Position>, i64)> = Vec::new();
+    let mut batches: Vec<Batch> = Vec::new();
     for (b, chunk) in stream.chunks(BATCH).enumerate() {
         let consumed = (0..chunk.len())
             .map(|i| Position {
@@ -99,28 +128,14 @@ pub fn measure(events: usize) -> anyhow::Result<Vec<Row>> {
     drop(stream);
 
     let options = daemon_store_options();
-    let dir = tempfile::tempdir()?;
-    let store = RocksStore::open(&dir.path().join("store"), &options)?;
-    let mut recorded: Vec<WriteSet> = Vec::with_capacity(batches.len());
-    let (mut actions, mut timers, mut values, mut value_bytes) = (0usize, 0usize, 0usize, 0usize);
-    let t0 = Instant::now();
-    for (mut work, consumed, last) in batches {
-        // As the service reads them (it owns every partition here).
-        let due = store.due_timers_in(last, TIMER_BATCH, &|_| true)?;
-        timers += due.len();
-        work.extend(due.into_iter().map(|t| Work::Timer {
-            due: t.due,
-            customer: t.customer,
-            partition: t.partition,
-        }));
-        let out = run_batch(&engine, &store, &Unwritten::none(), &work, &consumed)?;
-        store.write(&out.write)?;
-        actions += out.actions.len();
-        recorded.push(out.write);
-    }
-    let store_secs = t0.elapsed().as_secs_f64();
+    // The ratio is one thread against one thread: run_batch then Store::write, batch after batch.
+    let serial = through_store(&engine, &options, batches.clone(), false)?;
+    // As the daemon runs it: each batch's write beside the next batch (which reads through it).
+    let beside = through_store(&engine, &options, batches, true)?;
+    let (store_secs, timers, actions, recorded) = serial;
     let store_eps = events as f64 / store_secs;
-    drop(store);
+    let beside_eps = events as f64 / beside.0;
+    let (mut values, mut value_bytes) = (0usize, 0usize);
 
     let raw: Vec<RawBatch> = recorded
         .into_iter()
@@ -130,7 +145,13 @@ pub fn measure(events: usize) -> anyhow::Result<Vec<Row>> {
         values += b.len();
         value_bytes += b
             .iter()
-            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .map(|(k, v)| {
+                k.len()
+                    + match v {
+                        RawOp::Put(v) | RawOp::Merge(v) => v.len(),
+                        RawOp::Delete => 0,
+                    }
+            })
             .sum::<usize>();
     }
     let raw_dir = tempfile::tempdir()?;
@@ -146,8 +167,9 @@ pub fn measure(events: usize) -> anyhow::Result<Vec<Row>> {
         let mut batch = rocksdb::WriteBatch::default();
         for (k, v) in b {
             match v {
-                Some(v) => batch.put(k, v),
-                None => batch.delete(k),
+                RawOp::Put(v) => batch.put(k, v),
+                RawOp::Delete => batch.delete(k),
+                RawOp::Merge(v) => batch.merge(k, v),
             }
         }
         db.write_opt(batch, &wo)?;
@@ -160,14 +182,14 @@ pub fn measure(events: usize) -> anyhow::Result<Vec<Row>> {
     Ok(vec![
         Row {
             name: format!(
-                "engine + RocksDB: events/s, batches of {BATCH} through run_batch + Store::write ({} events, {} timers fired, {} actions)",
+                "engine + RocksDB: events/s, batches of {BATCH} through run_batch + Store::write, one thread ({} events, {} timers fired, {} actions)",
                 thousands(events as f64),
                 thousands(timers as f64),
                 thousands(actions as f64)
             ),
             measured: thousands(store_eps),
             limit: format!(
-                "raw WriteBatch loop, same {} puts/deletes ({:.0} B each on average): {} events/s",
+                "raw WriteBatch loop, same {} puts/deletes/merges ({:.0} B each on average): {} events/s",
                 thousands(values as f64),
                 value_bytes as f64 / values.max(1) as f64,
                 thousands(raw_eps)
@@ -180,5 +202,74 @@ pub fn measure(events: usize) -> anyhow::Result<Vec<Row>> {
             "engine + RocksDB: seconds, measured / raw",
             format!("{store_secs:.2} / {raw_secs:.2}"),
         ),
+        Row::info(
+            "engine + RocksDB: events/s with each batch's write on a second thread beside the next batch, as the daemon runs it",
+            format!(
+                "{} ({} of the one-thread run)",
+                thousands(beside_eps),
+                percent(beside_eps / store_eps)
+            ),
+        ),
     ])
+}
+
+/// One batch: its work, its consumed positions, its last event time.
+type Batch = (Vec<Work>, Vec<Position>, i64);
+
+/// Runs the batches through `run_batch` and `Store::write` into a fresh store: one after the
+/// other, or (`beside`) each write on a second thread while the next batch runs, reading
+/// through it. Returns the seconds, the timers fired, the actions and the write sets.
+fn through_store(
+    engine: &journeyd_engine::Engine,
+    options: &StoreOptions,
+    batches: Vec<Batch>,
+    beside: bool,
+) -> anyhow::Result<(f64, usize, usize, Vec<WriteSet>)> {
+    let dir = tempfile::tempdir()?;
+    let store = RocksStore::open(&dir.path().join("store"), options)?;
+    let mut recorded: Vec<Arc<WriteSet>> = Vec::with_capacity(batches.len());
+    let (mut actions, mut timers) = (0usize, 0usize);
+    let t0 = Instant::now();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let store = &store;
+        let mut unwritten = Unwritten::none();
+        let mut writing: Option<std::thread::ScopedJoinHandle<'_, Result<(), _>>> = None;
+        for (mut work, consumed, last) in batches {
+            // As the service reads them (it owns every partition here).
+            let due = unwritten.due_timers_in(store, last, TIMER_BATCH, &|_| true)?;
+            timers += due.len();
+            work.extend(due.into_iter().map(|t| Work::Timer {
+                due: t.due,
+                customer: t.customer,
+                partition: t.partition,
+            }));
+            let out = run_batch(engine, store, &unwritten, &work, &consumed)?;
+            actions += out.actions.len();
+            let write = Arc::new(out.write);
+            recorded.push(write.clone());
+            if !beside {
+                store.write(&write)?;
+                continue;
+            }
+            unwritten.push(write.clone());
+            if let Some(w) = writing.take() {
+                w.join()
+                    .map_err(|_| anyhow::anyhow!("a write panicked"))??;
+                unwritten.pop_oldest();
+            }
+            writing = Some(scope.spawn(move || store.write(&write)));
+        }
+        if let Some(w) = writing.take() {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a write panicked"))??;
+        }
+        Ok(())
+    })?;
+    let secs = t0.elapsed().as_secs_f64();
+    drop(store);
+    let recorded = recorded
+        .into_iter()
+        .map(|w| Arc::try_unwrap(w).unwrap_or_else(|w| (*w).clone()))
+        .collect();
+    Ok((secs, timers, actions, recorded))
 }

@@ -34,6 +34,7 @@ pub fn open(config: &Config) -> Result<Opened> {
     })?;
     let options = StoreOptions {
         block_cache_bytes: (config.store.block_cache_mb as usize) << 20,
+        state_cache_bytes: (config.store.state_cache_mb as usize) << 20,
         sync_writes: config.store.sync_writes,
         ..StoreOptions::default()
     };

@@ -115,6 +115,9 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// RocksDB block cache, in MiB.
     pub block_cache_mb: u64,
+    /// The cache of customer states last written, in MiB (0: none). A customer's state is
+    /// read before every change; recently written ones come from here.
+    pub state_cache_mb: u64,
     /// fsync every write batch (slower; the default relies on Kafka replay after a machine crash).
     pub sync_writes: bool,
 }
@@ -219,6 +222,7 @@ impl Default for StoreConfig {
         StoreConfig {
             path: PathBuf::from("data/journeyd"),
             block_cache_mb: 256,
+            state_cache_mb: 64,
             sync_writes: false,
         }
     }

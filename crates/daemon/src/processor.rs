@@ -263,7 +263,9 @@ pub fn run_batch(
     // carried inside, which move to the history store with them).
     let mut history: HashMap<&str, Vec<Record>> = HashMap::new();
     let limit = engine.settings().history_limit;
+    let mut existed: HashMap<&str, bool> = HashMap::with_capacity(ids.len());
     for (id, bytes) in ids.iter().zip(stored) {
+        existed.insert(id, bytes.is_some());
         let state = match bytes.as_deref().map(CustomerState::decode) {
             None => CustomerState::default(),
             Some(Ok((s, old_history))) => {
@@ -330,6 +332,13 @@ pub fn run_batch(
         }
     }
     out.write.history_limit = limit;
+    // Every customer written was read first: the store need not look again.
+    out.write.customers_existed = out
+        .write
+        .customers
+        .iter()
+        .map(|(id, _)| existed.get(id.as_str()).copied())
+        .collect();
     // A timer set again at the time it was cleared: keep it (set wins over clear).
     let set: std::collections::HashSet<(Millis, String)> =
         out.write.set_timers.iter().cloned().collect();

@@ -22,6 +22,7 @@ use crate::processor::{run_batch, Output, Position, Unwritten, Work};
 use journeyd_codec::{ActionEncoder, Format, TouchpointDecoder};
 use journeyd_engine::Engine;
 use journeyd_store::{Millis, Offset, Store, WriteSet};
+use journeyd_types::Action;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -662,18 +663,18 @@ async fn produce(
     shared: &Shared,
     producer: &FutureProducer,
     encoder: &ActionEncoder,
-    out: &Output,
+    actions: &[Action],
     dead: &[DeadLetter],
 ) -> Result<(), String> {
     let config = &shared.config;
-    let mut payloads = Vec::with_capacity(out.actions.len());
-    for a in &out.actions {
+    let mut payloads = Vec::with_capacity(actions.len());
+    for a in actions {
         let topic = config.actions_topic(&a.channel);
         let bytes = encoder.encode(a, &topic).map_err(|e| e.to_string())?;
         payloads.push((topic, bytes));
     }
     let mut sends = Vec::with_capacity(payloads.len() + dead.len());
-    for (a, (topic, bytes)) in out.actions.iter().zip(&payloads) {
+    for (a, (topic, bytes)) in actions.iter().zip(&payloads) {
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "journeyd.action_id",
@@ -763,15 +764,17 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         .as_ref()
         .map(|r| r.url.clone());
     let decoder = Arc::new(Decoders::new(&shared.config));
-    let encoder = match (shared.config.outputs.actions_format, &registry) {
+    let encoder = Arc::new(match (shared.config.outputs.actions_format, &registry) {
         (Encoding::Avro, Some(url)) => ActionEncoder::with_registry(url.clone()),
         (Encoding::Avro, None) => ActionEncoder::new(Format::Avro),
         (Encoding::Json, _) => ActionEncoder::new(Format::Json),
-    };
+    });
     let mut caught_up = false;
     let mut timers_backlogged = false;
     let mut last_gauges = Instant::now() - Duration::from_secs(60);
-    // The batch being written, and the writes batches must read through.
+    // The batch whose actions are on their way to Kafka, the batch being written, and their
+    // writes, which later batches read through.
+    let mut sending: Option<Sending> = None;
     let mut writing: Option<Writing> = None;
     let mut unwritten = Unwritten::none();
     tracing::info!(topics = ?shared.config.inputs.iter().map(|i| &i.topic).collect::<Vec<_>>(), "Consuming.");
@@ -863,14 +866,21 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             last_gauges = Instant::now();
         }
         if prepared.consumed.is_empty() && prepared.work.is_empty() {
-            // Nothing new: let the last write land and count (offsets, metrics) now.
+            // Nothing new: let the batches under way land and count (offsets, metrics) now.
+            if let Some(b) = sending.take() {
+                if !land(&shared, &consumer, &mut unwritten, &mut writing, b).await? {
+                    break;
+                }
+            }
             if let Some(w) = writing.take() {
                 finish(&shared, &consumer, &mut unwritten, w).await?;
             }
             continue;
         }
+        // Process this batch while the previous one's actions are acknowledged and the one
+        // before it is written: it reads through their writes.
+        let started = Instant::now();
         let out = loop {
-            let started = Instant::now();
             let engine = shared.engine();
             let (s, work, consumed, unwritten) = (
                 shared.clone(),
@@ -882,80 +892,62 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 run_batch(&engine, s.store.as_ref(), &unwritten, &work, &consumed)
             })
             .await?;
-            let out = match out {
-                Ok(o) => o,
+            match out {
+                Ok(o) => break o,
                 Err(error) => {
                     tracing::error!(%error, "The batch could not read its states; retrying.");
                     shared.metrics.batch_retries.inc();
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
                 }
-            };
-            shared
-                .metrics
-                .batch_seconds
-                .with_label_values(&["process"])
-                .observe(started.elapsed().as_secs_f64());
-            let produced = Instant::now();
-            if let Err(error) = produce(&shared, &producer, &encoder, &out, &prepared.dead).await {
-                tracing::warn!(%error, "Kafka did not acknowledge the batch; it will be processed and produced again.");
-                shared.metrics.batch_retries.inc();
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
             }
-            shared
-                .metrics
-                .batch_seconds
-                .with_label_values(&["produce"])
-                .observe(produced.elapsed().as_secs_f64());
-            break out;
         };
-        // Kafka has every action: now record that the inputs are applied. Writes land in
-        // order, one at a time: the previous batch's first. This one's is written while the next
-        // batch runs (reading through it).
-        let waited = Instant::now();
-        if let Some(w) = writing.take() {
-            finish(&shared, &consumer, &mut unwritten, w).await?;
-            stage("write_wait", waited);
-        }
+        stage("process", started);
         tracing::debug!(
             messages = prepared.consumed.len(),
             timers = prepared.timers,
             actions = out.actions.len(),
             collect_ms = (preparing - collecting).as_secs_f64() * 1e3,
             total_ms = collecting.elapsed().as_secs_f64() * 1e3,
-            "Batch out; its write starts."
+            "Batch processed; its actions go out after the previous batch's."
         );
         let Output {
             actions,
             write,
             tally,
         } = out;
-        writing = Some(start_write(&shared, &mut unwritten, write, prepared.topics));
-        let now = wall_now();
-        for ts in &prepared.timestamps {
-            shared
-                .metrics
-                .event_to_action_seconds
-                .observe(((now - ts).max(0) as f64) / 1000.0);
+        let write = Arc::new(write);
+        unwritten.push(write.clone());
+        // Actions go out in batch order: the previous batch's must be acknowledged first (a
+        // batch is written only after its actions are acknowledged, and in batch order).
+        if let Some(b) = sending.take() {
+            let waited = Instant::now();
+            let landed = land(&shared, &consumer, &mut unwritten, &mut writing, b).await?;
+            stage("produce_wait", waited);
+            if !landed {
+                break;
+            }
         }
-        for d in &prepared.dead {
-            shared
-                .metrics
-                .events_rejected
-                .with_label_values(&[d.reason])
-                .inc();
-            tracing::warn!(reason = d.reason, error = %d.error, topic = d.message.topic(), partition = d.message.partition(), offset = d.message.offset(), "Message sent to the dead-letter topic.");
-        }
-        for a in &actions {
-            shared
-                .metrics
-                .actions
-                .with_label_values(&[a.channel.as_str(), a.kind.as_str()])
-                .inc();
-        }
-        shared.metrics.timers_fired.inc_by(prepared.timers as u64);
-        shared.metrics.apply(&tally);
+        let task = tokio::spawn(send_batch(
+            shared.clone(),
+            producer.clone(),
+            encoder.clone(),
+            shutdown.clone(),
+            Sent {
+                actions,
+                dead: prepared.dead,
+                tally,
+                timestamps: prepared.timestamps,
+                timers: prepared.timers,
+            },
+        ));
+        sending = Some(Sending {
+            task,
+            write,
+            topics: prepared.topics,
+        });
+    }
+    if let Some(b) = sending.take() {
+        land(&shared, &consumer, &mut unwritten, &mut writing, b).await?;
     }
     if let Some(w) = writing.take() {
         finish(&shared, &consumer, &mut unwritten, w).await?;
@@ -973,6 +965,89 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     Ok(())
 }
 
+/// What a batch sends, and counts once Kafka has it.
+struct Sent {
+    actions: Vec<Action>,
+    dead: Vec<DeadLetter>,
+    tally: crate::processor::Tally,
+    timestamps: Vec<i64>,
+    timers: usize,
+}
+
+/// Produces a batch's actions and dead letters, retrying until Kafka acknowledges all of them,
+/// then counts them. Returns whether they were acknowledged (not when the service stops while
+/// Kafka refuses them: then the batch is not written, and runs again after a restart).
+async fn send_batch(
+    shared: Arc<Shared>,
+    producer: FutureProducer,
+    encoder: Arc<ActionEncoder>,
+    shutdown: CancellationToken,
+    sent: Sent,
+) -> bool {
+    let started = Instant::now();
+    while let Err(error) = produce(&shared, &producer, &encoder, &sent.actions, &sent.dead).await {
+        tracing::warn!(%error, "Kafka did not acknowledge the batch; it will be produced again.");
+        shared.metrics.batch_retries.inc();
+        if shutdown.is_cancelled() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let m = &shared.metrics;
+    m.batch_seconds
+        .with_label_values(&["produce"])
+        .observe(started.elapsed().as_secs_f64());
+    let now = wall_now();
+    for ts in &sent.timestamps {
+        m.event_to_action_seconds
+            .observe(((now - ts).max(0) as f64) / 1000.0);
+    }
+    for d in &sent.dead {
+        m.events_rejected.with_label_values(&[d.reason]).inc();
+        tracing::warn!(reason = d.reason, error = %d.error, topic = d.message.topic(), partition = d.message.partition(), offset = d.message.offset(), "Message sent to the dead-letter topic.");
+    }
+    for a in &sent.actions {
+        m.actions
+            .with_label_values(&[a.channel.as_str(), a.kind.as_str()])
+            .inc();
+    }
+    m.timers_fired.inc_by(sent.timers as u64);
+    m.apply(&sent.tally);
+    true
+}
+
+/// A batch whose actions are on their way.
+struct Sending {
+    task: tokio::task::JoinHandle<bool>,
+    write: Arc<WriteSet>,
+    topics: Vec<String>,
+}
+
+/// Waits for a batch's actions to be acknowledged, then starts its write (after the previous
+/// write has landed). Returns false if they were not (the service is stopping).
+async fn land(
+    shared: &Arc<Shared>,
+    consumer: &StreamConsumer<Context>,
+    unwritten: &mut Unwritten,
+    writing: &mut Option<Writing>,
+    b: Sending,
+) -> anyhow::Result<bool> {
+    if !b.task.await? {
+        return Ok(false);
+    }
+    if let Some(w) = writing.take() {
+        let waited = Instant::now();
+        finish(shared, consumer, unwritten, w).await?;
+        shared
+            .metrics
+            .batch_seconds
+            .with_label_values(&["write_wait"])
+            .observe(waited.elapsed().as_secs_f64());
+    }
+    *writing = Some(start_write(shared, b.write, b.topics));
+    Ok(true)
+}
+
 /// A batch's write, under way.
 struct Writing {
     task: tokio::task::JoinHandle<()>,
@@ -981,14 +1056,7 @@ struct Writing {
 }
 
 /// Starts writing a batch (retrying until it lands); batches read through it meanwhile.
-fn start_write(
-    shared: &Arc<Shared>,
-    unwritten: &mut Unwritten,
-    write: WriteSet,
-    topics: Vec<String>,
-) -> Writing {
-    let write = Arc::new(write);
-    unwritten.push(write.clone());
+fn start_write(shared: &Arc<Shared>, write: Arc<WriteSet>, topics: Vec<String>) -> Writing {
     let (s, w) = (shared.clone(), write.clone());
     let task = tokio::spawn(async move {
         let started = Instant::now();

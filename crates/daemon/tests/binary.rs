@@ -27,19 +27,46 @@ fn write_config(rig: &Rig, path: &Path) {
     std::fs::write(path, text).unwrap();
 }
 
-fn spawn(config: &Path, log: &Path) -> Child {
+/// A journeyd process, killed if the test ends (or panics) while it runs.
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn spawn(config: &Path, log: &Path) -> Running {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_journeyd"))
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("journeyd starts")
+    Running(
+        Command::new(env!("CARGO_BIN_EXE_journeyd"))
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("journeyd starts"),
+    )
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -192,28 +219,30 @@ async fn sighup_reloads_and_sigterm_stops_cleanly() {
 fn the_main_job_shows_actions_flowing_on_the_embedded_kafka() {
     let data = tempfile::tempdir().unwrap();
     let journeys = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../journeys");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_journeyd"))
-        .args([
-            "run",
-            "--embedded-kafka",
-            "--demo",
-            "--clock-speed",
-            "3600",
-            "--demo-customers",
-            "300",
-            "--demo-rate",
-            "400",
-            "--http",
-            "127.0.0.1:0",
-        ])
-        .arg("--journeys")
-        .arg(&journeys)
-        .arg("--data")
-        .arg(data.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Running(
+        Command::new(env!("CARGO_BIN_EXE_journeyd"))
+            .args([
+                "run",
+                "--embedded-kafka",
+                "--demo",
+                "--clock-speed",
+                "3600",
+                "--demo-customers",
+                "300",
+                "--demo-rate",
+                "400",
+                "--http",
+                "127.0.0.1:0",
+            ])
+            .arg("--journeys")
+            .arg(&journeys)
+            .arg("--data")
+            .arg(data.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let start = Instant::now();
     let mut seen = Vec::new();

@@ -18,7 +18,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use journeyd_store::{
     check_journeys, DueTimer, Error, Millis, Offset, Store, StoredJourney, WriteSet,
@@ -30,6 +30,12 @@ use rocksdb::{
 
 mod history;
 pub mod keys;
+
+/// The merge operand a write appends to a customer's history with: `entries`, and the most the
+/// history keeps. (For tools and benchmarks that write what the store writes.)
+pub fn history_operand<'a>(limit: usize, entries: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    history::operand(limit, entries)
+}
 
 use keys::{meta, Key, Table};
 
@@ -46,15 +52,19 @@ pub struct StoreOptions {
     /// Whether every write is fsynced before it returns. Without it a write survives a process
     /// crash (the WAL is always on) but the last writes may be lost if the machine fails.
     pub sync_writes: bool,
+    /// The size of the cache of customer states last written, in bytes (`0`: none). Reads of a
+    /// customer written recently come from it instead of RocksDB's memtables and files.
+    pub state_cache_bytes: usize,
 }
 
 impl Default for StoreOptions {
-    /// 64 MiB block cache, 64 MiB write buffer, no fsync per write.
+    /// 64 MiB block cache, 64 MiB write buffer, no fsync per write, 64 MiB state cache.
     fn default() -> Self {
         Self {
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 64 << 20,
             sync_writes: false,
+            state_cache_bytes: 64 << 20,
         }
     }
 }
@@ -125,6 +135,27 @@ pub struct RocksStore {
     writing_floor: AtomicI64,
     /// Counts the writes that set timers, bumped as each one starts.
     timer_writes: AtomicU64,
+    /// The states of customers as last written (see [`StateCache`]).
+    states: Option<StateCache>,
+}
+
+/// Customer states as last written, by id: a write-through cache. Why: a customer is read
+/// before every write of its state, and a hot customer's key sits among many versions in a
+/// large memtable, where a lookup costs microseconds of cache misses (measured: reading
+/// 1,000 customers a batch took more than all the rest of the engine + RocksDB bench row).
+///
+/// Only writes fill it, so it never holds what a concurrent reader read before a write
+/// committed: a write takes its customers out before it commits and puts them back after.
+type StateCache = quick_cache::sync::Cache<Box<str>, Arc<[u8]>, StateWeight>;
+
+/// The weight of a cached state: its bytes, its id and the entry's own keep.
+#[derive(Debug, Clone, Copy)]
+struct StateWeight;
+
+impl quick_cache::Weighter<Box<str>, Arc<[u8]>> for StateWeight {
+    fn weight(&self, key: &Box<str>, value: &Arc<[u8]>) -> u64 {
+        (key.len() + value.len() + 48) as u64
+    }
 }
 
 impl fmt::Debug for RocksStore {
@@ -203,6 +234,13 @@ impl RocksStore {
             timer_floor: AtomicI64::new(Millis::MIN),
             writing_floor: AtomicI64::new(Millis::MAX),
             timer_writes: AtomicU64::new(0),
+            states: (opts.state_cache_bytes > 0).then(|| {
+                StateCache::with_weighter(
+                    opts.state_cache_bytes / 128,
+                    opts.state_cache_bytes as u64,
+                    StateWeight,
+                )
+            }),
         };
         let counters = store.load_meta()?;
         *store
@@ -396,6 +434,9 @@ fn adjust(count: u64, delta: i64, name: &str) -> Result<u64, Error> {
 
 impl Store for RocksStore {
     fn customer(&self, id: &str) -> Result<Option<Vec<u8>>, Error> {
+        if let Some(state) = self.states.as_ref().and_then(|c| c.get(id)) {
+            return Ok(Some(state.to_vec()));
+        }
         Ok(self
             .db
             .get_pinned(keys::customer(id))
@@ -407,11 +448,37 @@ impl Store for RocksStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        self.db
-            .multi_get(ids.iter().map(|id| keys::customer(id)))
-            .into_iter()
-            .map(|r| r.map_err(backend("read customers")))
-            .collect()
+        let Some(cache) = &self.states else {
+            return self
+                .db
+                .multi_get(ids.iter().map(|id| keys::customer(id)))
+                .into_iter()
+                .map(|r| r.map_err(backend("read customers")))
+                .collect();
+        };
+        let mut found: Vec<Option<Arc<[u8]>>> = ids.iter().map(|id| cache.get(*id)).collect();
+        let missing: Vec<usize> = (0..ids.len()).filter(|i| found[*i].is_none()).collect();
+        let mut read = if missing.is_empty() {
+            Vec::new()
+        } else {
+            self.db
+                .multi_get(missing.iter().map(|i| keys::customer(ids[*i])))
+                .into_iter()
+                .map(|r| r.map_err(backend("read customers")))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        .into_iter();
+        let mut out = Vec::with_capacity(ids.len());
+        let mut next_missing = missing.iter().peekable();
+        for (i, hit) in found.iter_mut().enumerate() {
+            if next_missing.peek() == Some(&&i) {
+                next_missing.next();
+                out.push(read.next().flatten());
+            } else {
+                out.push(hit.take().map(|v| v.to_vec()));
+            }
+        }
+        Ok(out)
     }
 
     fn due_timers_in(
@@ -608,7 +675,21 @@ impl Store for RocksStore {
         // Why the lock spans the existence reads and the write: another writer committing
         // between them would make this batch's counter deltas wrong.
         let mut guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let customers_existed = self.exist("write (read customers)", &customer_keys)?;
+        let customers_existed = match &set.customers_existed {
+            Some(known) if known.len() == set.customers.len() => {
+                let mut first: std::collections::HashMap<&str, bool> = Default::default();
+                for ((id, _), existed) in set.customers.iter().zip(known) {
+                    first.entry(id.as_str()).or_insert(*existed);
+                }
+                // In key order, like `customers`.
+                let mut by_key: std::collections::BTreeMap<Vec<u8>, bool> = Default::default();
+                for (id, existed) in first {
+                    by_key.insert(keys::customer(id), existed);
+                }
+                by_key.into_values().collect()
+            }
+            _ => self.exist("write (read customers)", &customer_keys)?,
+        };
         let timers_existed = self.exist("write (read timers)", &timer_keys)?;
 
         let mut batch = WriteBatch::default();
@@ -683,10 +764,27 @@ impl Store for RocksStore {
             self.timer_writes.fetch_add(1, Ordering::SeqCst);
             self.timer_floor.fetch_min(earliest, Ordering::SeqCst);
         }
+        // Out of the state cache before the commit, back in after it (see `StateCache`).
+        if let Some(cache) = &self.states {
+            for (id, _) in &set.customers {
+                cache.remove(id.as_str());
+            }
+        }
         let committed = self
             .db
             .write_opt(batch, &self.write_options())
             .map_err(backend("write"));
+        if let (Some(cache), Ok(())) = (&self.states, &committed) {
+            let mut last: std::collections::HashMap<&str, Option<&Vec<u8>>> = Default::default();
+            for (id, value) in &set.customers {
+                last.insert(id.as_str(), value.as_ref());
+            }
+            for (id, value) in last {
+                if let Some(value) = value {
+                    cache.insert(id.into(), Arc::from(value.as_slice()));
+                }
+            }
+        }
         if earliest.is_some() {
             self.writing_floor.store(Millis::MAX, Ordering::SeqCst);
         }

@@ -14,6 +14,7 @@ fn small() -> StoreOptions {
         block_cache_bytes: 1 << 20,
         write_buffer_bytes: 1 << 20,
         sync_writes: false,
+        state_cache_bytes: 1 << 16,
     }
 }
 
@@ -28,6 +29,21 @@ fn passes_the_conformance_suite() {
     conformance::run_all(&|| {
         let dir = TempDir::new().unwrap();
         let store = open(dir.path());
+        dirs.borrow_mut().push(dir);
+        Box::new(store)
+    });
+}
+
+#[test]
+fn passes_the_conformance_suite_without_the_state_cache() {
+    let dirs = RefCell::new(Vec::new());
+    conformance::run_all(&|| {
+        let dir = TempDir::new().unwrap();
+        let opts = StoreOptions {
+            state_cache_bytes: 0,
+            ..small()
+        };
+        let store = RocksStore::open(dir.path(), &opts).unwrap();
         dirs.borrow_mut().push(dir);
         Box::new(store)
     });
@@ -82,6 +98,7 @@ fn reopening_keeps_everything() {
             ("bob".into(), b"h1".to_vec()),
         ],
         history_limit: 8,
+        customers_existed: Some(vec![false, false, false]),
     };
     {
         let store = open(dir.path());

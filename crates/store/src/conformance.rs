@@ -676,6 +676,7 @@ pub fn write_all_parts_together(store: &dyn Store) {
             timer_partitions: vec![],
             history: vec![("a".into(), b"h1".to_vec()), ("b".into(), b"h1".to_vec())],
             history_limit: 8,
+            customers_existed: None,
         },
     );
     write(
@@ -688,6 +689,7 @@ pub fn write_all_parts_together(store: &dyn Store) {
             timer_partitions: vec![],
             history: vec![("a".into(), b"h2".to_vec())],
             history_limit: 8,
+            customers_existed: None,
         },
     );
     assert_eq!(
@@ -735,6 +737,7 @@ pub fn write_refused_changes_nothing(store: &dyn Store) {
             timer_partitions: vec![],
             history: vec![("a".into(), b"h".to_vec())],
             history_limit: 4,
+            customers_existed: None,
         },
     );
     let ids = ["a", "b", "c"];
@@ -750,6 +753,7 @@ pub fn write_refused_changes_nothing(store: &dyn Store) {
         ],
         history: vec![("a".into(), b"x".to_vec()), ("c".into(), b"x".to_vec())],
         history_limit: 1,
+        customers_existed: None,
     };
     let err = store.write(&bad).expect_err("a too-long topic is refused");
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
@@ -847,6 +851,16 @@ pub fn random_writes_match_model(store: &dyn Store) {
                 let value = (0..len).map(|_| rng.next() as u8).collect();
                 set.customers.push((id, Some(value)));
             }
+        }
+        if rng.below(2) == 0 {
+            // What a caller that read the states first would say.
+            let mut seen = std::collections::BTreeSet::new();
+            let known = set
+                .customers
+                .iter()
+                .map(|(id, _)| seen.insert(id.clone()) && model.customers.contains_key(id))
+                .collect();
+            set.customers_existed = Some(known);
         }
         for _ in 0..rng.below(4) {
             // Half of the clears hit a present entry, half are most likely absent.

@@ -97,6 +97,12 @@ pub struct WriteSet {
     /// How many history entries each customer named in `history` keeps after this write (the
     /// oldest go first). `0` keeps none.
     pub history_limit: usize,
+    /// Optional, for each entry of `customers`: whether that customer's state was stored
+    /// before this write, as the caller knows it (the daemon reads every state it writes). A
+    /// store may take it instead of reading the keys again to keep [`Store::customer_count`]
+    /// exact, so it must be right; only a customer's first entry counts. `None`, or a length
+    /// other than that of `customers`: the store finds out itself.
+    pub customers_existed: Option<Vec<bool>>,
 }
 
 impl WriteSet {
