@@ -223,8 +223,9 @@ fn main() {
              every tenth event is a probe (card_blocked for a new customer, answered at once with \
              an in-app send); from the produce call to the action's arrival at a consumer of the \
              action topics. It includes the service's batching (a batch closes when no message comes for \
-             2 ms, at most 20 ms after its first), the producers' 1 ms linger and the acknowledgement round trip. The \"ms per batch\" line splits the service's \
-             time per batch into its stages and the rest of its loop.",
+             2 ms, at most 20 ms after its first), the producers' 1 ms linger and the acknowledgement round trip. The \"ms per batch\" line gives the service's \
+             time per batch, then each stage's (a batch's sends and write overlap the next \
+             batch's collection and processing), then how long the loop waited for them.",
         );
     }
     if on("scale") {

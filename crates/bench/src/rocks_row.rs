@@ -31,11 +31,7 @@ pub fn daemon_store_options() -> StoreOptions {
     let config = journeyd::config::Config::default();
     StoreOptions {
         block_cache_bytes: (config.store.block_cache_mb as usize) << 20,
-        state_cache_bytes: std::env::var("XSC")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(config.store.state_cache_mb as usize)
-            << 20,
+        state_cache_bytes: (config.store.state_cache_mb as usize) << 20,
         sync_writes: config.store.sync_writes,
         ..StoreOptions::default()
     }

@@ -95,7 +95,8 @@ pub fn labelled(text: &str, name: &str, label: &str) -> Option<f64> {
 }
 
 /// The daemon's ms per batch in its stages, from `journeyd_batch_seconds`, over `secs` seconds
-/// of firing: process / produce + acks / write / the rest of the loop.
+/// of firing: all / process / produce + acks / write / waiting for the previous batch's acks /
+/// for its write (sends and writes overlap the next batch).
 fn stages(text: &str, secs: f64) -> String {
     let stage = |s: &str| {
         let label = format!("stage=\"{s}\"");
@@ -105,18 +106,18 @@ fn stages(text: &str, secs: f64) -> String {
         )
     };
     let (process, batches) = stage("process");
-    let (produce, write) = (stage("produce").0, stage("write").0);
     if batches < 1.0 {
         return "no batch".into();
     }
     let per = |x: f64| 1000.0 * x / batches;
-    let rest = per(secs) - per(process) - per(produce) - per(write);
     format!(
-        "{batches:.0} batches: {:.1} / {:.1} / {:.1} / {:.1}",
+        "{batches:.0} batches: {:.1} / {:.1} / {:.1} / {:.1} / {:.1} / {:.1}",
+        per(secs),
         per(process),
-        per(produce),
-        per(write),
-        rest.max(0.0)
+        per(stage("produce").0),
+        per(stage("write").0),
+        per(stage("produce_wait").0),
+        per(stage("write_wait").0),
     )
 }
 
@@ -432,7 +433,7 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
             verdict: Verdict::of(rate >= TARGET_FIRE_RATE),
         },
         Row::info(
-            format!("{who}: the daemon's ms per batch while firing: process / produce + acks / write / the rest (collect, due-timer scan)"),
+            format!("{who}: the daemon's ms per batch while firing: all / process / produce + acks / write / waiting for the previous batch's acks / for its write"),
             stages,
         ),
         Row::info(

@@ -1,7 +1,8 @@
 //! The service loop: Kafka in, engine, Kafka out, RocksDB.
 //!
-//! One loop, one batch at a time:
-//! 1. consume up to `batch_max_messages` (waiting at most `batch_linger_ms` once the first came);
+//! Each batch goes through these steps, in order:
+//! 1. consume up to `batch_max_messages` (a pause of 2 ms closes the batch, and it waits at
+//!    most `batch_linger_ms` once the first came);
 //! 2. decode; undecodable or invalid messages are routed to the dead-letter topic;
 //! 3. add the timers that are due (only once consumption has caught up after a start, so a
 //!    backlog of events is seen before the timers it may overtake);
@@ -11,9 +12,16 @@
 //! 7. commit the offsets to Kafka too (only for lag dashboards: the store's offsets are the
 //!    ones used on restart, seeded into every assignment).
 //!
+//! Batches overlap: while batch N's actions wait for their acknowledgements (5) and batch N-1
+//! is written (6), batch N+1 is consumed and processed (1-4), reading the states and timers
+//! through the writes not yet in the store ([`crate::processor::Unwritten`]). Sends go out in
+//! batch order (N+1's only after N's are acknowledged) and writes land in batch order, each
+//! after its batch's acknowledgements.
+//!
 //! A crash anywhere before 6 replays the batch from the same stored states: the same actions
 //! (same ids, same content) are produced again, and channel adapters de-duplicate on the id.
-//! A failure in 5 or 6 retries the batch the same way, so nothing is lost in a Kafka outage.
+//! A failure in 5 retries the same sends, in 6 the same write, so nothing is lost in a Kafka
+//! outage.
 
 use crate::clock::{wall_now, Clock};
 use crate::config::{Config, Encoding};
