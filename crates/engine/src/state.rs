@@ -36,6 +36,7 @@ pub struct CustomerState {
     /// Recent sends, for frequency caps.
     pub sent: Vec<SentMark>,
     /// The earliest time at which the engine has work for this customer (the pending timer).
+    #[serde(with = "relative::opt")]
     pub wake: Option<Millis>,
 }
 
@@ -45,6 +46,7 @@ pub struct JourneyMemory {
     /// The journey id.
     pub id: String,
     /// When the customer last entered, if ever.
+    #[serde(with = "relative::opt")]
     pub entered_at: Option<Millis>,
     /// The version of the last entry.
     pub version: u32,
@@ -58,6 +60,7 @@ pub struct JourneyMemory {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Inactivity {
     /// When the customer enters.
+    #[serde(with = "relative::at")]
     pub due: Millis,
     /// The last event of the watched type (the entry condition's `event`).
     pub event: StoredEvent,
@@ -73,6 +76,7 @@ pub struct StoredEvent {
     /// The channel.
     pub channel: Option<String>,
     /// When it happened.
+    #[serde(with = "relative::at")]
     pub occurred_at: Millis,
     /// Its attributes.
     pub attributes: Attributes,
@@ -91,8 +95,10 @@ pub struct Instance {
     /// The current step index.
     pub step: u16,
     /// When the customer entered.
+    #[serde(with = "relative::at")]
     pub entered_at: Millis,
     /// When the current wait ends, if the instance is waiting for time.
+    #[serde(with = "relative::opt")]
     pub deadline: Option<Millis>,
     /// How many sends the instance has made (seeds action ids in loops).
     pub visits: u32,
@@ -118,6 +124,7 @@ pub struct Outstanding {
     /// The channel (kept so a cancel always finds its topic).
     pub channel: String,
     /// When it stops being outstanding.
+    #[serde(with = "relative::at")]
     pub expires_at: Millis,
 }
 
@@ -137,6 +144,7 @@ pub struct Held {
     #[serde(with = "fixed_u64")]
     pub key: u64,
     /// When quiet hours end.
+    #[serde(with = "relative::at")]
     pub release_at: Millis,
     /// The personalisation values, evaluated when the send was due.
     pub vars: Attributes,
@@ -146,6 +154,7 @@ pub struct Held {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SentMark {
     /// When it was emitted.
+    #[serde(with = "relative::at")]
     pub at: Millis,
     /// The channel.
     pub channel: String,
@@ -304,11 +313,72 @@ pub enum What {
 /// The stored format of [`CustomerState`]: its first byte.
 ///
 /// Format 0 (the first) had no such byte: it began with the clock, a zigzag varint whose first
-/// byte is even for every clock at or after 1970. Format 1 (this one) begins with an odd byte,
-/// so the two cannot be confused (a format-0 state would need a clock before 1970). Format 1
-/// left out the history and stores action ids and instance keys as fixed-width bytes (a random
-/// 128-bit id takes 19 bytes as a varint, 16 as bytes).
-pub const STATE_FORMAT: u8 = 1;
+/// byte is even for every clock at or after 1970. Later formats begin with an odd byte, so they
+/// cannot be confused with it (a format-0 state would need a clock before 1970). Format 1 left
+/// out the history and stores action ids and instance keys as fixed-width bytes (a random
+/// 128-bit id takes 19 bytes as a varint, 16 as bytes). Format 3 (this one; 2 is even) has the
+/// same fields, with every time but the clock stored relative to the clock (see `relative`).
+pub const STATE_FORMAT: u8 = 3;
+
+/// Format 1: absolute times (read, not written).
+const FORMAT_1: u8 = 1;
+
+/// Times stored relative to the state's clock (format 3): a deadline two days ahead takes 4
+/// bytes, an entry a minute ago 3, instead of 6 each for an absolute time. The base is the
+/// clock, the state's first field, set for the one (de)serialisation of a state by
+/// [`relative::with_base`]; it is 0 otherwise, which reads and writes absolute times (format 1).
+mod relative {
+    use journeyd_types::Millis;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::cell::Cell;
+
+    thread_local! {
+        static BASE: Cell<Millis> = const { Cell::new(0) };
+    }
+
+    /// Runs `f` with times relative to `base`; back to absolute after, even if `f` panics.
+    pub fn with_base<R>(base: Millis, f: impl FnOnce() -> R) -> R {
+        struct Reset;
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                BASE.with(|b| b.set(0));
+            }
+        }
+        BASE.with(|b| b.set(base));
+        let _reset = Reset;
+        f()
+    }
+
+    fn base() -> Millis {
+        BASE.with(Cell::get)
+    }
+
+    /// A time.
+    pub mod at {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(v: &Millis, s: S) -> Result<S::Ok, S::Error> {
+            v.wrapping_sub(base()).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Millis, D::Error> {
+            Millis::deserialize(d).map(|v| v.wrapping_add(base()))
+        }
+    }
+
+    /// A time, if any.
+    pub mod opt {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(v: &Option<Millis>, s: S) -> Result<S::Ok, S::Error> {
+            v.map(|v| v.wrapping_sub(base())).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Millis>, D::Error> {
+            Option::<Millis>::deserialize(d).map(|v| v.map(|v| v.wrapping_add(base())))
+        }
+    }
+}
 
 /// Action ids as 16 little-endian bytes, not a varint (random ids would take 19 bytes).
 mod fixed_u128 {
@@ -451,7 +521,8 @@ mod format0 {
 impl CustomerState {
     /// Serialises the state for the store: [`STATE_FORMAT`], then the fields in order.
     pub fn to_bytes(&self) -> Vec<u8> {
-        postcard::to_extend(self, vec![STATE_FORMAT]).expect("serialising to memory cannot fail")
+        relative::with_base(self.clock, || postcard::to_extend(self, vec![STATE_FORMAT]))
+            .expect("serialising to memory cannot fail")
     }
 
     /// Reads a stored state, of this format or an older one (an older state's history is
@@ -468,8 +539,15 @@ impl CustomerState {
     /// either read as written or refused, never misread.
     pub fn decode(bytes: &[u8]) -> Result<(CustomerState, Vec<Record>), postcard::Error> {
         match bytes.first() {
-            Some(&STATE_FORMAT) => {
-                let (state, rest) = postcard::take_from_bytes(&bytes[1..])?;
+            Some(&format @ (STATE_FORMAT | FORMAT_1)) => {
+                // Format 3's times are relative to the clock, its first field.
+                let base = if format == STATE_FORMAT {
+                    postcard::take_from_bytes::<Millis>(&bytes[1..])?.0
+                } else {
+                    0
+                };
+                let (state, rest) =
+                    relative::with_base(base, || postcard::take_from_bytes(&bytes[1..]))?;
                 if !rest.is_empty() {
                     return Err(postcard::Error::DeserializeBadEncoding);
                 }
@@ -617,7 +695,7 @@ mod tests {
         );
         assert_eq!(old_history, history);
         assert_eq!(CustomerState::from_bytes(&bytes).unwrap(), expected);
-        // Written again, it is format 1, and reads back the same, without history.
+        // Written again, it is this format, and reads back the same, without history.
         let again = state.to_bytes();
         assert_eq!(again[0], STATE_FORMAT);
         assert_eq!(
@@ -625,6 +703,38 @@ mod tests {
             (expected, Vec::new())
         );
         assert!(again.len() < bytes.len());
+    }
+
+    #[test]
+    fn format1_states_read_the_same_and_format3_is_smaller() {
+        let clock = 1_767_600_000_000;
+        let (_, mut state, _) = format0(clock);
+        // Times far from the clock, both ways, round-trip too.
+        state.instances[0].deadline = Some(Millis::MAX);
+        state.journeys[0].entered_at = Some(Millis::MIN);
+        // Format 1: the same fields, absolute times, behind the byte 1.
+        let mut format1 = vec![FORMAT_1];
+        format1.extend(postcard::to_allocvec(&state).unwrap());
+        assert_eq!(CustomerState::from_bytes(&format1).unwrap(), state);
+        let format3 = state.to_bytes();
+        assert_eq!(format3[0], STATE_FORMAT);
+        assert_eq!(CustomerState::from_bytes(&format3).unwrap(), state);
+        // Absolute times take 6 bytes today; relative ones within days of the clock, 3 to 5.
+        let (_, near, _) = format0(clock);
+        let mut near1 = vec![FORMAT_1];
+        near1.extend(postcard::to_allocvec(&near).unwrap());
+        assert!(
+            near.to_bytes().len() + 10 <= near1.len(),
+            "format 3 {} bytes, format 1 {}",
+            near.to_bytes().len(),
+            near1.len()
+        );
+        // Outside a state's own (de)serialisation, times are absolute (JSON, format 0).
+        let json = serde_json::to_string(&near.instances[0]).unwrap();
+        assert!(
+            json.contains(&near.instances[0].entered_at.to_string()),
+            "{json}"
+        );
     }
 
     #[test]
@@ -638,8 +748,8 @@ mod tests {
             "bytes left over"
         );
         bytes.pop();
-        bytes[0] = 3;
-        assert!(CustomerState::from_bytes(&bytes).is_err(), "format 3");
+        bytes[0] = 5;
+        assert!(CustomerState::from_bytes(&bytes).is_err(), "format 5");
         assert!(CustomerState::from_bytes(&[]).is_err());
         let cut = &state.to_bytes()[..20];
         assert!(CustomerState::from_bytes(cut).is_err());
