@@ -101,9 +101,10 @@ impl Unwritten {
                 last.insert((*due, c.as_str()), Some(owner.get(c.as_str()).copied()));
             }
         }
-        let cleared = last.values().filter(|v| v.is_none()).count();
+        // Every entry the writes touch is left out of the store's answer below: read that many
+        // more, so the first `limit` of what is left are the first `limit` in the store.
         let mut due: Vec<DueTimer> = store
-            .due_timers_in(up_to, limit + cleared, owned)?
+            .due_timers_in(up_to, limit + last.len(), owned)?
             .into_iter()
             .filter(|t| !last.contains_key(&(t.due, t.customer.as_str())))
             .collect();
@@ -433,6 +434,30 @@ mod tests {
                 "round {round}"
             );
         }
+    }
+
+    #[test]
+    fn an_entry_moved_to_another_partition_does_not_hide_the_next_stored_one() {
+        let store = MemoryStore::new();
+        let t = |due: Millis, c: &str| (due, c.to_owned());
+        store
+            .write(&WriteSet {
+                set_timers: vec![t(1, "a"), t(2, "b"), t(3, "c")],
+                timer_partitions: vec![("a".into(), 0), ("b".into(), 0), ("c".into(), 0)],
+                ..WriteSet::default()
+            })
+            .unwrap();
+        let mut unwritten = Unwritten::none();
+        // Not yet written: a's entry moves to partition 1 (not owned here), d gets one at 4.
+        unwritten.push(Arc::new(WriteSet {
+            set_timers: vec![t(1, "a"), t(4, "d")],
+            timer_partitions: vec![("a".into(), 1), ("d".into(), 0)],
+            ..WriteSet::default()
+        }));
+        let owned = |p: i32| p == 0;
+        let due = unwritten.due_timers_in(&store, 10, 2, &owned).unwrap();
+        let got: Vec<(Millis, &str)> = due.iter().map(|d| (d.due, d.customer.as_str())).collect();
+        assert_eq!(got, vec![(2, "b"), (3, "c")]);
     }
 
     fn event(customer: &str, kind: &str, at: Millis, value: f64) -> Work {

@@ -42,7 +42,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -82,6 +82,24 @@ pub struct Context {
     store: Arc<dyn Store>,
     metrics: Metrics,
     owned: Arc<Owned>,
+    /// The next offset of each partition after the batches processed so far, written or not.
+    /// Batches overlap, so the store's offsets may trail these by a batch or two whose actions
+    /// are on their way; an assignment resumes after both (see `rebalance`).
+    processed: Arc<Mutex<BTreeMap<(String, i32), i64>>>,
+}
+
+impl Context {
+    /// Records a processed batch's consumed offsets.
+    fn processed(&self, offsets: &[Offset]) {
+        let mut p = self
+            .processed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for o in offsets {
+            let next = p.entry((o.topic.clone(), o.partition)).or_insert(o.next);
+            *next = (*next).max(o.next);
+        }
+    }
 }
 
 /// The input partitions assigned to this process, and how far each has been read.
@@ -277,6 +295,35 @@ impl ClientContext for Context {
     }
 }
 
+/// Where each assigned partition resumes: after the last batch written to the store or the
+/// last one processed, whichever is further; partitions with neither are left out (the group's
+/// committed offset, or `auto.offset.reset`, applies).
+fn resume_at(
+    assigned: &[(String, i32)],
+    stored: &[Offset],
+    processed: &BTreeMap<(String, i32), i64>,
+) -> Vec<(String, i32, i64)> {
+    assigned
+        .iter()
+        .filter_map(|(topic, partition)| {
+            let written = stored
+                .iter()
+                .find(|o| &o.topic == topic && o.partition == *partition)
+                .map(|o| o.next);
+            let read = processed.get(&(topic.clone(), *partition)).copied();
+            let next = written.max(read)?;
+            tracing::info!(
+                topic,
+                partition,
+                offset = next,
+                written = ?written,
+                "Resuming after the last batch applied."
+            );
+            Some((topic.clone(), *partition, next))
+        })
+        .collect()
+}
+
 impl ConsumerContext for Context {
     fn rebalance(
         &self,
@@ -291,34 +338,23 @@ impl ConsumerContext for Context {
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 // Why: the store, not Kafka's committed offsets, says what has been applied to
-                // the state; resume exactly after the last batch written.
+                // the state; resume exactly after the last batch written, or after the last
+                // one processed if that is further (its write follows its acknowledgements,
+                // and later batches already read through it: reading it again would apply
+                // its events twice).
                 match self.store.offsets() {
                     Ok(stored) => {
-                        for el in tpl.elements() {
-                            if let Some(o) = stored
-                                .iter()
-                                .find(|o| o.topic == el.topic() && o.partition == el.partition())
-                            {
-                                tracing::info!(
-                                    topic = el.topic(),
-                                    partition = el.partition(),
-                                    offset = o.next,
-                                    "Resuming from the stored offset."
-                                );
-                            }
-                        }
-                        let seeds: Vec<(String, i32, i64)> = tpl
+                        let processed = self
+                            .processed
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .clone();
+                        let assigned: Vec<(String, i32)> = tpl
                             .elements()
                             .iter()
-                            .filter_map(|el| {
-                                stored
-                                    .iter()
-                                    .find(|o| {
-                                        o.topic == el.topic() && o.partition == el.partition()
-                                    })
-                                    .map(|o| (el.topic().to_owned(), el.partition(), o.next))
-                            })
+                            .map(|el| (el.topic().to_owned(), el.partition()))
                             .collect();
+                        let seeds = resume_at(&assigned, &stored, &processed);
                         for (topic, partition, next) in seeds {
                             let _ = tpl.set_partition_offset(
                                 &topic,
@@ -467,6 +503,7 @@ pub fn clients(shared: &Shared) -> Result<(StreamConsumer<Context>, FutureProduc
         store: shared.store.clone(),
         metrics: shared.metrics.clone(),
         owned: Arc::new(Owned::default()),
+        processed: Arc::default(),
     })?;
     let topics: Vec<&str> = shared
         .config
@@ -923,6 +960,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             write,
             tally,
         } = out;
+        consumer.context().processed(&write.offsets);
         let write = Arc::new(write);
         unwritten.push(write.clone());
         // Actions go out in batch order: the previous batch's must be acknowledged first (a
@@ -1168,6 +1206,38 @@ mod tests {
 
     fn at_head(o: &Owned, topic: &str, p: i32) {
         o.lock().get_mut(&(topic.to_owned(), p)).unwrap().at_head = true;
+    }
+
+    #[test]
+    fn an_assignment_resumes_after_the_last_batch_processed_or_written() {
+        let stored = vec![
+            Offset {
+                topic: "a".into(),
+                partition: 0,
+                next: 10,
+            },
+            Offset {
+                topic: "a".into(),
+                partition: 1,
+                next: 50,
+            },
+        ];
+        // Partition 0 has two batches processed beyond the store; 1 is written further than
+        // anything processed since the start; 2 was only processed; 3 is new.
+        let processed = BTreeMap::from([
+            (("a".to_owned(), 0), 30),
+            (("a".to_owned(), 1), 40),
+            (("a".to_owned(), 2), 7),
+        ]);
+        let assigned: Vec<(String, i32)> = (0..4).map(|p| ("a".to_owned(), p)).collect();
+        assert_eq!(
+            resume_at(&assigned, &stored, &processed),
+            vec![
+                ("a".to_owned(), 0, 30),
+                ("a".to_owned(), 1, 50),
+                ("a".to_owned(), 2, 7)
+            ]
+        );
     }
 
     #[test]

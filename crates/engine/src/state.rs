@@ -336,16 +336,16 @@ mod relative {
         static BASE: Cell<Millis> = const { Cell::new(0) };
     }
 
-    /// Runs `f` with times relative to `base`; back to absolute after, even if `f` panics.
+    /// Runs `f` with times relative to `base`; the base before is back after, even if `f`
+    /// panics.
     pub fn with_base<R>(base: Millis, f: impl FnOnce() -> R) -> R {
-        struct Reset;
-        impl Drop for Reset {
+        struct Restore(Millis);
+        impl Drop for Restore {
             fn drop(&mut self) {
-                BASE.with(|b| b.set(0));
+                BASE.with(|b| b.set(self.0));
             }
         }
-        BASE.with(|b| b.set(base));
-        let _reset = Reset;
+        let _restore = Restore(BASE.with(|b| b.replace(base)));
         f()
     }
 
