@@ -216,16 +216,18 @@ fn main() {
             "the limit is the Kafka client and broker: a plain rdkafka StreamConsumer → \
              FutureProducer loop copying the same messages one for one, with the service's own \
              clients (journeyd::service::clients: same consumer settings, idempotent acks=all \
-             producer, linger.ms=1, lz4; fetch.wait.max.ms=5, as neither broker here answers a fetch early) and the same batching (up to 1,000 messages, 20 ms \
-             linger, every send acknowledged before the next batch, async offset commit). Both \
+             producer, linger.ms=1, lz4; fetch.wait.max.ms=5, as neither broker here answers a \
+             fetch early) and the same batching (up to 1,000 messages, closed by a 2 ms pause or \
+             at 20 ms, every send acknowledged before the next batch, async offset commit). Both \
              are clocked from the end of their first batch to the end of the last, all in one \
              process on the same cores as the broker (mock) or next to it (tansu). Latency: \
              every tenth event is a probe (card_blocked for a new customer, answered at once with \
              an in-app send); from the produce call to the action's arrival at a consumer of the \
-             action topics. It includes the service's batching (a batch closes when no message comes for \
-             2 ms, at most 20 ms after its first), the producers' 1 ms linger and the acknowledgement round trip. The \"ms per batch\" line gives the service's \
-             time per batch, then each stage's (a batch's sends and write overlap the next \
-             batch's collection and processing), then how long the loop waited for them.",
+             action topics. It includes the upstream producer's 5 ms linger, the service's \
+             batching, its producer's 1 ms linger, the acknowledgement round trip and both \
+             consumers' fetches. The \"ms per batch\" line gives the service's time per batch, \
+             then each stage's (a batch's sends and write overlap the next batch's collection and \
+             processing), then how long the loop waited for them.",
         );
     }
     if on("scale") {

@@ -187,6 +187,21 @@ pub fn produce_all(bootstrap: &str, topic: &str, payloads: &[Payload]) -> anyhow
     Ok(())
 }
 
+/// The service's batch stages (`journeyd_batch_seconds{stage}`) a "ms per batch" line reports,
+/// in its order.
+pub const STAGES: [&str; 5] = ["process", "produce", "write", "produce_wait", "write_wait"];
+
+/// What a "ms per batch" line says, after its count of batches.
+pub const STAGES_LINE: &str = "all / process / produce + acks / write / waiting for the previous batch's acks / for its write (sends and writes overlap the next batch)";
+
+/// A "ms per batch" line's figures: ms per batch in all, then per stage of [`STAGES`].
+pub fn stages_figures(all_ms: f64, stage_ms: [f64; 5]) -> String {
+    let [process, produce, write, produce_wait, write_wait] = stage_ms;
+    format!(
+        "{all_ms:.1} / {process:.1} / {produce:.1} / {write:.1} / {produce_wait:.1} / {write_wait:.1}"
+    )
+}
+
 /// `fetch.wait.max.ms` of every consumer of the harness and the service (see [`service_config`]).
 pub const FETCH_WAIT_MS: &str = "5";
 
@@ -289,7 +304,7 @@ pub struct Run {
     /// Batches, and the seconds they spent in the service's stages (process, produce, write),
     /// from `journeyd_batch_seconds`; all zero for the copy.
     pub batches: u64,
-    /// Seconds in the stages `process`, `produce`, `write`, `produce_wait`, `write_wait`.
+    /// Seconds in each of [`STAGES`].
     pub stages: [f64; 5],
     /// Seconds from start to the end of the last batch.
     pub wall: f64,
@@ -339,14 +354,8 @@ pub async fn service_run(
             .with_label_values(&[name]);
         (h.get_sample_sum(), h.get_sample_count())
     };
-    let (process, batches) = stage("process");
-    let stages = [
-        process,
-        stage("produce").0,
-        stage("write").0,
-        stage("produce_wait").0,
-        stage("write_wait").0,
-    ];
+    let batches = stage("process").1;
+    let stages = STAGES.map(|s| stage(s).0);
     let produced = Metrics::total(&service.shared.metrics.actions);
     let rejected = Metrics::total(&service.shared.metrics.events_rejected);
     service.stop().await?;
@@ -496,17 +505,14 @@ pub async fn throughput(
         ),
         Row::info(
             format!(
-                "end to end, {kind}: the service's ms per batch ({} batches): all / process / produce + acks / write / waiting for the previous batch's acks / for its write (sends and writes overlap the next batch)",
+                "end to end, {kind}: the service's ms per batch ({} batches): {STAGES_LINE}",
                 thousands(svc.batches as f64)
             ),
             {
                 let per = |s: f64| 1000.0 * s / svc.batches.max(1) as f64;
                 // The clock ran from the end of the first batch: batches - 1 batches.
                 let batch = 1000.0 * (svc.wall - svc.startup) / (svc.batches.max(2) - 1) as f64;
-                let [process, produce, write, produce_wait, write_wait] = svc.stages.map(per);
-                format!(
-                    "{batch:.1} / {process:.1} / {produce:.1} / {write:.1} / {produce_wait:.1} / {write_wait:.1}"
-                )
+                stages_figures(batch, svc.stages.map(per))
             },
         ),
     ];

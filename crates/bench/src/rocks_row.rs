@@ -37,7 +37,7 @@ pub fn daemon_store_options() -> StoreOptions {
     }
 }
 
-/// One raw operation: a put (`Some`), a delete (`None`), or a merge (the history's appends).
+/// One raw operation: a put, a delete, or a merge (the history's appends).
 type RawBatch = Vec<(Vec<u8>, RawOp)>;
 
 #[derive(Debug, Clone)]
@@ -75,18 +75,8 @@ fn raw_ops(set: WriteSet) -> anyhow::Result<RawBatch> {
         ));
     }
     // The history's appends, one merge per customer as the store makes them.
-    let mut appended: std::collections::BTreeMap<&str, Vec<&[u8]>> = Default::default();
-    for (id, entry) in &set.history {
-        appended.entry(id).or_default().push(entry);
-    }
-    for (id, entries) in appended {
-        ops.push((
-            keys::history(id),
-            RawOp::Merge(journeyd_store_rocksdb::history_operand(
-                set.history_limit,
-                entries,
-            )),
-        ));
+    for (key, operand) in journeyd_store_rocksdb::history_merges(&set) {
+        ops.push((key, RawOp::Merge(operand)));
     }
     Ok(ops)
 }

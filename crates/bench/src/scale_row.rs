@@ -18,6 +18,7 @@
 //! (each fired timer sends an email: the action is produced and acknowledged, the state and
 //! timer index written).
 
+use crate::kafka_row;
 use crate::rocks_row::daemon_store_options;
 use crate::table::{bytes, percent, thousands, Row, Verdict};
 use crate::workload;
@@ -94,9 +95,8 @@ pub fn labelled(text: &str, name: &str, label: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The daemon's ms per batch in its stages, from `journeyd_batch_seconds`, over `secs` seconds
-/// of firing: all / process / produce + acks / write / waiting for the previous batch's acks /
-/// for its write (sends and writes overlap the next batch).
+/// The daemon's ms per batch while firing, from `journeyd_batch_seconds` over `secs` seconds:
+/// see [`kafka_row::STAGES_LINE`].
 fn stages(text: &str, secs: f64) -> String {
     let stage = |s: &str| {
         let label = format!("stage=\"{s}\"");
@@ -105,19 +105,14 @@ fn stages(text: &str, secs: f64) -> String {
             labelled(text, "journeyd_batch_seconds_count", &label).unwrap_or(0.0),
         )
     };
-    let (process, batches) = stage("process");
+    let batches = stage("process").1;
     if batches < 1.0 {
         return "no batch".into();
     }
     let per = |x: f64| 1000.0 * x / batches;
     format!(
-        "{batches:.0} batches: {:.1} / {:.1} / {:.1} / {:.1} / {:.1} / {:.1}",
-        per(secs),
-        per(process),
-        per(stage("produce").0),
-        per(stage("write").0),
-        per(stage("produce_wait").0),
-        per(stage("write_wait").0),
+        "{batches:.0} batches: {}",
+        kafka_row::stages_figures(per(secs), kafka_row::STAGES.map(|s| per(stage(s).0)))
     )
 }
 
@@ -433,7 +428,7 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
             verdict: Verdict::of(rate >= TARGET_FIRE_RATE),
         },
         Row::info(
-            format!("{who}: the daemon's ms per batch while firing: all / process / produce + acks / write / waiting for the previous batch's acks / for its write"),
+            format!("{who}: the daemon's ms per batch while firing: {}", kafka_row::STAGES_LINE),
             stages,
         ),
         Row::info(

@@ -33,16 +33,6 @@ impl Unwritten {
         (!self.0.is_empty()).then(|| self.0.remove(0))
     }
 
-    /// How many writes are unwritten.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether nothing is unwritten.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// The customers' states as they are after every unwritten write, in the order of `ids`.
     pub fn customers(
         &self,
@@ -221,8 +211,9 @@ fn count(tally: &mut Tally, state: &CustomerState, r: &Record) {
     }
 }
 
-/// Runs a batch over the stored states as `unwritten` changes them. `consumed` lists every message the batch covers, including those sent to the
-/// dead-letter topic, so their offsets are recorded too.
+/// Runs a batch over the stored states as `unwritten` changes them. `consumed` lists every
+/// message the batch covers, including those sent to the dead-letter topic, so their offsets
+/// are recorded too.
 pub fn run_batch(
     engine: &Engine,
     store: &dyn Store,

@@ -912,13 +912,16 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         }
         if prepared.consumed.is_empty() && prepared.work.is_empty() {
             // Nothing new: let the batches under way land and count (offsets, metrics) now.
-            if let Some(b) = sending.take() {
-                if !land(&shared, &consumer, &mut unwritten, &mut writing, b).await? {
-                    break;
-                }
-            }
-            if let Some(w) = writing.take() {
-                finish(&shared, &consumer, &mut unwritten, w).await?;
+            if !drain(
+                &shared,
+                &consumer,
+                &mut unwritten,
+                &mut sending,
+                &mut writing,
+            )
+            .await?
+            {
+                break;
             }
             continue;
         }
@@ -992,12 +995,14 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             topics: prepared.topics,
         });
     }
-    if let Some(b) = sending.take() {
-        land(&shared, &consumer, &mut unwritten, &mut writing, b).await?;
-    }
-    if let Some(w) = writing.take() {
-        finish(&shared, &consumer, &mut unwritten, w).await?;
-    }
+    drain(
+        &shared,
+        &consumer,
+        &mut unwritten,
+        &mut sending,
+        &mut writing,
+    )
+    .await?;
     tracing::info!("Stopping: flushing the producer.");
     let _ = producer.flush(Duration::from_secs(10));
     // A static member (group.instance.id) must not leave the group on its way out: its
@@ -1092,6 +1097,26 @@ async fn land(
     }
     *writing = Some(start_write(shared, b.write, b.topics));
     Ok(true)
+}
+
+/// Lets the batches under way land: the one being sent (once Kafka acknowledges it, then its
+/// write starts) and the one being written. Returns false if the one being sent was not
+/// acknowledged (the service is stopping).
+async fn drain(
+    shared: &Arc<Shared>,
+    consumer: &StreamConsumer<Context>,
+    unwritten: &mut Unwritten,
+    sending: &mut Option<Sending>,
+    writing: &mut Option<Writing>,
+) -> anyhow::Result<bool> {
+    let mut acknowledged = true;
+    if let Some(b) = sending.take() {
+        acknowledged = land(shared, consumer, unwritten, writing, b).await?;
+    }
+    if let Some(w) = writing.take() {
+        finish(shared, consumer, unwritten, w).await?;
+    }
+    Ok(acknowledged)
 }
 
 /// A batch's write, under way.

@@ -31,10 +31,23 @@ use rocksdb::{
 mod history;
 pub mod keys;
 
-/// The merge operand a write appends to a customer's history with: `entries`, and the most the
-/// history keeps. (For tools and benchmarks that write what the store writes.)
-pub fn history_operand<'a>(limit: usize, entries: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
-    history::operand(limit, entries)
+/// The history merges a write makes: one per customer named in `set.history`, `(key, operand)`,
+/// in key order, the customer's entries in order. (Public for tools and benchmarks that write
+/// what the store writes.)
+pub fn history_merges(set: &WriteSet) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut appended: std::collections::BTreeMap<&str, Vec<&[u8]>> = Default::default();
+    for (id, entry) in &set.history {
+        appended.entry(id).or_default().push(entry);
+    }
+    appended
+        .into_iter()
+        .map(|(id, entries)| {
+            (
+                keys::history(id),
+                history::operand(set.history_limit, entries),
+            )
+        })
+        .collect()
 }
 
 use keys::{meta, Key, Table};
@@ -453,34 +466,24 @@ impl Store for RocksStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let Some(cache) = &self.states else {
-            return self
-                .db
-                .multi_get(ids.iter().map(|id| keys::customer(id)))
-                .into_iter()
-                .map(|r| r.map_err(backend("read customers")))
-                .collect();
-        };
-        let mut found: Vec<Option<Arc<[u8]>>> = ids.iter().map(|id| cache.get(*id)).collect();
-        let missing: Vec<usize> = (0..ids.len()).filter(|i| found[*i].is_none()).collect();
-        let mut read = if missing.is_empty() {
-            Vec::new()
-        } else {
-            self.db
-                .multi_get(missing.iter().map(|i| keys::customer(ids[*i])))
-                .into_iter()
-                .map(|r| r.map_err(backend("read customers")))
-                .collect::<Result<Vec<_>, _>>()?
+        // From the state cache where it has them; the rest in one MultiGet.
+        let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(ids.len());
+        let mut missing: Vec<usize> = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            match self.states.as_ref().and_then(|c| c.get(*id)) {
+                Some(state) => out.push(Some(state.to_vec())),
+                None => {
+                    missing.push(i);
+                    out.push(None);
+                }
+            }
         }
-        .into_iter();
-        let mut out = Vec::with_capacity(ids.len());
-        let mut next_missing = missing.iter().peekable();
-        for (i, hit) in found.iter_mut().enumerate() {
-            if next_missing.peek() == Some(&&i) {
-                next_missing.next();
-                out.push(read.next().flatten());
-            } else {
-                out.push(hit.take().map(|v| v.to_vec()));
+        if !missing.is_empty() {
+            let read = self
+                .db
+                .multi_get(missing.iter().map(|i| keys::customer(ids[*i])));
+            for (i, value) in missing.into_iter().zip(read) {
+                out[i] = value.map_err(backend("read customers"))?;
             }
         }
         Ok(out)
@@ -650,9 +653,11 @@ impl Store for RocksStore {
 
         // The final operation per key, in key order: later customer operations win, and timer
         // sets override clears of the same entry.
-        let mut customers: std::collections::BTreeMap<Vec<u8>, Option<&[u8]>> = Default::default();
+        // Per key, the customer and the final operation (`None` deletes).
+        let mut customers: std::collections::BTreeMap<Vec<u8>, (&str, Option<&[u8]>)> =
+            Default::default();
         for (id, value) in &set.customers {
-            customers.insert(keys::customer(id), value.as_deref());
+            customers.insert(keys::customer(id), (id.as_str(), value.as_deref()));
         }
         // The last partition given for a customer wins.
         let partitions: std::collections::HashMap<&str, i32> = set
@@ -686,12 +691,7 @@ impl Store for RocksStore {
                 for ((id, _), existed) in set.customers.iter().zip(known) {
                     first.entry(id.as_str()).or_insert(*existed);
                 }
-                // In key order, like `customers`.
-                let mut by_key: std::collections::BTreeMap<Vec<u8>, bool> = Default::default();
-                for (id, existed) in first {
-                    by_key.insert(keys::customer(id), existed);
-                }
-                by_key.into_values().collect()
+                customers.values().map(|(id, _)| first[id]).collect()
             }
             _ => self.exist("write (read customers)", &customer_keys)?,
         };
@@ -699,7 +699,7 @@ impl Store for RocksStore {
 
         let mut batch = WriteBatch::default();
         let mut customer_delta = 0i64;
-        for ((key, value), existed) in customers.iter().zip(customers_existed) {
+        for ((key, (_, value)), existed) in customers.iter().zip(customers_existed) {
             match value {
                 Some(bytes) => {
                     batch.put(key, bytes);
@@ -738,15 +738,8 @@ impl Store for RocksStore {
                 batch.delete(keys::history(id));
             }
         }
-        let mut appended: std::collections::BTreeMap<&str, Vec<&[u8]>> = Default::default();
-        for (id, entry) in &set.history {
-            appended.entry(id).or_default().push(entry);
-        }
-        for (id, entries) in appended {
-            batch.merge(
-                keys::history(id),
-                history::operand(set.history_limit, entries),
-            );
+        for (key, operand) in history_merges(set) {
+            batch.merge(key, operand);
         }
         let counters = Counters {
             timers: adjust(guard.timers, timer_delta, meta::TIMER_COUNT)?,
@@ -780,13 +773,9 @@ impl Store for RocksStore {
             .write_opt(batch, &self.write_options())
             .map_err(backend("write"));
         if let (Some(cache), Ok(())) = (&self.states, &committed) {
-            let mut last: std::collections::HashMap<&str, Option<&Vec<u8>>> = Default::default();
-            for (id, value) in &set.customers {
-                last.insert(id.as_str(), value.as_ref());
-            }
-            for (id, value) in last {
+            for (id, value) in customers.values() {
                 if let Some(value) = value {
-                    cache.insert(id.into(), Arc::from(value.as_slice()));
+                    cache.insert((*id).into(), Arc::from(*value));
                 }
             }
         }
