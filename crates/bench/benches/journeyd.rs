@@ -28,6 +28,11 @@ use journeyd_bench::{engine_row, rocks_row, scale_row};
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// The allocator of the `journeyd` binary, so that the rows run in this process (engine,
+/// engine + RocksDB, the service end to end) allocate as the daemon does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn knob(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
