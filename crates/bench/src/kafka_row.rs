@@ -189,17 +189,26 @@ pub fn produce_all(bootstrap: &str, topic: &str, payloads: &[Payload]) -> anyhow
 
 /// The service's batch stages (`journeyd_batch_seconds{stage}`) a "ms per batch" line reports,
 /// in its order.
-pub const STAGES: [&str; 5] = ["process", "produce", "write", "produce_wait", "write_wait"];
+pub const STAGES: [&str; 7] = [
+    "collect",
+    "prepare",
+    "process",
+    "produce",
+    "write",
+    "produce_wait",
+    "write_wait",
+];
 
 /// What a "ms per batch" line says, after its count of batches.
-pub const STAGES_LINE: &str = "all / process / produce + acks / write / waiting for the previous batch's acks / for its write (sends and writes overlap the next batch)";
+pub const STAGES_LINE: &str = "all / collect / decode + due-timer scan / process / produce + acks / write / waiting for the previous batch's acks / for its write (sends and writes overlap the next batch)";
 
 /// A "ms per batch" line's figures: ms per batch in all, then per stage of [`STAGES`].
-pub fn stages_figures(all_ms: f64, stage_ms: [f64; 5]) -> String {
-    let [process, produce, write, produce_wait, write_wait] = stage_ms;
-    format!(
-        "{all_ms:.1} / {process:.1} / {produce:.1} / {write:.1} / {produce_wait:.1} / {write_wait:.1}"
-    )
+pub fn stages_figures(all_ms: f64, stage_ms: [f64; STAGES.len()]) -> String {
+    std::iter::once(all_ms)
+        .chain(stage_ms)
+        .map(|ms| format!("{ms:.1}"))
+        .collect::<Vec<_>>()
+        .join(" / ")
 }
 
 /// `fetch.wait.max.ms` of every consumer of the harness and the service (see [`service_config`]).
@@ -305,7 +314,7 @@ pub struct Run {
     /// from `journeyd_batch_seconds`; all zero for the copy.
     pub batches: u64,
     /// Seconds in each of [`STAGES`].
-    pub stages: [f64; 5],
+    pub stages: [f64; STAGES.len()],
     /// Seconds from start to the end of the last batch.
     pub wall: f64,
 }
@@ -457,7 +466,7 @@ pub async fn copy_run(
         produced,
         done,
         batches: 0,
-        stages: [0.0; 5],
+        stages: [0.0; STAGES.len()],
         wall: (end - start).as_secs_f64(),
     })
 }

@@ -27,6 +27,7 @@ use crate::clock::{wall_now, Clock};
 use crate::config::{Config, Encoding};
 use crate::metrics::Metrics;
 use crate::processor::{run_batch, Output, Position, Unwritten, Work};
+use futures::FutureExt as _;
 use journeyd_codec::{ActionEncoder, Format, TouchpointDecoder};
 use journeyd_engine::Engine;
 use journeyd_store::{Millis, Offset, Store, WriteSet};
@@ -549,7 +550,15 @@ pub async fn collect(
     first_wait: Duration,
 ) -> (Vec<OwnedMessage>, bool) {
     let mut msgs = Vec::new();
-    let first = tokio::time::timeout(first_wait, consumer.recv()).await;
+    // No wait: take a message only if one is there (a zero timeout still waits for a tick of
+    // the runtime's timer, a millisecond or more).
+    let first = if first_wait.is_zero() {
+        consumer.recv().now_or_never().ok_or(())
+    } else {
+        tokio::time::timeout(first_wait, consumer.recv())
+            .await
+            .map_err(|_| ())
+    };
     match first {
         Err(_) => return (msgs, true),
         Ok(Err(error)) => {
@@ -836,16 +845,15 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 .observe(since.elapsed().as_secs_f64());
         };
         let collecting = Instant::now();
-        // With more timers due than one batch fires, don't wait for messages in between.
+        // With more timers due than one batch fires, don't wait for messages in between: take
+        // what is already there. (A 1 ms wait cost 4 ms per batch, timer resolution included.)
         let first_wait = if timers_backlogged {
-            Duration::from_millis(1)
+            Duration::ZERO
         } else {
             Duration::from_millis(100)
         };
         let (msgs, idle) = collect(&consumer, &shared.config, first_wait).await;
-        if !msgs.is_empty() {
-            stage("collect", collecting);
-        }
+        let collected = collecting.elapsed();
         // Caught up: nothing more to read, or reading at the head of the log (the newest message
         // is fresh). Under steady load the consumer is never idle, so freshness matters too.
         let newest = msgs.iter().filter_map(|m| m.timestamp().to_millis()).max();
@@ -900,7 +908,11 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         let Some(prepared) = prepared else {
             break;
         };
-        if !prepared.work.is_empty() {
+        if !prepared.work.is_empty() || !prepared.consumed.is_empty() {
+            // Counted for batches only (not for idle waits), whether of messages or of timers.
+            let m = &shared.metrics.batch_seconds;
+            m.with_label_values(&["collect"])
+                .observe(collected.as_secs_f64());
             stage("prepare", preparing);
         }
         timers_backlogged = prepared.timers >= shared.config.processing.timer_batch;

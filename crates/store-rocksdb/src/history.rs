@@ -18,7 +18,7 @@ use rocksdb::MergeOperands;
 pub const MERGE_OPERATOR: &str = "journeyd.history.v1";
 
 /// Appends one entry to a value or operand under construction.
-fn push_entry(out: &mut Vec<u8>, entry: &[u8]) {
+pub(crate) fn push_entry(out: &mut Vec<u8>, entry: &[u8]) {
     let len = u32::try_from(entry.len()).expect("a history entry is under 4 GiB");
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(entry);

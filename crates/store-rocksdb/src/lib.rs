@@ -32,21 +32,27 @@ mod history;
 pub mod keys;
 
 /// The history merges a write makes: one per customer named in `set.history`, `(key, operand)`,
-/// in key order, the customer's entries in order. (Public for tools and benchmarks that write
-/// what the store writes.)
+/// in the order of each customer's first entry, the customer's entries in order. (Public for
+/// tools and benchmarks that write what the store writes.)
 pub fn history_merges(set: &WriteSet) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut appended: std::collections::BTreeMap<&str, Vec<&[u8]>> = Default::default();
+    // Each customer's entries, found by the index of its first. The daemon names a customer's
+    // entries one after another, so the run under way is checked before the map.
+    let mut merges: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut index: std::collections::HashMap<&str, usize, foldhash::fast::RandomState> =
+        Default::default();
     for (id, entry) in &set.history {
-        appended.entry(id).or_default().push(entry);
+        let i = match merges.last() {
+            Some((last, _)) if last == id => merges.len() - 1,
+            _ => *index.entry(id).or_insert_with(|| {
+                merges.push((id, history::operand(set.history_limit, [])));
+                merges.len() - 1
+            }),
+        };
+        history::push_entry(&mut merges[i].1, entry);
     }
-    appended
+    merges
         .into_iter()
-        .map(|(id, entries)| {
-            (
-                keys::history(id),
-                history::operand(set.history_limit, entries),
-            )
-        })
+        .map(|(id, operand)| (keys::history(id), operand))
         .collect()
 }
 
@@ -388,7 +394,7 @@ impl RocksStore {
     }
 
     /// Which of `keys` exist, in order.
-    fn exist(&self, op: &'static str, keys: &[Vec<u8>]) -> Result<Vec<bool>, Error> {
+    fn exist<K: AsRef<[u8]>>(&self, op: &'static str, keys: &[K]) -> Result<Vec<bool>, Error> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -671,16 +677,33 @@ impl Store for RocksStore {
                 .map(|p| p.to_be_bytes().to_vec())
                 .unwrap_or_default()
         };
-        // Per key: None clears, Some(value) sets (the value names the owning partition).
-        let mut timers: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = Default::default();
-        for (due, customer) in &set.clear_timers {
-            timers.insert(keys::timer(*due, customer), None);
+        // Per key: the final operation (None clears, Some(value) sets, the value naming the
+        // owning partition), and whether the entry existed, if the caller knows (only the
+        // first mention's answer counts).
+        type TimerOp = (Option<Vec<u8>>, Option<bool>);
+        let mut timers: std::collections::BTreeMap<Vec<u8>, TimerOp> = Default::default();
+        let mentions = set.clear_timers.len() + set.set_timers.len();
+        let known = |i: usize| match &set.timers_existed {
+            Some(k) if k.len() == mentions => k[i],
+            _ => None,
+        };
+        let ops = set.clear_timers.iter().map(|t| (t, None)).chain(
+            set.set_timers
+                .iter()
+                .map(|t @ (_, customer)| (t, Some(partition_of(customer)))),
+        );
+        for (i, ((due, customer), op)) in ops.enumerate() {
+            timers
+                .entry(keys::timer(*due, customer))
+                .and_modify(|e| e.0 = op.clone())
+                .or_insert((op, known(i)));
         }
-        for (due, customer) in &set.set_timers {
-            timers.insert(keys::timer(*due, customer), Some(partition_of(customer)));
-        }
-        let customer_keys: Vec<Vec<u8>> = customers.keys().cloned().collect();
-        let timer_keys: Vec<Vec<u8>> = timers.keys().cloned().collect();
+        // Only the entries whose existence the caller did not say are read.
+        let unknown: Vec<&Vec<u8>> = timers
+            .iter()
+            .filter(|(_, (_, k))| k.is_none())
+            .map(|(key, _)| key)
+            .collect();
 
         // Why the lock spans the existence reads and the write: another writer committing
         // between them would make this batch's counter deltas wrong.
@@ -693,9 +716,16 @@ impl Store for RocksStore {
                 }
                 customers.values().map(|(id, _)| first[id]).collect()
             }
-            _ => self.exist("write (read customers)", &customer_keys)?,
+            _ => self.exist(
+                "write (read customers)",
+                &customers.keys().collect::<Vec<_>>(),
+            )?,
         };
-        let timers_existed = self.exist("write (read timers)", &timer_keys)?;
+        let mut read = self.exist("write (read timers)", &unknown)?.into_iter();
+        let timers_existed: Vec<bool> = timers
+            .values()
+            .map(|(_, k)| k.or_else(|| read.next()).unwrap_or(false))
+            .collect();
 
         let mut batch = WriteBatch::default();
         let mut customer_delta = 0i64;
@@ -713,7 +743,7 @@ impl Store for RocksStore {
             }
         }
         let mut timer_delta = 0i64;
-        for ((key, value), existed) in timers.iter().zip(timers_existed) {
+        for ((key, (value, _)), existed) in timers.iter().zip(timers_existed) {
             match (existed, value) {
                 (false, Some(value)) => {
                     batch.put(key, value);

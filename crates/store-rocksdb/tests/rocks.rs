@@ -99,6 +99,7 @@ fn reopening_keeps_everything() {
         ],
         history_limit: 8,
         customers_existed: Some(vec![false, false, false]),
+        timers_existed: None,
     };
     {
         let store = open(dir.path());

@@ -677,6 +677,7 @@ pub fn write_all_parts_together(store: &dyn Store) {
             history: vec![("a".into(), b"h1".to_vec()), ("b".into(), b"h1".to_vec())],
             history_limit: 8,
             customers_existed: None,
+            timers_existed: None,
         },
     );
     write(
@@ -690,6 +691,7 @@ pub fn write_all_parts_together(store: &dyn Store) {
             history: vec![("a".into(), b"h2".to_vec())],
             history_limit: 8,
             customers_existed: None,
+            timers_existed: None,
         },
     );
     assert_eq!(
@@ -738,6 +740,7 @@ pub fn write_refused_changes_nothing(store: &dyn Store) {
             history: vec![("a".into(), b"h".to_vec())],
             history_limit: 4,
             customers_existed: None,
+            timers_existed: None,
         },
     );
     let ids = ["a", "b", "c"];
@@ -754,6 +757,7 @@ pub fn write_refused_changes_nothing(store: &dyn Store) {
         history: vec![("a".into(), b"x".to_vec()), ("c".into(), b"x".to_vec())],
         history_limit: 1,
         customers_existed: None,
+        timers_existed: None,
     };
     let err = store.write(&bad).expect_err("a too-long topic is refused");
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
@@ -880,6 +884,16 @@ pub fn random_writes_match_model(store: &dyn Store) {
             let partition = rng.below(4) as i32 - 1;
             set.offsets
                 .push(offset(rng.pick(TOPICS), partition, rng.next() as i64));
+        }
+        if rng.below(2) == 0 {
+            // What a caller that read the index first would say, of some of the entries.
+            let known = set
+                .clear_timers
+                .iter()
+                .chain(&set.set_timers)
+                .map(|t| (rng.below(3) > 0).then(|| model.timers.contains(t)))
+                .collect();
+            set.timers_existed = Some(known);
         }
         let refuse = rng.below(20) == 0;
         if refuse {

@@ -103,6 +103,13 @@ pub struct WriteSet {
     /// exact, so it must be right; only a customer's first entry counts. `None`, or a length
     /// other than that of `customers`: the store finds out itself.
     pub customers_existed: Option<Vec<bool>>,
+    /// Optional, for each entry of `clear_timers` and then of `set_timers`: `Some(existed)`
+    /// where the caller knows whether that entry was in the timer index before this write
+    /// (the daemon knows it of the entries it fires, having just read them), `None` where it
+    /// does not. A store may take a known answer instead of reading the entry to keep
+    /// [`Store::pending_timers`] exact, so it must be right; only an entry's first mention
+    /// counts. `None`, or a length other than that of both lists: the store finds out itself.
+    pub timers_existed: Option<Vec<Option<bool>>>,
 }
 
 impl WriteSet {
