@@ -81,8 +81,11 @@ impl Unwritten {
         if self.0.is_empty() {
             return store.due_timers_in(up_to, limit, owned);
         }
-        // The last operation on each entry: `None` cleared, `Some(partition)` set.
-        let mut last: Map<(Millis, &str), Option<Option<i32>>> = Map::default();
+        // Every entry the writes touch, with its last operation: `None` cleared,
+        // `Some(partition)` set. Sorted, the newest operation first among equals, then one per
+        // entry.
+        type Touched<'a> = ((Millis, &'a str), usize, Option<Option<i32>>);
+        let mut touched: Vec<Touched> = Vec::new();
         for w in &self.0 {
             let owner: Map<&str, i32> = w
                 .timer_partitions
@@ -90,27 +93,26 @@ impl Unwritten {
                 .map(|(c, p)| (c.as_str(), *p))
                 .collect();
             for (due, c) in &w.clear_timers {
-                last.insert((*due, c.as_str()), None);
+                touched.push(((*due, c.as_str()), touched.len(), None));
             }
             for (due, c) in &w.set_timers {
-                last.insert((*due, c.as_str()), Some(owner.get(c.as_str()).copied()));
+                let op = Some(owner.get(c.as_str()).copied());
+                touched.push(((*due, c.as_str()), touched.len(), op));
             }
         }
-        // Every entry the writes touch is left out of the store's answer below: read that many
-        // more, so the first `limit` of what is left are the first `limit` in the store.
-        let mut due: Vec<DueTimer> = store
-            .due_timers_in(up_to, limit + last.len(), owned)?
-            .into_iter()
-            .filter(|t| !last.contains_key(&(t.due, t.customer.as_str())))
-            .collect();
-        // Entries the writes touch come from the writes alone (a set may change the owner).
-        for ((at, customer), op) in &last {
+        touched.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        touched.dedup_by_key(|t| t.0);
+        // The store leaves them out; they come from the writes alone (a set may change the
+        // owner).
+        let skip: Vec<(Millis, &str)> = touched.iter().map(|t| t.0).collect();
+        let mut due = store.due_timers_in_except(up_to, limit, owned, &skip)?;
+        for ((at, customer), _, op) in touched {
             if let Some(partition) = op {
-                if *at <= up_to && partition.is_none_or(owned) {
+                if at <= up_to && partition.is_none_or(owned) {
                     due.push(DueTimer {
-                        due: *at,
-                        customer: (*customer).to_owned(),
-                        partition: *partition,
+                        due: at,
+                        customer: customer.to_owned(),
+                        partition,
                     });
                 }
             }

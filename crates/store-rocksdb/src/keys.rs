@@ -148,6 +148,17 @@ pub fn timer(due: Millis, customer: &str) -> Vec<u8> {
     key
 }
 
+/// A timer key's due time and customer id bytes, without copying them; `None` if `key` is not
+/// a timer key (see [`Key::decode`] for why).
+pub fn timer_parts(key: &[u8]) -> Option<(Millis, &[u8])> {
+    let (&prefix, rest) = key.split_first()?;
+    if prefix != Table::Timers.prefix() {
+        return None;
+    }
+    let (due, customer) = rest.split_first_chunk::<8>()?;
+    Some((unflip_i64(*due), customer))
+}
+
 /// The first key after every timer due at or before `up_to` (an exclusive upper bound).
 pub fn timers_after(up_to: Millis) -> Vec<u8> {
     match up_to.checked_add(1) {

@@ -32,8 +32,12 @@ mod history;
 pub mod keys;
 
 /// The history merges a write makes: one per customer named in `set.history`, `(key, operand)`,
-/// in the order of each customer's first entry, the customer's entries in order. (Public for
-/// tools and benchmarks that write what the store writes.)
+/// in key order, the customer's entries in order. (Public for tools and benchmarks that write
+/// what the store writes.)
+///
+/// Why key order: RocksDB's memtable inserts a batch's keys fastest in order (each insert
+/// starts from where the last one went); in the order of the customers' first entries the
+/// merges took three times as long to insert.
 pub fn history_merges(set: &WriteSet) -> Vec<(Vec<u8>, Vec<u8>)> {
     // Each customer's entries, found by the index of its first. The daemon names a customer's
     // entries one after another, so the run under way is checked before the map.
@@ -50,6 +54,7 @@ pub fn history_merges(set: &WriteSet) -> Vec<(Vec<u8>, Vec<u8>)> {
         };
         history::push_entry(&mut merges[i].1, entry);
     }
+    merges.sort_unstable_by_key(|(id, _)| *id);
     merges
         .into_iter()
         .map(|(id, operand)| (keys::history(id), operand))
@@ -501,6 +506,16 @@ impl Store for RocksStore {
         limit: usize,
         owned: &dyn Fn(i32) -> bool,
     ) -> Result<Vec<DueTimer>, Error> {
+        self.due_timers_in_except(up_to, limit, owned, &[])
+    }
+
+    fn due_timers_in_except(
+        &self,
+        up_to: Millis,
+        limit: usize,
+        owned: &dyn Fn(i32) -> bool,
+        skip: &[(Millis, &str)],
+    ) -> Result<Vec<DueTimer>, Error> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -511,12 +526,21 @@ impl Store for RocksStore {
         let beside = self.writing_floor.load(Ordering::SeqCst);
         let floor = self.timer_floor.load(Ordering::SeqCst);
         let mut first: Option<Millis> = None;
+        // Walked beside the scan: both are in key order.
+        let mut skip = skip
+            .iter()
+            .map(|(due, customer)| (*due, customer.as_bytes()))
+            .peekable();
         for item in self.scan(self.timers_from(floor), keys::timers_after(up_to)) {
             let (key, value) = item.map_err(backend("read due timers"))?;
-            if first.is_none() {
-                if let Key::Timer { due: at, .. } = Key::decode(&key)? {
-                    first = Some(at);
-                }
+            let Some(entry) = keys::timer_parts(&key) else {
+                let what = Key::decode(&key).map_or_else(|e| e.to_string(), |k| k.to_string());
+                return Err(corrupt(&key, format!("{what} in the timers range")));
+            };
+            first.get_or_insert(entry.0);
+            while skip.next_if(|s| (s.0, s.1) < entry).is_some() {}
+            if skip.next_if(|s| (s.0, s.1) == entry).is_some() {
+                continue;
             }
             // The value is the owning partition (i32 BE), or empty for every partition.
             let partition = match *value {
@@ -527,14 +551,13 @@ impl Store for RocksStore {
             if partition.is_some_and(|p| !owned(p)) {
                 continue;
             }
-            match Key::decode(&key)? {
-                Key::Timer { due: at, customer } => due.push(DueTimer {
-                    due: at,
-                    customer,
-                    partition,
-                }),
-                other => return Err(corrupt(&key, format!("{other} in the timers range"))),
-            }
+            let customer = String::from_utf8(entry.1.to_vec())
+                .map_err(|_| corrupt(&key, "the customer id is not UTF-8"))?;
+            due.push(DueTimer {
+                due: entry.0,
+                customer,
+                partition,
+            });
             if due.len() == limit {
                 break;
             }

@@ -193,6 +193,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         limit: usize,
         owned: &dyn Fn(i32) -> bool,
     ) -> Result<Vec<DueTimer>, Error>;
+    /// Like [`Store::due_timers_in`], leaving out the entries of `skip`, which do not count
+    /// towards `limit`. `skip` is sorted by `(due, customer)`, without duplicates: the entries
+    /// that writes not yet made change, which a reader through them takes from the writes.
+    /// The default reads `skip.len()` more entries and filters them out; a store may pass
+    /// over them more cheaply.
+    fn due_timers_in_except(
+        &self,
+        up_to: Millis,
+        limit: usize,
+        owned: &dyn Fn(i32) -> bool,
+        skip: &[(Millis, &str)],
+    ) -> Result<Vec<DueTimer>, Error> {
+        let mut due = self.due_timers_in(up_to, limit.saturating_add(skip.len()), owned)?;
+        due.retain(|t| skip.binary_search(&(t.due, t.customer.as_str())).is_err());
+        due.truncate(limit);
+        Ok(due)
+    }
     /// Reads the earliest timer, if any.
     fn next_timer(&self) -> Result<Option<(Millis, String)>, Error>;
     /// Counts the entries in the timer index, in O(1).
