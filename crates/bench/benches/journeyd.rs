@@ -129,13 +129,13 @@ fn main() {
             "engine + RocksDB",
             "the limit is RocksDB itself: a raw WriteBatch loop writing the same keys and values \
              (the write sets the measured run produced), one batch per 1,000 events, into a fresh \
-             database opened with the same options. The measured loop also reads every customer \
-             of the batch (multi_get), reads the due timers, runs the engine, encodes the states, \
-             and the store reads which timer keys exist (for its exact counters) before each \
-             write (customers it need not read again: run_batch tells it which existed), and \
-             keeps recently written states in its cache. One thread against one thread; the info \
-             line runs each batch's write on a second thread beside the next batch, as the \
-             daemon does.",
+             database opened with the same options, on one thread. The measured loop runs as \
+             the daemon does: each batch's write on a writer thread while the next batch is \
+             processed over it, so the two cores share the work. Besides writing, it reads \
+             every customer of the batch (multi_get), reads the due timers, runs the engine, \
+             encodes the states, and the store reads the timer keys it is not told exist (for \
+             its exact counters) and keeps recently written states in its cache. The info line \
+             gives the same loop on one thread.",
         );
         timed("rocksdb", t);
     }
