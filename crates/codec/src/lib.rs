@@ -36,6 +36,16 @@ pub use touchpoint::{encode_touchpoint, TouchpointDecoder};
 use std::fmt;
 use std::str::FromStr;
 
+/// Caps the buffers `apache-avro` sizes from lengths and counts read in a datum (its default is
+/// 512 MiB, and a map reserves that many entries: one damaged count in a touchpoint written
+/// with an older schema made it ask for 43 GB, and the process aborted). A datum no longer than
+/// `bytes` cannot hold a longer string or more entries, so a service that refuses payloads
+/// over `bytes` before decoding them loses nothing by it. The first call in a process sets it
+/// (apache-avro keeps one limit per process); returns the limit in force.
+pub fn limit_avro_allocations(bytes: usize) -> usize {
+    apache_avro::util::max_allocation_bytes(bytes)
+}
+
 /// The payload format of a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -85,21 +85,25 @@ impl TouchpointDecoder {
 
     fn decode_avro(&self, bytes: &[u8]) -> Result<Event, DecodeError> {
         let reader = schema::touchpoint();
+        let bad = |why| DecodeError::BadAvro { what: WHAT, why };
+        // Written with the current schema: read directly (`avro::read_event`). Any other
+        // writer schema: resolved to the current one by apache-avro.
         let value = match avro::split_header(bytes, WHAT)? {
             (Header::SingleObject(fp), datum) => {
                 let writer = known_writer(fp)?;
-                // The current schema needs no resolution, which would only cost time.
-                let resolve = (writer.fingerprint != reader.fingerprint).then_some(&reader.schema);
-                avro::read_datum(&writer.schema, resolve, datum, WHAT)?
+                if writer.fingerprint == reader.fingerprint {
+                    return avro::read_event(datum).map_err(bad);
+                }
+                avro::read_datum(&writer.schema, Some(&reader.schema), datum, WHAT)?
             }
             (Header::Confluent(id), datum) => match self.registry_writer(id)?.as_ref() {
-                Writer::Current => avro::read_datum(&reader.schema, None, datum, WHAT)?,
+                Writer::Current => return avro::read_event(datum).map_err(bad),
                 Writer::Other(writer) => {
                     avro::read_datum(writer, Some(&reader.schema), datum, WHAT)?
                 }
             },
         };
-        avro::avro_to_event(value).map_err(|why| DecodeError::BadAvro { what: WHAT, why })
+        avro::avro_to_event(value).map_err(bad)
     }
 
     /// Returns the writer schema registered under `id`, fetching it on first use.

@@ -412,6 +412,8 @@ struct Decoders {
 
 impl Decoders {
     fn new(config: &Config) -> Decoders {
+        // No payload over max_event_bytes reaches a decoder (see `prepare`).
+        journeyd_codec::limit_avro_allocations(config.processing.max_event_bytes);
         let registry = config.schema_registry.as_ref().map(|r| r.url.clone());
         let make = |encoding: Encoding| match (encoding, &registry) {
             (Encoding::Avro, Some(url)) => TouchpointDecoder::with_registry(url.clone()),
