@@ -123,6 +123,101 @@ impl Unwritten {
     }
 }
 
+/// The due timers of the next batch, read while the current batch runs: through the unwritten
+/// writes and the entries the current batch fires (which its write will clear), then patched
+/// with that write once it is known ([`Prefetched::patch`]).
+#[derive(Debug, Clone)]
+pub struct Prefetched {
+    /// What the read found.
+    pub due: Vec<DueTimer>,
+    /// The bound it read up to.
+    pub up_to: Millis,
+    /// The most it read.
+    pub limit: usize,
+}
+
+impl Unwritten {
+    /// These unwritten writes and, after them, a write that clears `fired`: what the index
+    /// holds, as far as it is known, while the batch that fires them runs.
+    pub fn with_fired(&self, fired: &[Work]) -> Unwritten {
+        let mut next = self.clone();
+        let clear_timers = fired
+            .iter()
+            .filter_map(|w| match w {
+                Work::Timer { due, customer, .. } => Some((*due, customer.clone())),
+                Work::Event { .. } => None,
+            })
+            .collect();
+        next.push(Arc::new(WriteSet {
+            clear_timers,
+            ..WriteSet::default()
+        }));
+        next
+    }
+}
+
+impl Prefetched {
+    /// Reads through `unwritten` (see [`Unwritten::with_fired`]).
+    pub fn read(
+        unwritten: &Unwritten,
+        store: &dyn Store,
+        up_to: Millis,
+        limit: usize,
+        owned: &dyn Fn(i32) -> bool,
+    ) -> Result<Prefetched, journeyd_store::Error> {
+        Ok(Prefetched {
+            due: unwritten.due_timers_in(store, up_to, limit, owned)?,
+            up_to,
+            limit,
+        })
+    }
+
+    /// The read as it stands after `write`, the write of the batch that was running: without
+    /// the entries it clears or sets, with the due entries it sets. Every timer returned is
+    /// due and in the index through the unwritten writes, in order, at most `limit`. Where
+    /// `write` touched what was read, it may return fewer than a read now would, or pass over
+    /// a stored entry due before one `write` sets (both fire within the next reads: every
+    /// entry returned is due, and none is lost, only taken in a later batch).
+    pub fn patch(self, write: &WriteSet, owned: &dyn Fn(i32) -> bool) -> Vec<DueTimer> {
+        let touched: std::collections::HashSet<(Millis, &str), foldhash::fast::RandomState> = write
+            .clear_timers
+            .iter()
+            .chain(&write.set_timers)
+            .map(|(d, c)| (*d, c.as_str()))
+            .collect();
+        let mut due: Vec<DueTimer> = self
+            .due
+            .into_iter()
+            .filter(|t| !touched.contains(&(t.due, t.customer.as_str())))
+            .collect();
+        let owner: Map<&str, i32> = write
+            .timer_partitions
+            .iter()
+            .map(|(c, p)| (c.as_str(), *p))
+            .collect();
+        let mut set: Vec<&(Millis, String)> = write
+            .set_timers
+            .iter()
+            .filter(|(d, _)| *d <= self.up_to)
+            .collect();
+        set.sort();
+        set.dedup();
+        for (at, customer) in set {
+            let partition = owner.get(customer.as_str()).copied();
+            if partition.is_none_or(owned) {
+                due.push(DueTimer {
+                    due: *at,
+                    customer: customer.clone(),
+                    partition,
+                });
+            }
+        }
+        due.sort_by(|a, b| (a.due, &a.customer).cmp(&(b.due, &b.customer)));
+        due.truncate(self.limit);
+        due
+    }
+}
+
 /// Where a message came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
@@ -475,6 +570,85 @@ mod tests {
                 "round {round}"
             );
         }
+    }
+
+    #[test]
+    fn due_timers_read_beside_a_batch_and_patched_with_its_write_are_due_timers() {
+        let owned = |p: i32| p != 1;
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut exact = 0;
+        for round in 0..500 {
+            let store = MemoryStore::new();
+            for _ in 0..1 + rng.below(3) {
+                store.write(&random_write(&mut rng)).unwrap();
+            }
+            let mut unwritten = Unwritten::none();
+            for _ in 0..rng.below(3) {
+                unwritten.push(Arc::new(random_write(&mut rng)));
+            }
+            let up_to = rng.below(9) as Millis;
+            let limit = 1 + rng.below(6) as usize;
+            // The running batch fires the first due entries, and its write clears them (as
+            // run_batch's does), then changes a few more, or none.
+            let fired: Vec<Work> = unwritten
+                .due_timers_in(&store, up_to, rng.below(4) as usize, &owned)
+                .unwrap()
+                .into_iter()
+                .map(|t| Work::Timer {
+                    due: t.due,
+                    customer: t.customer,
+                    partition: t.partition,
+                })
+                .collect();
+            let mut write = if rng.below(2) == 0 {
+                random_write(&mut rng)
+            } else {
+                WriteSet::default()
+            };
+            for w in &fired {
+                if let Work::Timer { due, customer, .. } = w {
+                    write.clear_timers.push((*due, customer.clone()));
+                }
+            }
+            let prefetched =
+                Prefetched::read(&unwritten.with_fired(&fired), &store, up_to, limit, &owned)
+                    .unwrap();
+            // The write changed nothing read, and set nothing due: then the patch is exact.
+            let untouched = !write
+                .clear_timers
+                .iter()
+                .chain(&write.set_timers)
+                .any(|(d, c)| {
+                    prefetched
+                        .due
+                        .iter()
+                        .any(|t| t.due == *d && &t.customer == c)
+                })
+                && write.set_timers.iter().all(|(d, _)| *d > up_to);
+            let got = prefetched.patch(&write, &owned);
+            unwritten.push(Arc::new(write));
+            let all = unwritten
+                .due_timers_in(&store, up_to, usize::MAX / 2, &owned)
+                .unwrap();
+            assert!(got.len() <= limit, "round {round}");
+            assert!(
+                got.windows(2)
+                    .all(|w| (w[0].due, &w[0].customer) < (w[1].due, &w[1].customer)),
+                "round {round}: in order, once each: {got:?}"
+            );
+            for t in &got {
+                assert!(all.contains(t), "round {round}: {t:?} is not due: {all:?}");
+            }
+            if untouched {
+                let want: Vec<_> = all.iter().take(limit).cloned().collect();
+                assert_eq!(got, want, "round {round}");
+                exact += 1;
+            }
+        }
+        assert!(
+            exact > 100,
+            "enough rounds check the exact case: {exact} of 500"
+        );
     }
 
     #[test]

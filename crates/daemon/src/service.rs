@@ -26,7 +26,7 @@
 use crate::clock::{wall_now, Clock};
 use crate::config::{Config, Encoding};
 use crate::metrics::Metrics;
-use crate::processor::{run_batch, Output, Position, Unwritten, Work};
+use crate::processor::{run_batch, Output, Position, Prefetched, Unwritten, Work};
 use futures::FutureExt as _;
 use journeyd_codec::{ActionEncoder, Format, TouchpointDecoder};
 use journeyd_engine::Engine;
@@ -456,6 +456,8 @@ struct Prepared {
     timestamps: Vec<i64>,
     topics: Vec<String>,
     timers: usize,
+    /// The read of due timers came back full: more may be due.
+    backlogged: bool,
 }
 
 fn client_config(config: &Config) -> ClientConfig {
@@ -877,6 +879,9 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     let mut sending: Option<Sending> = None;
     let mut writing: Option<Writing> = None;
     let mut unwritten = Unwritten::none();
+    // The due timers of the next batch, read while the last batch ran, and that batch's write
+    // (see `Prefetched`).
+    let mut prefetched: Option<(PrefetchTask, Arc<WriteSet>)> = None;
     tracing::info!(topics = ?shared.config.inputs.iter().map(|i| &i.topic).collect::<Vec<_>>(), "Consuming.");
     while !shutdown.is_cancelled() {
         if shared.reload.swap(false, Ordering::SeqCst) {
@@ -911,6 +916,11 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             tracing::info!("Caught up with the input topics; timers are firing.");
         }
         let preparing = Instant::now();
+        // Read beside the last batch: patched with its write. (Not caught up then: read now.)
+        let early = match prefetched.take() {
+            Some((task, write)) => task.await?.ok().map(|p| (p, write)),
+            None => None,
+        };
         let prepared = {
             let (s, d, sd) = (shared.clone(), decoder.clone(), shutdown.clone());
             let caught = caught_up;
@@ -919,17 +929,22 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             tokio::task::spawn_blocking(move || {
                 let mut p = prepare(&s, &d, msgs, &sd)?;
                 if caught {
-                    let due = unwritten
-                        .due_timers_in(
-                            s.store.as_ref(),
-                            s.clock.now(),
-                            s.config.processing.timer_batch,
-                            &|p| owned.fires(p, Millis::MIN),
-                        )
-                        .unwrap_or_else(|error| {
-                            tracing::error!(%error, "Cannot read due timers.");
-                            Vec::new()
-                        });
+                    let fires = |p| owned.fires(p, Millis::MIN);
+                    let limit = s.config.processing.timer_batch;
+                    let due = match early {
+                        Some((read, write)) => {
+                            // Full before the patch: more are due (the patch may take some).
+                            p.backlogged = read.due.len() >= limit;
+                            Ok(read.patch(&write, &fires))
+                        }
+                        None => unwritten
+                            .due_timers_in(s.store.as_ref(), s.clock.now(), limit, &fires)
+                            .inspect(|due| p.backlogged = due.len() >= limit),
+                    };
+                    let due = due.unwrap_or_else(|error| {
+                        tracing::error!(%error, "Cannot read due timers.");
+                        Vec::new()
+                    });
                     // Only the timers their partition has been read past. Watermarks are
                     // real time: with a sped-up clock (demos) being read to the head is enough.
                     let real_time = s.clock.speed() == 1.0;
@@ -941,6 +956,9 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                         })
                         .collect();
                     p.timers = due.len();
+                    // Not when none could fire yet (their partitions are not read that far):
+                    // then the loop waits for input instead of reading them again at once.
+                    p.backlogged &= p.timers > 0;
                     p.work.extend(due.into_iter().map(|t| Work::Timer {
                         due: t.due,
                         customer: t.customer,
@@ -961,7 +979,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 .observe(collected.as_secs_f64());
             stage("prepare", preparing);
         }
-        timers_backlogged = prepared.timers >= shared.config.processing.timer_batch;
+        timers_backlogged = prepared.backlogged;
         if last_gauges.elapsed() > Duration::from_secs(5) {
             let gauging = Instant::now();
             update_gauges(&shared);
@@ -986,6 +1004,20 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         // Process this batch while the previous one's actions are acknowledged and the one
         // before it is written: it reads through their writes.
         let started = Instant::now();
+        // The next batch's due timers, read beside this one (through the entries it fires).
+        let prefetch = caught_up.then(|| {
+            let (s, owned) = (shared.clone(), owned.clone());
+            let through = unwritten.with_fired(&prepared.work);
+            tokio::task::spawn_blocking(move || {
+                Prefetched::read(
+                    &through,
+                    s.store.as_ref(),
+                    s.clock.now(),
+                    s.config.processing.timer_batch,
+                    &|p| owned.fires(p, Millis::MIN),
+                )
+            })
+        });
         let out = loop {
             let engine = shared.engine();
             let (s, work, consumed, unwritten) = (
@@ -1024,6 +1056,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         consumer.context().processed(&write.offsets);
         let write = Arc::new(write);
         unwritten.push(write.clone());
+        prefetched = prefetch.map(|task| (task, write.clone()));
         // Actions go out in batch order: the previous batch's must be acknowledged first (a
         // batch is written only after its actions are acknowledged, and in batch order).
         if let Some(b) = sending.take() {
@@ -1073,6 +1106,9 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     let _ = probes.join();
     Ok(())
 }
+
+/// A read of due timers under way beside a batch.
+type PrefetchTask = tokio::task::JoinHandle<Result<Prefetched, journeyd_store::Error>>;
 
 /// What a batch sends, and counts once Kafka has it.
 struct Sent {
