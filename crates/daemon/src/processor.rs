@@ -178,7 +178,11 @@ impl Prefetched {
     /// `write` touched what was read, it may return fewer than a read now would, or pass over
     /// a stored entry due before one `write` sets (both fire within the next reads: every
     /// entry returned is due, and none is lost, only taken in a later batch).
-    pub fn patch(self, write: &WriteSet, owned: &dyn Fn(i32) -> bool) -> Vec<DueTimer> {
+    ///
+    /// Also says whether more may be due than it returns: the read came back full, or the
+    /// patch had more than `limit`.
+    pub fn patch(self, write: &WriteSet, owned: &dyn Fn(i32) -> bool) -> (Vec<DueTimer>, bool) {
+        let full = self.due.len() >= self.limit;
         let touched: std::collections::HashSet<(Millis, &str), foldhash::fast::RandomState> = write
             .clear_timers
             .iter()
@@ -213,8 +217,9 @@ impl Prefetched {
             }
         }
         due.sort_by(|a, b| (a.due, &a.customer).cmp(&(b.due, &b.customer)));
+        let more = full || due.len() > self.limit;
         due.truncate(self.limit);
-        due
+        (due, more)
     }
 }
 
@@ -625,12 +630,22 @@ mod tests {
                         .any(|t| t.due == *d && &t.customer == c)
                 })
                 && write.set_timers.iter().all(|(d, _)| *d > up_to);
-            let got = prefetched.patch(&write, &owned);
+            let read_full = prefetched.due.len() >= limit;
+            let (got, more) = prefetched.patch(&write, &owned);
             unwritten.push(Arc::new(write));
             let all = unwritten
                 .due_timers_in(&store, up_to, usize::MAX / 2, &owned)
                 .unwrap();
             assert!(got.len() <= limit, "round {round}");
+            if read_full {
+                assert!(more, "round {round}: a full read says more may be due");
+            } else {
+                // The read saw every due entry: patched, it is the whole truth, cut to the
+                // limit, and it says whether it was cut.
+                let want: Vec<_> = all.iter().take(limit).cloned().collect();
+                assert_eq!(got, want, "round {round}");
+                assert_eq!(more, all.len() > limit, "round {round}");
+            }
             assert!(
                 got.windows(2)
                     .all(|w| (w[0].due, &w[0].customer) < (w[1].due, &w[1].customer)),

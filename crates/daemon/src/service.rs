@@ -413,7 +413,14 @@ struct Decoders {
 impl Decoders {
     fn new(config: &Config) -> Decoders {
         // No payload over max_event_bytes reaches a decoder (see `prepare`).
-        journeyd_codec::limit_avro_allocations(config.processing.max_event_bytes);
+        let limit = journeyd_codec::limit_avro_allocations(config.processing.max_event_bytes);
+        if limit != config.processing.max_event_bytes {
+            tracing::warn!(
+                limit,
+                max_event_bytes = config.processing.max_event_bytes,
+                "apache-avro's allocation limit was set before (one per process): datums of older touchpoint schemas are read under it."
+            );
+        }
         let registry = config.schema_registry.as_ref().map(|r| r.url.clone());
         let make = |encoding: Encoding| match (encoding, &registry) {
             (Encoding::Avro, Some(url)) => TouchpointDecoder::with_registry(url.clone()),
@@ -723,8 +730,11 @@ async fn produce(
     encoder: &ActionEncoder,
     actions: &[Action],
     dead: &[DeadLetter],
+    shutdown: &CancellationToken,
 ) -> Result<(), String> {
     let config = &shared.config;
+    // One deadline for the whole batch: a message that cannot be queued by then fails it.
+    let queued_by = Instant::now() + QUEUE_TIMEOUT;
     let mut topics: std::collections::HashMap<&str, String> = Default::default();
     let mut payloads = Vec::with_capacity(actions.len());
     for a in actions {
@@ -753,9 +763,10 @@ async fn produce(
             .key(a.customer_id.as_bytes())
             .payload(bytes.as_slice())
             .headers(headers);
-        match enqueue(producer, record).await {
+        match enqueue(producer, record, queued_by, shutdown).await {
             Ok(d) => deliveries.push(d),
-            Err(e) => failed.push(e.to_string()),
+            // The whole batch is produced again: queueing the rest would only wait longer.
+            Err(e) => return Err(format!("a message of the batch could not be queued: {e}")),
         }
     }
     for d in dead {
@@ -765,9 +776,9 @@ async fn produce(
         if let Some(k) = d.message.key() {
             record = record.key(k);
         }
-        match enqueue(producer, record).await {
+        match enqueue(producer, record, queued_by, shutdown).await {
             Ok(d) => deliveries.push(d),
-            Err(e) => failed.push(e.to_string()),
+            Err(e) => return Err(format!("a message of the batch could not be queued: {e}")),
         }
     }
     for d in deliveries {
@@ -788,26 +799,28 @@ async fn produce(
     }
 }
 
-/// How long a message waits for room in the producer's queue before its batch fails (and is
-/// produced again).
+/// How long a batch's messages wait for room in the producer's queue before the batch fails
+/// (and is produced again).
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Queues a message, waiting while the producer's queue is full (up to [`QUEUE_TIMEOUT`]). The
-/// future it returns resolves when Kafka acknowledges the message or the producer gives up.
+/// Queues a message, waiting while the producer's queue is full, until `deadline` or the
+/// service stops. The future it returns resolves when Kafka acknowledges the message or the
+/// producer gives up.
 async fn enqueue<K, P>(
     producer: &FutureProducer,
     mut record: FutureRecord<'_, K, P>,
+    deadline: Instant,
+    shutdown: &CancellationToken,
 ) -> Result<DeliveryFuture, KafkaError>
 where
     K: rdkafka::message::ToBytes + ?Sized,
     P: rdkafka::message::ToBytes + ?Sized,
 {
-    let deadline = Instant::now() + QUEUE_TIMEOUT;
     loop {
         match producer.send_result(record) {
             Ok(delivery) => return Ok(delivery),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
-                if Instant::now() < deadline =>
+                if Instant::now() < deadline && !shutdown.is_cancelled() =>
             {
                 record = r;
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -933,9 +946,9 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                     let limit = s.config.processing.timer_batch;
                     let due = match early {
                         Some((read, write)) => {
-                            // Full before the patch: more are due (the patch may take some).
-                            p.backlogged = read.due.len() >= limit;
-                            Ok(read.patch(&write, &fires))
+                            let (due, more) = read.patch(&write, &fires);
+                            p.backlogged = more;
+                            Ok(due)
                         }
                         None => unwritten
                             .due_timers_in(s.store.as_ref(), s.clock.now(), limit, &fires)
@@ -1130,7 +1143,16 @@ async fn send_batch(
     sent: Sent,
 ) -> bool {
     let started = Instant::now();
-    while let Err(error) = produce(&shared, &producer, &encoder, &sent.actions, &sent.dead).await {
+    while let Err(error) = produce(
+        &shared,
+        &producer,
+        &encoder,
+        &sent.actions,
+        &sent.dead,
+        &shutdown,
+    )
+    .await
+    {
         tracing::warn!(%error, "Kafka did not acknowledge the batch; it will be produced again.");
         shared.metrics.batch_retries.inc();
         if shutdown.is_cancelled() {
@@ -1225,6 +1247,7 @@ fn start_write(shared: &Arc<Shared>, write: Arc<WriteSet>, topics: Vec<String>) 
     let (s, w) = (shared.clone(), write.clone());
     let task = tokio::spawn(async move {
         let started = Instant::now();
+        let mut w = w;
         loop {
             let (s2, w2) = (s.clone(), w.clone());
             match tokio::task::spawn_blocking(move || s2.store.write(&w2)).await {
@@ -1237,6 +1260,16 @@ fn start_write(shared: &Arc<Shared>, write: Arc<WriteSet>, topics: Vec<String>) 
                 }
             }
             s.metrics.batch_retries.inc();
+            // Again without saying which entries exist: the failed attempt may have committed
+            // after all (a panic after the commit), and the store's counts must not take its
+            // changes twice. The store reads them itself.
+            if w.timers_existed.is_some() || w.customers_existed.is_some() {
+                w = Arc::new(WriteSet {
+                    timers_existed: None,
+                    customers_existed: None,
+                    ..(*w).clone()
+                });
+            }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         s.metrics

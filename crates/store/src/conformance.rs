@@ -437,6 +437,15 @@ pub fn due_timers_in_skips_other_partitions(store: &dyn Store) {
     );
     assert_eq!(store.pending_timers(), 4, "skipped timers stay");
     assert_eq!(
+        pairs(
+            store
+                .due_timers_in_except(10, 2, &only_0, &[(1, "p0"), (2, "p1")])
+                .unwrap()
+        ),
+        vec![timer(3, "any"), timer(4, "p0")],
+        "entries passed over and entries of other partitions do not count towards the limit"
+    );
+    assert_eq!(
         store.due_timers(10, 10).unwrap().len(),
         4,
         "due_timers takes all"
