@@ -129,7 +129,8 @@ fn main() {
             "engine + RocksDB",
             "the limit is RocksDB itself: a raw WriteBatch loop writing the same keys and values \
              (the write sets the measured run produced), one batch per 1,000 events, into a fresh \
-             database opened with the same options, on one thread. The measured loop runs as \
+             database opened with the same options, on one thread (two threads writing \
+             alternate batches were no faster: RocksDB serialises writes). The measured loop runs as \
              the daemon does: each batch's write on a writer thread while the next batch is \
              processed over it, so the two cores share the work. Besides writing, it reads \
              every customer of the batch (multi_get), reads the due timers, runs the engine, \
