@@ -16,7 +16,9 @@
 //! is written (6), batch N+1 is consumed and processed (1-4), reading the states and timers
 //! through the writes not yet in the store ([`crate::processor::Unwritten`]). Sends go out in
 //! batch order (N+1's only after N's are acknowledged) and writes land in batch order, each
-//! after its batch's acknowledgements.
+//! after its batch's acknowledgements. The due timers of batch N+1 (3) are read while batch N
+//! runs (4), through the entries N fires, and patched with N's write once it is known
+//! ([`crate::processor::Prefetched`]).
 //!
 //! A crash anywhere before 6 replays the batch from the same stored states: the same actions
 //! (same ids, same content) are produced again, and channel adapters de-duplicate on the id.
