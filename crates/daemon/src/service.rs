@@ -1336,6 +1336,48 @@ pub fn update_gauges(shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A producer whose queue holds one message and whose broker is never reached.
+    fn full_producer() -> FutureProducer {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("queue.buffering.max.messages", "1")
+            .set("message.timeout.ms", "60000")
+            .create()
+            .unwrap();
+        let first = FutureRecord::<[u8], [u8]>::to("t").payload(b"1");
+        // Queued (its delivery future can go: the message stays in the queue).
+        let _ = producer.send_result(first).map_err(|(e, _)| e).unwrap();
+        producer
+    }
+
+    #[tokio::test]
+    async fn a_message_waits_for_room_until_the_deadline_or_the_stop() {
+        let producer = full_producer();
+        let record = || FutureRecord::<[u8], [u8]>::to("t").payload(b"2");
+        let running = CancellationToken::new();
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(300);
+        let err = enqueue(&producer, record(), deadline, &running)
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(
+            err,
+            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+        );
+        assert!(started.elapsed() >= Duration::from_millis(300), "it waited");
+        // Stopping: it gives up at once, however far the deadline.
+        let stopped = CancellationToken::new();
+        stopped.cancel();
+        let started = Instant::now();
+        let far = started + Duration::from_secs(3600);
+        assert!(enqueue(&producer, record(), far, &stopped).await.is_err());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "it did not wait"
+        );
+    }
     use rdkafka::Timestamp;
 
     fn tpl(parts: &[(&str, i32)]) -> TopicPartitionList {
