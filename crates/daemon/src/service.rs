@@ -1347,7 +1347,7 @@ mod tests {
             .unwrap();
         let first = FutureRecord::<[u8], [u8]>::to("t").payload(b"1");
         // Queued (its delivery future can go: the message stays in the queue).
-        let _ = producer.send_result(first).map_err(|(e, _)| e).unwrap();
+        drop(producer.send_result(first).map_err(|(e, _)| e).unwrap());
         producer
     }
 
