@@ -931,10 +931,14 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             tracing::info!("Caught up with the input topics; timers are firing.");
         }
         let preparing = Instant::now();
-        // Read beside the last batch: patched with its write. (Not caught up then: read now.)
+        // Read beside the last batch: patched with its write. Not when collect waited (the
+        // read is as old as the wait, and timers that fell due meanwhile would wait a loop
+        // more), nor when not caught up then: read now.
         let early = match prefetched.take() {
-            Some((task, write)) => task.await?.ok().map(|p| (p, write)),
-            None => None,
+            Some((task, write)) if collected <= PREFETCH_FRESH => {
+                task.await?.ok().map(|p| (p, write))
+            }
+            _ => None,
         };
         let prepared = {
             let (s, d, sd) = (shared.clone(), decoder.clone(), shutdown.clone());
@@ -1121,6 +1125,9 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     let _ = probes.join();
     Ok(())
 }
+
+/// How long collect may take for the due timers read beside the last batch to be used.
+const PREFETCH_FRESH: Duration = Duration::from_millis(5);
 
 /// A read of due timers under way beside a batch.
 type PrefetchTask = tokio::task::JoinHandle<Result<Prefetched, journeyd_store::Error>>;
