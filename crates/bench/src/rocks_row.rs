@@ -59,11 +59,7 @@ fn raw_ops(set: WriteSet) -> anyhow::Result<RawBatch> {
         ops.push((keys::timer(*due, customer), RawOp::Delete));
     }
     // A timer's value names the partition that owns it (as the store writes it).
-    let owner: std::collections::HashMap<&str, i32> = set
-        .timer_partitions
-        .iter()
-        .map(|(c, p)| (c.as_str(), *p))
-        .collect();
+    let owner: std::collections::HashMap<&str, i32> = set.timer_owners();
     for (due, customer) in &set.set_timers {
         let value = owner
             .get(customer.as_str())

@@ -87,11 +87,7 @@ impl Unwritten {
         type Touched<'a> = ((Millis, &'a str), usize, Option<Option<i32>>);
         let mut touched: Vec<Touched> = Vec::new();
         for w in &self.0 {
-            let owner: Map<&str, i32> = w
-                .timer_partitions
-                .iter()
-                .map(|(c, p)| (c.as_str(), *p))
-                .collect();
+            let owner: Map<&str, i32> = w.timer_owners();
             for (due, c) in &w.clear_timers {
                 touched.push(((*due, c.as_str()), touched.len(), None));
             }
@@ -194,11 +190,7 @@ impl Prefetched {
             .into_iter()
             .filter(|t| !touched.contains(&(t.due, t.customer.as_str())))
             .collect();
-        let owner: Map<&str, i32> = write
-            .timer_partitions
-            .iter()
-            .map(|(c, p)| (c.as_str(), *p))
-            .collect();
+        let owner: Map<&str, i32> = write.timer_owners();
         let mut set: Vec<&(Millis, String)> = write
             .set_timers
             .iter()

@@ -688,12 +688,7 @@ impl Store for RocksStore {
         for (id, value) in &set.customers {
             customers.insert(keys::customer(id), (id.as_str(), value.as_deref()));
         }
-        // The last partition given for a customer wins.
-        let partitions: std::collections::HashMap<&str, i32> = set
-            .timer_partitions
-            .iter()
-            .map(|(c, p)| (c.as_str(), *p))
-            .collect();
+        let partitions: std::collections::HashMap<&str, i32> = set.timer_owners();
         let partition_of = |customer: &str| {
             partitions
                 .get(customer)

@@ -122,6 +122,17 @@ impl WriteSet {
             && self.history.is_empty()
     }
 
+    /// The partition that owns each customer's timers in this write: the last one
+    /// `timer_partitions` gives for the customer. The caller picks the hasher.
+    pub fn timer_owners<S: std::hash::BuildHasher + Default>(
+        &self,
+    ) -> std::collections::HashMap<&str, i32, S> {
+        self.timer_partitions
+            .iter()
+            .map(|(c, p)| (c.as_str(), *p))
+            .collect()
+    }
+
     /// Checks that every part can be stored; implementations call this before writing anything.
     pub fn validate(&self) -> Result<(), Error> {
         self.offsets.iter().try_for_each(|o| check_topic(&o.topic))

@@ -141,13 +141,9 @@ impl Store for MemoryStore {
         for entry in &set.clear_timers {
             inner.timers.remove(entry);
         }
+        let owners: std::collections::HashMap<&str, i32> = set.timer_owners();
         for entry in &set.set_timers {
-            let partition = set
-                .timer_partitions
-                .iter()
-                .rev()
-                .find(|(c, _)| *c == entry.1)
-                .map(|(_, p)| *p);
+            let partition = owners.get(entry.1.as_str()).copied();
             inner.timers.insert(entry.clone(), partition);
         }
         for o in &set.offsets {
