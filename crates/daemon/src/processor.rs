@@ -81,28 +81,61 @@ impl Unwritten {
         if self.0.is_empty() {
             return store.due_timers_in(up_to, limit, owned);
         }
-        // Every entry the writes touch, with its last operation: `None` cleared,
-        // `Some(partition)` set. Sorted, the newest operation first among equals, then one per
-        // entry.
-        type Touched<'a> = ((Millis, &'a str), usize, Option<Option<i32>>);
-        let mut touched: Vec<Touched> = Vec::new();
-        for w in &self.0 {
+        let touched = Touched::of(self.0.iter().map(|w| &**w));
+        // The store leaves them out; they come from the writes alone (a set may change the
+        // owner).
+        let skip: Vec<Entry> = touched.0.iter().map(|t| t.0).collect();
+        let due = store.due_timers_in_except(up_to, limit, owned, &skip)?;
+        Ok(touched.add_sets(due, up_to, limit, owned).0)
+    }
+}
+
+/// A timer index entry: due time and customer.
+type Entry<'a> = (Millis, &'a str);
+
+/// What a write does to an entry: `None` clears it, `Some(partition)` sets it.
+type TimerOp = Option<Option<i32>>;
+
+/// Every timer entry some writes touch, with its last operation, sorted, one per entry.
+struct Touched<'a>(Vec<(Entry<'a>, TimerOp)>);
+
+impl<'a> Touched<'a> {
+    /// The entries `writes` touch, oldest write first (within a write, sets come after clears).
+    fn of(writes: impl IntoIterator<Item = &'a WriteSet>) -> Touched<'a> {
+        // With each operation's position, to keep the newest of an entry's.
+        let mut ops: Vec<(Entry, usize, TimerOp)> = Vec::new();
+        for w in writes {
             let owner: Map<&str, i32> = w.timer_owners();
             for (due, c) in &w.clear_timers {
-                touched.push(((*due, c.as_str()), touched.len(), None));
+                ops.push(((*due, c.as_str()), ops.len(), None));
             }
             for (due, c) in &w.set_timers {
                 let op = Some(owner.get(c.as_str()).copied());
-                touched.push(((*due, c.as_str()), touched.len(), op));
+                ops.push(((*due, c.as_str()), ops.len(), op));
             }
         }
-        touched.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-        touched.dedup_by_key(|t| t.0);
-        // The store leaves them out; they come from the writes alone (a set may change the
-        // owner).
-        let skip: Vec<(Millis, &str)> = touched.iter().map(|t| t.0).collect();
-        let mut due = store.due_timers_in_except(up_to, limit, owned, &skip)?;
-        for ((at, customer), _, op) in touched {
+        ops.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        ops.dedup_by_key(|t| t.0);
+        Touched(ops.into_iter().map(|(entry, _, op)| (entry, op)).collect())
+    }
+
+    /// Whether the writes touch the entry.
+    fn contains(&self, due: Millis, customer: &str) -> bool {
+        self.0
+            .binary_search_by(|(entry, _)| entry.cmp(&(due, customer)))
+            .is_ok()
+    }
+
+    /// `due` (timers the writes do not touch) with the entries the writes set that are due by
+    /// `up_to` and owned, in order, at most `limit`; and whether there were more.
+    fn add_sets(
+        self,
+        mut due: Vec<DueTimer>,
+        up_to: Millis,
+        limit: usize,
+        owned: &dyn Fn(i32) -> bool,
+    ) -> (Vec<DueTimer>, bool) {
+        for ((at, customer), op) in self.0 {
             if let Some(partition) = op {
                 if at <= up_to && partition.is_none_or(owned) {
                     due.push(DueTimer {
@@ -114,8 +147,9 @@ impl Unwritten {
             }
         }
         due.sort_by(|a, b| (a.due, &a.customer).cmp(&(b.due, &b.customer)));
+        let more = due.len() > limit;
         due.truncate(limit);
-        Ok(due)
+        (due, more)
     }
 }
 
@@ -179,39 +213,14 @@ impl Prefetched {
     /// patch had more than `limit`.
     pub fn patch(self, write: &WriteSet, owned: &dyn Fn(i32) -> bool) -> (Vec<DueTimer>, bool) {
         let full = self.due.len() >= self.limit;
-        let touched: std::collections::HashSet<(Millis, &str), foldhash::fast::RandomState> = write
-            .clear_timers
-            .iter()
-            .chain(&write.set_timers)
-            .map(|(d, c)| (*d, c.as_str()))
-            .collect();
-        let mut due: Vec<DueTimer> = self
+        let touched = Touched::of([write]);
+        let due: Vec<DueTimer> = self
             .due
             .into_iter()
-            .filter(|t| !touched.contains(&(t.due, t.customer.as_str())))
+            .filter(|t| !touched.contains(t.due, &t.customer))
             .collect();
-        let owner: Map<&str, i32> = write.timer_owners();
-        let mut set: Vec<&(Millis, String)> = write
-            .set_timers
-            .iter()
-            .filter(|(d, _)| *d <= self.up_to)
-            .collect();
-        set.sort();
-        set.dedup();
-        for (at, customer) in set {
-            let partition = owner.get(customer.as_str()).copied();
-            if partition.is_none_or(owned) {
-                due.push(DueTimer {
-                    due: *at,
-                    customer: customer.clone(),
-                    partition,
-                });
-            }
-        }
-        due.sort_by(|a, b| (a.due, &a.customer).cmp(&(b.due, &b.customer)));
-        let more = full || due.len() > self.limit;
-        due.truncate(self.limit);
-        (due, more)
+        let (due, more) = touched.add_sets(due, self.up_to, self.limit, owned);
+        (due, full || more)
     }
 }
 
