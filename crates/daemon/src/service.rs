@@ -749,7 +749,9 @@ async fn produce(
     // Queue every message, then wait for their acknowledgements in order: one future per
     // message, each awaited once (a join of thousands of futures cost a tenth of the CPU
     // while firing timers).
-    let mut failed: Vec<String> = Vec::new();
+    // The whole batch is produced again when one message cannot be queued: queueing the rest
+    // would only wait longer.
+    let not_queued = |e: KafkaError| format!("a message of the batch could not be queued: {e}");
     let mut deliveries = Vec::with_capacity(payloads.len() + dead.len());
     for (a, bytes) in actions.iter().zip(&payloads) {
         let headers = OwnedHeaders::new_with_capacity(2)
@@ -765,11 +767,11 @@ async fn produce(
             .key(a.customer_id.as_bytes())
             .payload(bytes.as_slice())
             .headers(headers);
-        match enqueue(producer, record, queued_by, shutdown).await {
-            Ok(d) => deliveries.push(d),
-            // The whole batch is produced again: queueing the rest would only wait longer.
-            Err(e) => return Err(format!("a message of the batch could not be queued: {e}")),
-        }
+        deliveries.push(
+            enqueue(producer, record, queued_by, shutdown)
+                .await
+                .map_err(not_queued)?,
+        );
     }
     for d in dead {
         let mut record = FutureRecord::<[u8], [u8]>::to(&config.outputs.dead_letter_topic)
@@ -778,11 +780,13 @@ async fn produce(
         if let Some(k) = d.message.key() {
             record = record.key(k);
         }
-        match enqueue(producer, record, queued_by, shutdown).await {
-            Ok(d) => deliveries.push(d),
-            Err(e) => return Err(format!("a message of the batch could not be queued: {e}")),
-        }
+        deliveries.push(
+            enqueue(producer, record, queued_by, shutdown)
+                .await
+                .map_err(not_queued)?,
+        );
     }
+    let mut failed: Vec<String> = Vec::new();
     for d in deliveries {
         match d.await {
             Ok(Ok(_)) => {}
