@@ -42,6 +42,8 @@ pub struct Settings {
     pub json_input: Option<String>,
     /// The HTTP port (metrics, readiness).
     pub http_port: u16,
+    /// `processing.batches_in_flight`.
+    pub batches_in_flight: usize,
 }
 
 impl Settings {
@@ -58,8 +60,8 @@ impl Settings {
         }
         t += &format!(
             "\n[store]\npath = {:?}\nblock_cache_mb = 8\n\n[processing]\nbatch_max_messages = 200\n\
-             batch_linger_ms = 5\nmax_event_bytes = 2000\n\n[http]\nlisten = \"127.0.0.1:{}\"\n\n[log]\nformat = \"json\"\n",
-            self.store, self.http_port
+             batch_linger_ms = 5\nmax_event_bytes = 2000\nbatches_in_flight = {}\n\n[http]\nlisten = \"127.0.0.1:{}\"\n\n[log]\nformat = \"json\"\n",
+            self.store, self.batches_in_flight, self.http_port
         );
         t
     }

@@ -153,12 +153,19 @@ pub fn expected(events: &[Event]) -> BTreeMap<String, Action> {
     out
 }
 
-/// Compares what arrived with what the simulator expects: every expected action arrived, and
-/// every arrival is an expected action, identical (a duplicate is an exact repeat). Returns
-/// the number of duplicates.
+/// Compares what arrived (in the order it was read) with what the simulator expects: every
+/// expected action arrived, every arrival is an expected action, identical (a duplicate is an
+/// exact repeat), and no cancel arrived before the send it withdraws (they share a topic and
+/// a key, so a partition, read in order). Returns the number of duplicates.
 pub fn check(expected: &BTreeMap<String, Action>, arrived: &[Action]) -> usize {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for a in arrived {
+        if let Some(cancelled) = &a.cancels {
+            assert!(
+                seen.contains_key(cancelled.as_str()),
+                "a cancel arrived before the send it withdraws: {a:#?}"
+            );
+        }
         let want = expected
             .get(&a.action_id)
             .unwrap_or_else(|| panic!("an action the simulator does not expect arrived: {a:#?}"));
@@ -213,6 +220,39 @@ mod tests {
         assert_eq!(plan("t", 2000, 1_700_000_000_000, 10_000, 42), events);
         assert_eq!(expected(&events), want);
         println!("{:#?}", summary(&want));
+    }
+
+    /// A cancel of the expected actions, and the send it withdraws.
+    fn a_cancel_and_its_send() -> (BTreeMap<String, Action>, Action, Action) {
+        let want = expected(&plan("t", 500, 1_700_000_000_000, 10_000, 42));
+        let cancel = want.values().find(|a| a.cancels.is_some()).unwrap().clone();
+        let send = want[cancel.cancels.as_deref().unwrap()].clone();
+        (want, cancel, send)
+    }
+
+    #[test]
+    fn check_takes_a_cancel_after_its_send_even_repeated() {
+        let (want, cancel, send) = a_cancel_and_its_send();
+        // Every send, then every cancel, then a send and its cancel again.
+        let (cancels, mut arrived): (Vec<Action>, Vec<Action>) =
+            want.values().cloned().partition(|a| a.cancels.is_some());
+        arrived.extend(cancels);
+        arrived.extend([send, cancel]);
+        assert_eq!(check(&want, &arrived), 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "before the send it withdraws")]
+    fn check_refuses_a_cancel_before_its_send() {
+        let (want, cancel, send) = a_cancel_and_its_send();
+        // As above, but the one cancel comes first, and again after its send.
+        let (cancels, sends): (Vec<Action>, Vec<Action>) =
+            want.values().cloned().partition(|a| a.cancels.is_some());
+        let mut arrived = vec![cancel.clone()];
+        arrived.extend(sends.into_iter().filter(|a| a.action_id != send.action_id));
+        arrived.extend([send]);
+        arrived.extend(cancels);
+        check(&want, &arrived);
     }
 
     #[test]

@@ -32,7 +32,9 @@ struct World {
 }
 
 impl World {
-    fn new(with_proxy: bool) -> World {
+    /// A broker (behind a proxy that can cut it, or not), its topics, and journeyd's settings
+    /// with `in_flight` batches on their way to Kafka at most.
+    fn new(with_proxy: bool, in_flight: usize) -> World {
         let (broker, proxy) = if with_proxy {
             let listen = free_port();
             let advertised = free_port();
@@ -57,6 +59,7 @@ impl World {
             input: INPUT.into(),
             json_input: Some(JSON_INPUT.into()),
             http_port: http_port(),
+            batches_in_flight: in_flight,
         };
         World {
             broker,
@@ -152,8 +155,17 @@ fn print_summary(what: &str, expected: &BTreeMap<String, Action>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_actions_match_the_simulator_through_random_sigkills() {
+    random_sigkills(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_actions_match_the_simulator_through_random_sigkills_with_batches_in_flight() {
+    random_sigkills(3).await;
+}
+
+async fn random_sigkills(in_flight: usize) {
     let _one = ONE_AT_A_TIME.lock().await;
-    let world = World::new(false);
+    let world = World::new(false, in_flight);
     let mut journeyd = world.journeyd();
     journeyd.wait_ready(Duration::from_secs(60));
     let events = scenario::plan("kill", 3000, now_ms() + 500, 15_000, 0x5eed_0001);
@@ -203,7 +215,7 @@ async fn the_actions_match_the_simulator_through_random_sigkills() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waits_that_fall_due_while_journeyd_is_down_fire_when_it_is_back() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let world = World::new(false);
+    let world = World::new(false, 1);
     let mut journeyd = world.journeyd();
     journeyd.wait_ready(Duration::from_secs(60));
     // Entries only: every wait then runs out (offer: +3 s and +6 s; basket: +2 s and +4 s).
@@ -278,7 +290,7 @@ async fn waits_that_fall_due_while_journeyd_is_down_fire_when_it_is_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_input_goes_to_the_dead_letter_topic_and_the_rest_flows() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let world = World::new(false);
+    let world = World::new(false, 1);
     let mut journeyd = world.journeyd();
     journeyd.wait_ready(Duration::from_secs(60));
     let events = scenario::plan("poison", 300, now_ms() + 300, 3000, 0x5eed_0003);
@@ -386,11 +398,20 @@ async fn poison_input_goes_to_the_dead_letter_topic_and_the_rest_flows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journeyd_rides_out_a_broker_outage_and_loses_nothing() {
+    broker_outage(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journeyd_rides_out_a_broker_outage_with_batches_in_flight() {
+    broker_outage(3).await;
+}
+
+async fn broker_outage(in_flight: usize) {
     let _one = ONE_AT_A_TIME.lock().await;
     // Every client reaches the broker through the proxy (it is the advertised address), so
     // cutting the proxy is the broker going away for everybody; tansu keeps its in-memory
     // data meanwhile, as a broker with durable storage would across a restart.
-    let world = World::new(true);
+    let world = World::new(true, in_flight);
     let proxy = world.proxy.as_ref().unwrap();
     let mut journeyd = world.journeyd();
     journeyd.wait_ready(Duration::from_secs(60));

@@ -16,7 +16,8 @@
 //!   the latency rows run at a half and a tenth of;
 //! - `JOURNEYD_BENCH_CUSTOMERS`: customers of the scale row (1,000,000);
 //! - `JOURNEYD_BENCH_ROWS`: which rows, a comma list of `engine`, `rocksdb`, `kafka-mock`,
-//!   `kafka-tansu`, `latency`, `scale` (all). `latency` runs on each selected Kafka.
+//!   `kafka-tansu`, `kafka-far`, `latency`, `scale` (all). `latency` runs on each selected
+//!   Kafka.
 //!
 //! Smoke run (CI): `JOURNEYD_BENCH_EVENTS=5000 JOURNEYD_BENCH_CUSTOMERS=2000 cargo test -p
 //! journeyd-bench --bench journeyd` (a debug build, a tiny workload: it only checks that every
@@ -51,11 +52,12 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target").into())
 }
 
-const ALL: [&str; 6] = [
+const ALL: [&str; 7] = [
     "engine",
     "rocksdb",
     "kafka-mock",
     "kafka-tansu",
+    "kafka-far",
     "latency",
     "scale",
 ];
@@ -235,6 +237,27 @@ fn main() {
              then each stage's (a batch's sends and write overlap the next batch's collection and \
              processing), then how long the loop waited for them.",
         );
+    }
+    if on("kafka-far") {
+        let t = Instant::now();
+        eprintln!("journeyd bench: end to end, far broker ({kafka_events} events)");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let rows = runtime.block_on(kafka_row::far_broker(kafka_events));
+        table.extend(
+            rows.unwrap_or_else(|e| vec![Row::error("end to end, far broker".to_owned(), &e)]),
+        );
+        table.note(
+            "far broker",
+            "the mock cluster answers every request 10 ms late (rd_kafka_mock_broker_set_rtt), as a \
+             broker across a network with acks=all would; the service runs with 1, 2 and 3 \
+             batches on their way to Kafka at once (processing.batches_in_flight). With more than \
+             one, a batch's sends are queued while the previous batch's wait for their \
+             acknowledgements (in batch order all the same).",
+        );
+        timed("end to end, far broker", t);
     }
     if on("scale") {
         let t = Instant::now();

@@ -55,6 +55,13 @@ impl Mock {
     pub fn start() -> anyhow::Result<Mock> {
         Ok(Mock(journeyd::embedded::Embedded::start(&[])?))
     }
+
+    /// Starts one whose broker answers every request `delay` late, as a broker further away.
+    pub fn far(delay: Duration) -> anyhow::Result<Mock> {
+        let mock = Mock::start()?;
+        mock.0.set_round_trip(delay)?;
+        Ok(mock)
+    }
 }
 
 impl Cluster for Mock {
@@ -256,14 +263,17 @@ impl std::fmt::Debug for Service {
 
 impl Service {
     /// Creates the service's topics on `cluster` (inputs with 4 partitions, as
-    /// `--embedded-kafka` does), runs `before` (to fill the input topic), and starts it.
+    /// `--embedded-kafka` does), runs `before` (to fill the input topic), and starts it with
+    /// `in_flight` batches on their way to Kafka at most (`processing.batches_in_flight`).
     pub fn start(
         cluster: &dyn Cluster,
         prefix: &str,
+        in_flight: usize,
         before: impl FnOnce(&Config) -> anyhow::Result<()>,
     ) -> anyhow::Result<(Service, Config)> {
         let dir = tempfile::tempdir()?;
-        let config = service_config(&cluster.bootstrap(), prefix, dir.path());
+        let mut config = service_config(&cluster.bootstrap(), prefix, dir.path());
+        config.processing.batches_in_flight = in_flight;
         let opened = app::open(&config)?;
         for i in &config.inputs {
             cluster.create_topic(&i.topic, 4)?;
@@ -330,15 +340,17 @@ fn rate(n: u64, first: Option<(Instant, u64)>, end: Instant, start: Instant) -> 
     }
 }
 
-/// The service over `payloads` (produced to its input topic first).
+/// The service over `payloads` (produced to its input topic first), with `in_flight` batches
+/// on their way to Kafka at most.
 pub async fn service_run(
     cluster: &dyn Cluster,
     prefix: &str,
     payloads: &[Payload],
+    in_flight: usize,
 ) -> anyhow::Result<Run> {
     // Every message is in before the service starts, so that producing never limits it.
     let bootstrap = cluster.bootstrap();
-    let (service, _) = Service::start(cluster, prefix, |config| {
+    let (service, _) = Service::start(cluster, prefix, in_flight, |config| {
         let topic = &config.inputs[0].topic;
         tokio::task::block_in_place(|| produce_all(&bootstrap, topic, payloads))
     })?;
@@ -488,7 +500,7 @@ pub async fn throughput(
     };
     let svc = {
         let cluster = new_cluster()?;
-        service_run(cluster.as_ref(), "s.", &payloads).await?
+        service_run(cluster.as_ref(), "s.", &payloads, default_in_flight()).await?
     };
     let ratio = svc.eps / copy.eps;
     let rows = vec![
@@ -526,6 +538,41 @@ pub async fn throughput(
         ),
     ];
     Ok((rows, svc.eps))
+}
+
+/// The service's default `processing.batches_in_flight`.
+fn default_in_flight() -> usize {
+    Config::default().processing.batches_in_flight
+}
+
+/// The round trip of the far broker (`far_broker`).
+pub const FAR_ROUND_TRIP: Duration = Duration::from_millis(10);
+
+/// The throughput row of a broker [`FAR_ROUND_TRIP`] away (the mock cluster, delayed): the
+/// service with 1, 2 and 3 batches in flight, against the copy.
+pub async fn far_broker(n: usize) -> anyhow::Result<Vec<Row>> {
+    let payloads = touchpoints(n)?;
+    let copy = copy_run(&Mock::far(FAR_ROUND_TRIP)?, "c.", &payloads).await?;
+    let mut rates = Vec::new();
+    for in_flight in 1..=3 {
+        let run = service_run(&Mock::far(FAR_ROUND_TRIP)?, "s.", &payloads, in_flight).await?;
+        rates.push(run.eps);
+    }
+    let ms = FAR_ROUND_TRIP.as_millis();
+    Ok(vec![Row::info(
+        format!(
+            "end to end, mock cluster answering {ms} ms late: touchpoints/s with 1 / 2 / 3 \
+             batches in flight (processing.batches_in_flight), and the copy ({} events)",
+            thousands(n as f64)
+        ),
+        format!(
+            "{} / {} / {}; copy {}",
+            thousands(rates[0]),
+            thousands(rates[1]),
+            thousands(rates[2]),
+            thousands(copy.eps)
+        ),
+    )])
 }
 
 /// Latency percentiles, in milliseconds.
@@ -566,7 +613,7 @@ pub async fn latency(
     rate: f64,
     secs: f64,
 ) -> anyhow::Result<Latency> {
-    let (service, config) = Service::start(cluster, prefix, |_| Ok(()))?;
+    let (service, config) = Service::start(cluster, prefix, default_in_flight(), |_| Ok(()))?;
     let total = ((rate * secs) as usize).max(PROBE_EVERY * 10);
     let bootstrap = cluster.bootstrap();
     let input = config.inputs[0].topic.clone();

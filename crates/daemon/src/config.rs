@@ -138,6 +138,13 @@ pub struct ProcessingConfig {
     pub max_future_skew_secs: u64,
     /// The most due timers fired in one batch.
     pub timer_batch: usize,
+    /// The most batches whose actions are on their way to Kafka at once. 1 (the default)
+    /// sends a batch only once the previous batch's actions are acknowledged. More queues a
+    /// batch's messages behind the previous batch's (in batch order all the same), which pays
+    /// when acknowledgements take longer than processing a batch (a distant broker); but after
+    /// a send Kafka lost for longer than `message.timeout.ms`, a cancel can then reach an
+    /// adapter before the send it withdraws, and comes again after it.
+    pub batches_in_flight: usize,
     /// Run the processing clock this many times faster than real time (demo and staging only).
     pub clock_speed: f64,
     /// Allow `clock_speed` other than 1 with a real broker.
@@ -236,6 +243,7 @@ impl Default for ProcessingConfig {
             max_event_bytes: 1 << 20,
             max_future_skew_secs: 300,
             timer_batch: 5000,
+            batches_in_flight: 1,
             clock_speed: 1.0,
             force_clock_speed: false,
             history_limit: 64,
@@ -313,8 +321,13 @@ impl Config {
         if !(self.processing.clock_speed.is_finite() && self.processing.clock_speed > 0.0) {
             return bad("processing.clock_speed must be a positive number");
         }
-        if self.processing.batch_max_messages == 0 || self.processing.timer_batch == 0 {
-            return bad("processing.batch_max_messages and timer_batch must be positive");
+        if self.processing.batch_max_messages == 0
+            || self.processing.timer_batch == 0
+            || self.processing.batches_in_flight == 0
+        {
+            return bad(
+                "processing.batch_max_messages, timer_batch and batches_in_flight must be positive",
+            );
         }
         Ok(())
     }
@@ -442,6 +455,14 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("{channel}"));
+        let env = vec![(
+            "JOURNEYD__PROCESSING__BATCHES_IN_FLIGHT".to_owned(),
+            "0".to_owned(),
+        )];
+        assert!(Config::load(None, env)
+            .unwrap_err()
+            .to_string()
+            .contains("batches_in_flight"));
     }
 
     #[test]

@@ -33,6 +33,15 @@ impl Embedded {
         self.cluster.create_topic(topic, partitions, 1)
     }
 
+    /// Makes the broker answer every request this much later, as a broker further away would
+    /// (benchmarks).
+    pub fn set_round_trip(
+        &self,
+        delay: std::time::Duration,
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        self.cluster.broker_round_trip_time(1, delay)
+    }
+
     /// The address other Kafka clients connect to.
     pub fn bootstrap_servers(&self) -> String {
         self.cluster.bootstrap_servers()

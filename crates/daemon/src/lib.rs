@@ -11,4 +11,5 @@ pub mod embedded;
 pub mod http;
 pub mod metrics;
 pub mod processor;
+pub mod sending;
 pub mod service;

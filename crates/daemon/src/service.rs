@@ -15,8 +15,9 @@
 //! Batches overlap: while batch N's actions wait for their acknowledgements (5) and batch N-1
 //! is written (6), batch N+1 is consumed and processed (1-4), reading the states and timers
 //! through the writes not yet in the store ([`crate::processor::Unwritten`]). Sends go out in
-//! batch order (N+1's only after N's are acknowledged) and writes land in batch order, each
-//! after its batch's acknowledgements. The due timers of batch N+1 (3) are read while batch N
+//! batch order (by default N+1's only after N's are acknowledged; with
+//! `processing.batches_in_flight` above 1, queued after N's: see [`crate::sending`]) and
+//! writes land in batch order, each after its batch's acknowledgements. The due timers of batch N+1 (3) are read while batch N
 //! runs (4), through the entries N fires, and patched with N's write once it is known
 //! ([`crate::processor::Prefetched`]).
 //!
@@ -29,19 +30,19 @@ use crate::clock::{wall_now, Clock};
 use crate::config::{Config, Encoding};
 use crate::metrics::Metrics;
 use crate::processor::{run_batch, Output, Position, Prefetched, Unwritten, Work};
+use crate::sending::{DeadLetter, InFlight, Landed, Sender, Sent};
 use futures::FutureExt as _;
 use journeyd_codec::{ActionEncoder, Format, TouchpointDecoder};
 use journeyd_engine::Engine;
 use journeyd_store::{Millis, Offset, Store, WriteSet};
-use journeyd_types::Action;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset as KafkaOffset, TopicPartitionList};
-use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -447,14 +448,6 @@ impl Decoders {
     }
 }
 
-/// A message bound for the dead-letter topic.
-#[derive(Debug)]
-struct DeadLetter {
-    message: OwnedMessage,
-    reason: &'static str,
-    error: String,
-}
-
 /// A consumed batch, decoded.
 #[derive(Debug, Default)]
 struct Prepared {
@@ -698,144 +691,6 @@ fn prepare(
     Some(p)
 }
 
-fn dead_letter_headers(d: &DeadLetter) -> OwnedHeaders {
-    let mut h = OwnedHeaders::new();
-    if let Some(orig) = d.message.headers() {
-        for header in orig.iter() {
-            h = h.insert(Header {
-                key: header.key,
-                value: header.value,
-            });
-        }
-    }
-    let partition = d.message.partition().to_string();
-    let offset = d.message.offset().to_string();
-    for (key, value) in [
-        ("journeyd.dlq.reason", d.reason),
-        ("journeyd.dlq.error", d.error.as_str()),
-        ("journeyd.dlq.source.topic", d.message.topic()),
-        ("journeyd.dlq.source.partition", partition.as_str()),
-        ("journeyd.dlq.source.offset", offset.as_str()),
-    ] {
-        h = h.insert(Header {
-            key,
-            value: Some(value.as_bytes()),
-        });
-    }
-    h
-}
-
-/// Produces the batch's actions and dead letters; Ok when Kafka acknowledged every one.
-async fn produce(
-    shared: &Shared,
-    producer: &FutureProducer,
-    encoder: &ActionEncoder,
-    actions: &[Action],
-    dead: &[DeadLetter],
-    shutdown: &CancellationToken,
-) -> Result<(), String> {
-    let config = &shared.config;
-    // One deadline for the whole batch: a message that cannot be queued by then fails it.
-    let queued_by = Instant::now() + QUEUE_TIMEOUT;
-    let mut topics: std::collections::HashMap<&str, String> = Default::default();
-    let mut payloads = Vec::with_capacity(actions.len());
-    for a in actions {
-        let topic = topics
-            .entry(a.channel.as_str())
-            .or_insert_with(|| config.actions_topic(&a.channel));
-        let bytes = encoder.encode(a, topic).map_err(|e| e.to_string())?;
-        payloads.push(bytes);
-    }
-    // Queue every message, then wait for their acknowledgements in order: one future per
-    // message, each awaited once (a join of thousands of futures cost a tenth of the CPU
-    // while firing timers).
-    // The whole batch is produced again when one message cannot be queued: queueing the rest
-    // would only wait longer.
-    let not_queued = |e: KafkaError| format!("a message of the batch could not be queued: {e}");
-    let mut deliveries = Vec::with_capacity(payloads.len() + dead.len());
-    for (a, bytes) in actions.iter().zip(&payloads) {
-        let headers = OwnedHeaders::new_with_capacity(2)
-            .insert(Header {
-                key: "journeyd.action_id",
-                value: Some(a.action_id.as_bytes()),
-            })
-            .insert(Header {
-                key: "journeyd.kind",
-                value: Some(a.kind.as_str().as_bytes()),
-            });
-        let record = FutureRecord::to(&topics[a.channel.as_str()])
-            .key(a.customer_id.as_bytes())
-            .payload(bytes.as_slice())
-            .headers(headers);
-        deliveries.push(
-            enqueue(producer, record, queued_by, shutdown)
-                .await
-                .map_err(not_queued)?,
-        );
-    }
-    for d in dead {
-        let mut record = FutureRecord::<[u8], [u8]>::to(&config.outputs.dead_letter_topic)
-            .payload(d.message.payload().unwrap_or_default())
-            .headers(dead_letter_headers(d));
-        if let Some(k) = d.message.key() {
-            record = record.key(k);
-        }
-        deliveries.push(
-            enqueue(producer, record, queued_by, shutdown)
-                .await
-                .map_err(not_queued)?,
-        );
-    }
-    let mut failed: Vec<String> = Vec::new();
-    for d in deliveries {
-        match d.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => failed.push(e.to_string()),
-            Err(_) => failed.push("the producer went away".to_owned()),
-        }
-    }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} of the batch's messages were not acknowledged (first: {})",
-            failed.len(),
-            failed[0]
-        ))
-    }
-}
-
-/// How long a batch's messages wait for room in the producer's queue before the batch fails
-/// (and is produced again).
-const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Queues a message, waiting while the producer's queue is full, until `deadline` or the
-/// service stops. The future it returns resolves when Kafka acknowledges the message or the
-/// producer gives up.
-async fn enqueue<K, P>(
-    producer: &FutureProducer,
-    mut record: FutureRecord<'_, K, P>,
-    deadline: Instant,
-    shutdown: &CancellationToken,
-) -> Result<DeliveryFuture, KafkaError>
-where
-    K: rdkafka::message::ToBytes + ?Sized,
-    P: rdkafka::message::ToBytes + ?Sized,
-{
-    loop {
-        match producer.send_result(record) {
-            Ok(delivery) => return Ok(delivery),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
-                if Instant::now() < deadline && !shutdown.is_cancelled() =>
-            {
-                record = r;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err((e, _)) => return Err(e),
-        }
-    }
-}
-
 /// Swaps in the journeys of the folder, if they are all valid; else keeps the running ones.
 pub fn reload(shared: &Shared) {
     let settings = journeyd_engine::Settings {
@@ -890,12 +745,20 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         (Encoding::Avro, None) => ActionEncoder::new(Format::Avro),
         (Encoding::Json, _) => ActionEncoder::new(Format::Json),
     });
+    let sender = Sender {
+        producer: producer.clone(),
+        encoder,
+        config: Arc::new(shared.config.clone()),
+        metrics: shared.metrics.clone(),
+        shutdown: shutdown.clone(),
+    };
     let mut caught_up = false;
     let mut timers_backlogged = false;
     let mut last_gauges = Instant::now() - Duration::from_secs(60);
-    // The batch whose actions are on their way to Kafka, the batch being written, and their
+    // The batches whose actions are on their way to Kafka, the batch being written, and their
     // writes, which later batches read through.
-    let mut sending: Option<Sending> = None;
+    let mut sending: InFlight<Then> = InFlight::new();
+    let in_flight = shared.config.processing.batches_in_flight;
     let mut writing: Option<Writing> = None;
     let mut unwritten = Unwritten::none();
     // The due timers of the next batch, read while the last batch ran, and that batch's write
@@ -1014,6 +877,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             if !drain(
                 &shared,
                 &consumer,
+                &sender,
                 &mut unwritten,
                 &mut sending,
                 &mut writing,
@@ -1080,38 +944,45 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         let write = Arc::new(write);
         unwritten.push(write.clone());
         prefetched = prefetch.map(|task| (task, write.clone()));
-        // Actions go out in batch order: the previous batch's must be acknowledged first (a
-        // batch is written only after its actions are acknowledged, and in batch order).
-        if let Some(b) = sending.take() {
-            let waited = Instant::now();
-            let landed = land(&shared, &consumer, &mut unwritten, &mut writing, b).await?;
-            stage("produce_wait", waited);
-            if !landed {
-                break;
-            }
+        // At most `batches_in_flight` batches on their way: the oldest must land first (its
+        // actions acknowledged; then it is written, after the batch before it).
+        let waited = Instant::now();
+        let mut stopping = false;
+        while sending.len() >= in_flight && !stopping {
+            stopping = !land(
+                &shared,
+                &consumer,
+                &sender,
+                &mut unwritten,
+                &mut sending,
+                &mut writing,
+            )
+            .await?;
         }
-        let task = tokio::spawn(send_batch(
-            shared.clone(),
-            producer.clone(),
-            encoder.clone(),
-            shutdown.clone(),
+        stage("produce_wait", waited);
+        if stopping {
+            break;
+        }
+        // Queued after the batches on their way, so they keep batch order in every partition.
+        sending.send(
+            &sender,
             Sent {
                 actions,
                 dead: prepared.dead,
-                tally,
-                timestamps: prepared.timestamps,
-                timers: prepared.timers,
+                then: Then {
+                    write,
+                    topics: prepared.topics,
+                    tally,
+                    timestamps: prepared.timestamps,
+                    timers: prepared.timers,
+                },
             },
-        ));
-        sending = Some(Sending {
-            task,
-            write,
-            topics: prepared.topics,
-        });
+        );
     }
     drain(
         &shared,
         &consumer,
+        &sender,
         &mut unwritten,
         &mut sending,
         &mut writing,
@@ -1136,85 +1007,35 @@ const PREFETCH_FRESH: Duration = Duration::from_millis(5);
 /// A read of due timers under way beside a batch.
 type PrefetchTask = tokio::task::JoinHandle<Result<Prefetched, journeyd_store::Error>>;
 
-/// What a batch sends, and counts once Kafka has it.
-struct Sent {
-    actions: Vec<Action>,
-    dead: Vec<DeadLetter>,
+/// What a batch hands on once Kafka has its messages: its write, and what to count.
+struct Then {
+    write: Arc<WriteSet>,
+    topics: Vec<String>,
     tally: crate::processor::Tally,
     timestamps: Vec<i64>,
     timers: usize,
 }
 
-/// Produces a batch's actions and dead letters, retrying until Kafka acknowledges all of them,
-/// then counts them. Returns whether they were acknowledged (not when the service stops while
-/// Kafka refuses them: then the batch is not written, and runs again after a restart).
-async fn send_batch(
-    shared: Arc<Shared>,
-    producer: FutureProducer,
-    encoder: Arc<ActionEncoder>,
-    shutdown: CancellationToken,
-    sent: Sent,
-) -> bool {
-    let started = Instant::now();
-    while let Err(error) = produce(
-        &shared,
-        &producer,
-        &encoder,
-        &sent.actions,
-        &sent.dead,
-        &shutdown,
-    )
-    .await
-    {
-        tracing::warn!(%error, "Kafka did not acknowledge the batch; it will be produced again.");
-        shared.metrics.batch_retries.inc();
-        if shutdown.is_cancelled() {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    let m = &shared.metrics;
-    m.batch_seconds
-        .with_label_values(&["produce"])
-        .observe(started.elapsed().as_secs_f64());
-    let now = wall_now();
-    for ts in &sent.timestamps {
-        m.event_to_action_seconds
-            .observe(((now - ts).max(0) as f64) / 1000.0);
-    }
-    for d in &sent.dead {
-        m.events_rejected.with_label_values(&[d.reason]).inc();
-        tracing::warn!(reason = d.reason, error = %d.error, topic = d.message.topic(), partition = d.message.partition(), offset = d.message.offset(), "Message sent to the dead-letter topic.");
-    }
-    for a in &sent.actions {
-        m.actions
-            .with_label_values(&[a.channel.as_str(), a.kind.as_str()])
-            .inc();
-    }
-    m.timers_fired.inc_by(sent.timers as u64);
-    m.apply(&sent.tally);
-    true
-}
-
-/// A batch whose actions are on their way.
-struct Sending {
-    task: tokio::task::JoinHandle<bool>,
-    write: Arc<WriteSet>,
-    topics: Vec<String>,
-}
-
-/// Waits for a batch's actions to be acknowledged, then starts its write (after the previous
-/// write has landed). Returns false if they were not (the service is stopping).
+/// Waits for the oldest batch on its way to be acknowledged (see [`InFlight::land_oldest`]),
+/// counts it, then starts its write (after the previous write has landed). Returns false if it
+/// was not acknowledged (the service is stopping): then neither it nor any later batch is
+/// written.
 async fn land(
     shared: &Arc<Shared>,
     consumer: &StreamConsumer<Context>,
+    sender: &Sender,
     unwritten: &mut Unwritten,
+    sending: &mut InFlight<Then>,
     writing: &mut Option<Writing>,
-    b: Sending,
 ) -> anyhow::Result<bool> {
-    if !b.task.await? {
+    let Some(landed) = sending
+        .land_oldest(sender)
+        .await
+        .map_err(anyhow::Error::msg)?
+    else {
         return Ok(false);
-    }
+    };
+    count(shared, &landed);
     if let Some(w) = writing.take() {
         let waited = Instant::now();
         finish(shared, consumer, unwritten, w).await?;
@@ -1224,23 +1045,54 @@ async fn land(
             .with_label_values(&["write_wait"])
             .observe(waited.elapsed().as_secs_f64());
     }
-    *writing = Some(start_write(shared, b.write, b.topics));
+    let then = landed.sent.then;
+    *writing = Some(start_write(shared, then.write, then.topics));
     Ok(true)
 }
 
-/// Lets the batches under way land: the one being sent (once Kafka acknowledges it, then its
-/// write starts) and the one being written. Returns false if the one being sent was not
-/// acknowledged (the service is stopping).
+/// Counts a batch Kafka has acknowledged: its actions, dead letters, timers and latencies.
+fn count(shared: &Shared, landed: &Landed<Then>) {
+    let m = &shared.metrics;
+    let Sent {
+        actions,
+        dead,
+        then,
+    } = &landed.sent;
+    m.batch_seconds
+        .with_label_values(&["produce"])
+        .observe(landed.took.as_secs_f64());
+    let acknowledged_at = wall_now() - landed.acknowledged.elapsed().as_millis() as i64;
+    for ts in &then.timestamps {
+        m.event_to_action_seconds
+            .observe(((acknowledged_at - ts).max(0) as f64) / 1000.0);
+    }
+    for d in dead {
+        m.events_rejected.with_label_values(&[d.reason]).inc();
+        tracing::warn!(reason = d.reason, error = %d.error, topic = d.message.topic(), partition = d.message.partition(), offset = d.message.offset(), "Message sent to the dead-letter topic.");
+    }
+    for a in actions {
+        m.actions
+            .with_label_values(&[a.channel.as_str(), a.kind.as_str()])
+            .inc();
+    }
+    m.timers_fired.inc_by(then.timers as u64);
+    m.apply(&then.tally);
+}
+
+/// Lets the batches under way land, in order: those being sent (each written once Kafka
+/// acknowledges it) and the one being written. Returns false if one being sent was not
+/// acknowledged (the service is stopping); the later ones are then left unwritten too.
 async fn drain(
     shared: &Arc<Shared>,
     consumer: &StreamConsumer<Context>,
+    sender: &Sender,
     unwritten: &mut Unwritten,
-    sending: &mut Option<Sending>,
+    sending: &mut InFlight<Then>,
     writing: &mut Option<Writing>,
 ) -> anyhow::Result<bool> {
     let mut acknowledged = true;
-    if let Some(b) = sending.take() {
-        acknowledged = land(shared, consumer, unwritten, writing, b).await?;
+    while acknowledged && !sending.is_empty() {
+        acknowledged = land(shared, consumer, sender, unwritten, sending, writing).await?;
     }
     if let Some(w) = writing.take() {
         finish(shared, consumer, unwritten, w).await?;
@@ -1348,47 +1200,6 @@ pub fn update_gauges(shared: &Shared) {
 mod tests {
     use super::*;
 
-    /// A producer whose queue holds one message and whose broker is never reached.
-    fn full_producer() -> FutureProducer {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", "127.0.0.1:1")
-            .set("queue.buffering.max.messages", "1")
-            .set("message.timeout.ms", "60000")
-            .create()
-            .unwrap();
-        let first = FutureRecord::<[u8], [u8]>::to("t").payload(b"1");
-        // Queued (its delivery future can go: the message stays in the queue).
-        drop(producer.send_result(first).map_err(|(e, _)| e).unwrap());
-        producer
-    }
-
-    #[tokio::test]
-    async fn a_message_waits_for_room_until_the_deadline_or_the_stop() {
-        let producer = full_producer();
-        let record = || FutureRecord::<[u8], [u8]>::to("t").payload(b"2");
-        let running = CancellationToken::new();
-        let started = Instant::now();
-        let deadline = started + Duration::from_millis(300);
-        let err = enqueue(&producer, record(), deadline, &running)
-            .await
-            .map(|_| ())
-            .unwrap_err();
-        assert_eq!(
-            err,
-            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
-        );
-        assert!(started.elapsed() >= Duration::from_millis(300), "it waited");
-        // Stopping: it gives up at once, however far the deadline.
-        let stopped = CancellationToken::new();
-        stopped.cancel();
-        let started = Instant::now();
-        let far = started + Duration::from_secs(3600);
-        assert!(enqueue(&producer, record(), far, &stopped).await.is_err());
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "it did not wait"
-        );
-    }
     use rdkafka::Timestamp;
 
     fn tpl(parts: &[(&str, i32)]) -> TopicPartitionList {
