@@ -127,13 +127,15 @@ pub fn touchpoints(n: usize) -> anyhow::Result<Vec<Payload>> {
     let engine = workload::engine_for(&workload::example_journeys())?;
     let now = journeyd::clock::wall_now();
     let span = 10 * time::MINUTE;
-    Ok(workload::events(&engine, n, now - span, span)
-        .into_iter()
-        .map(|e| {
-            let bytes = encode_touchpoint(&e, Framing::SingleObject);
-            (e.customer_id, bytes)
-        })
-        .collect())
+    Ok(
+        workload::events_in_zone(&engine, n, now - span, span, &workload::noon_zone(now))
+            .into_iter()
+            .map(|e| {
+                let bytes = encode_touchpoint(&e, Framing::SingleObject);
+                (e.customer_id, bytes)
+            })
+            .collect(),
+    )
 }
 
 /// Counts the messages Kafka did not acknowledge.
@@ -221,8 +223,13 @@ pub fn stages_figures(all_ms: f64, stage_ms: [f64; STAGES.len()]) -> String {
 /// `fetch.wait.max.ms` of every consumer of the harness and the service (see [`service_config`]).
 pub const FETCH_WAIT_MS: &str = "5";
 
-/// The service's configuration for a run: defaults, with topics and group under `prefix`.
-pub fn service_config(bootstrap: &str, prefix: &str, dir: &std::path::Path) -> Config {
+/// The service's configuration for a run: defaults, with topics and group under `prefix`, its
+/// store and journeys (written there) under `dir`.
+pub fn service_config(
+    bootstrap: &str,
+    prefix: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<Config> {
     let mut c = Config::default();
     c.kafka
         .insert("bootstrap.servers".into(), bootstrap.to_owned());
@@ -240,10 +247,13 @@ pub fn service_config(bootstrap: &str, prefix: &str, dir: &std::path::Path) -> C
     }];
     c.outputs.actions_topic = format!("{prefix}actions.{{channel}}");
     c.outputs.dead_letter_topic = format!("{prefix}touchpoints.dlq");
-    c.journeys.dir = workload::example_journeys();
+    // The example journeys, in a zone where it is noon (see `workload::noon_zone`).
+    c.journeys.dir = dir.join("journeys");
+    let zone = workload::noon_zone(journeyd::clock::wall_now());
+    workload::example_journeys_in_zone(&c.journeys.dir, &zone)?;
     c.store.path = dir.join("store");
     c.http.listen = String::new();
-    c
+    Ok(c)
 }
 
 /// The service, running in this process.
@@ -272,7 +282,7 @@ impl Service {
         before: impl FnOnce(&Config) -> anyhow::Result<()>,
     ) -> anyhow::Result<(Service, Config)> {
         let dir = tempfile::tempdir()?;
-        let mut config = service_config(&cluster.bootstrap(), prefix, dir.path());
+        let mut config = service_config(&cluster.bootstrap(), prefix, dir.path())?;
         config.processing.batches_in_flight = in_flight;
         let opened = app::open(&config)?;
         for i in &config.inputs {
@@ -417,7 +427,7 @@ pub async fn copy_run(
     payloads: &[Payload],
 ) -> anyhow::Result<Run> {
     let dir = tempfile::tempdir()?;
-    let mut config = service_config(&cluster.bootstrap(), prefix, dir.path());
+    let mut config = service_config(&cluster.bootstrap(), prefix, dir.path())?;
     config
         .kafka
         .insert("group.id".into(), format!("{prefix}copy"));
@@ -620,7 +630,8 @@ pub async fn latency(
     let engine = workload::engine_for(&workload::example_journeys())?;
     let now = journeyd::clock::wall_now();
     // Built before the clock starts: the messages, keys and probe numbers.
-    let mix = workload::events(&engine, total, now - time::MINUTE, time::MINUTE);
+    let zone = workload::noon_zone(now);
+    let mix = workload::events_in_zone(&engine, total, now - time::MINUTE, time::MINUTE, &zone);
     let mut messages: Vec<(Option<usize>, String, Vec<u8>)> = Vec::with_capacity(total);
     for (i, e) in mix.into_iter().enumerate() {
         let (probe, e) = if i.is_multiple_of(PROBE_EVERY) {

@@ -24,6 +24,45 @@ pub fn example_journeys() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../journeys")
 }
 
+/// The time zone the example journeys' policies put customers in by default (and the one
+/// `profile_updated` events of the mix set).
+pub const HOME_ZONE: &str = "Europe/London";
+
+/// A fixed-offset zone (`Etc/GMT±N`) where it is about noon at `now`: the end-to-end rows run on
+/// wall-clock time, and in the journeys' home zone their quiet hours (21:00 to 08:00) would
+/// hold every text and push at night and halve the actions a run produces. In this zone a run
+/// does the same work at any hour.
+pub fn noon_zone(now: Millis) -> String {
+    let hour = now.div_euclid(3_600_000).rem_euclid(24);
+    // Local = UTC + offset, offset in -11..=12.
+    let offset = (12 - hour + 11).rem_euclid(24) - 11;
+    match offset {
+        0 => "Etc/GMT".to_owned(),
+        // The IANA names' signs are inverted: Etc/GMT-5 is five hours ahead of UTC.
+        o if o > 0 => format!("Etc/GMT-{o}"),
+        o => format!("Etc/GMT+{}", -o),
+    }
+}
+
+/// Copies the example journeys into `dir`, with `zone` as the policies' default time zone in
+/// place of [`HOME_ZONE`].
+pub fn example_journeys_in_zone(dir: &std::path::Path, zone: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let home = format!("default_timezone: {HOME_ZONE}");
+    let mut replaced = false;
+    for entry in std::fs::read_dir(example_journeys())? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path)?;
+            replaced |= text.contains(&home);
+            let text = text.replace(&home, &format!("default_timezone: {zone}"));
+            std::fs::write(dir.join(path.file_name().unwrap_or_default()), text)?;
+        }
+    }
+    anyhow::ensure!(replaced, "no journey file of the examples says `{home}`");
+    Ok(())
+}
+
 /// An engine over the journeys of `dir`, with default settings (as the daemon's defaults).
 pub fn engine_for(dir: &std::path::Path) -> anyhow::Result<Engine> {
     let loaded =
@@ -85,6 +124,17 @@ pub fn customers_for(events: usize) -> usize {
 /// `events` events of the mix, over `customers_for(events)` customers, evenly spread over
 /// `[start, start + span)`. The same arguments give the same stream.
 pub fn events(engine: &Engine, events: usize, start: Millis, span: Millis) -> Vec<Event> {
+    events_in_zone(engine, events, start, span, HOME_ZONE)
+}
+
+/// [`events`], with `profile_updated` events setting `zone` as the customer's time zone.
+pub fn events_in_zone(
+    engine: &Engine,
+    events: usize,
+    start: Millis,
+    span: Millis,
+    zone: &str,
+) -> Vec<Event> {
     let mix = Mix::of(engine);
     let customers = customers_for(events);
     let mut rng = Rng(SEED);
@@ -102,7 +152,7 @@ pub fn events(engine: &Engine, events: usize, start: Millis, span: Millis) -> Ve
                     "ltv_segment".into(),
                     Value::from(["high", "medium", "low"][rng.below(3) as usize]),
                 );
-                attributes.insert("timezone".into(), Value::from("Europe/London"));
+                attributes.insert("timezone".into(), Value::from(zone));
                 "profile_updated".to_owned()
             }
             95..=97 => {
@@ -200,6 +250,36 @@ mod tests {
             .filter(|e| mix.noise.contains(&e.event_type))
             .count();
         assert!((1200..1600).contains(&noise), "{noise} of 2000");
+    }
+
+    #[test]
+    fn the_noon_zone_is_about_noon_whatever_the_hour() {
+        for hour in 0..24 {
+            for minute in [0, 59] {
+                let now = 1_700_006_400_000 + (hour * 60 + minute) * 60_000; // 00:00 UTC + h:m
+                let zone: chrono_tz::Tz = noon_zone(now).parse().unwrap();
+                let local = chrono::DateTime::from_timestamp_millis(now)
+                    .unwrap()
+                    .with_timezone(&zone);
+                use chrono::Timelike as _;
+                assert!(
+                    (11..=12).contains(&local.hour()),
+                    "{hour}:{minute} UTC is {local} in {zone}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_journeys_in_another_zone_load_and_say_it() {
+        let dir = tempfile::tempdir().unwrap();
+        example_journeys_in_zone(dir.path(), "Etc/GMT-5").unwrap();
+        engine_for(dir.path()).unwrap();
+        let policies = std::fs::read_to_string(dir.path().join("policies.yaml")).unwrap();
+        assert!(
+            policies.contains("default_timezone: Etc/GMT-5"),
+            "{policies}"
+        );
     }
 
     #[test]
