@@ -24,7 +24,8 @@
 //! A crash anywhere before 6 replays the batch from the same stored states: the same actions
 //! (same ids, same content) are produced again, and channel adapters de-duplicate on the id.
 //! A failure in 5 retries the same sends, in 6 the same write, so nothing is lost in a Kafka
-//! outage.
+//! outage. A write that retrying cannot help (an invalid write, a corrupt store) stops the
+//! service with its error instead: the batch runs again after a restart.
 
 use crate::clock::{wall_now, Clock};
 use crate::config::{Config, Encoding};
@@ -1046,7 +1047,12 @@ async fn land(
             .observe(waited.elapsed().as_secs_f64());
     }
     let then = landed.sent.then;
-    *writing = Some(start_write(shared, then.write, then.topics));
+    *writing = Some(start_write(
+        shared,
+        then.write,
+        then.topics,
+        &sender.shutdown,
+    ));
     Ok(true)
 }
 
@@ -1102,14 +1108,22 @@ async fn drain(
 
 /// A batch's write, under way.
 struct Writing {
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), journeyd_store::Error>>,
     write: Arc<WriteSet>,
     topics: Vec<String>,
 }
 
-/// Starts writing a batch (retrying until it lands); batches read through it meanwhile.
-fn start_write(shared: &Arc<Shared>, write: Arc<WriteSet>, topics: Vec<String>) -> Writing {
-    let (s, w) = (shared.clone(), write.clone());
+/// Starts writing a batch; batches read through it meanwhile. A write that fails for a reason
+/// that may pass (I/O trouble) is retried until it lands or the service stops; one that cannot
+/// pass (an invalid write, a corrupt store) ends the task with the error, and the service
+/// stops: the batch runs again after a restart.
+fn start_write(
+    shared: &Arc<Shared>,
+    write: Arc<WriteSet>,
+    topics: Vec<String>,
+    shutdown: &CancellationToken,
+) -> Writing {
+    let (s, w, shutdown) = (shared.clone(), write.clone(), shutdown.clone());
     let task = tokio::spawn(async move {
         let started = Instant::now();
         let mut w = w;
@@ -1117,6 +1131,14 @@ fn start_write(shared: &Arc<Shared>, write: Arc<WriteSet>, topics: Vec<String>) 
             let (s2, w2) = (s.clone(), w.clone());
             match tokio::task::spawn_blocking(move || s2.store.write(&w2)).await {
                 Ok(Ok(())) => break,
+                Ok(Err(error)) if !error.is_transient() => {
+                    tracing::error!(%error, "Writing the batch to the store failed, and retrying cannot help: stopping. The batch runs again after a restart.");
+                    return Err(error);
+                }
+                Ok(Err(error)) if shutdown.is_cancelled() => {
+                    tracing::error!(%error, "Writing the batch to the store failed while stopping; the batch runs again after a restart.");
+                    return Err(error);
+                }
                 Ok(Err(error)) => {
                     tracing::error!(%error, "Writing the batch to the store failed; retrying.");
                 }
@@ -1141,6 +1163,7 @@ fn start_write(shared: &Arc<Shared>, write: Arc<WriteSet>, topics: Vec<String>) 
             .batch_seconds
             .with_label_values(&["write"])
             .observe(started.elapsed().as_secs_f64());
+        Ok(())
     });
     Writing {
         task,
@@ -1156,7 +1179,9 @@ async fn finish(
     unwritten: &mut Unwritten,
     w: Writing,
 ) -> anyhow::Result<()> {
-    w.task.await?;
+    w.task
+        .await?
+        .map_err(|e| anyhow::Error::new(e).context("a batch could not be written to the store"))?;
     unwritten.pop_oldest();
     for t in &w.topics {
         shared
@@ -1201,6 +1226,36 @@ mod tests {
     use super::*;
 
     use rdkafka::Timestamp;
+
+    #[tokio::test]
+    async fn a_write_that_retrying_cannot_help_ends_with_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.store.path = dir.path().join("store");
+        config.journeys.dir = dir.path().join("journeys");
+        std::fs::create_dir_all(&config.journeys.dir).unwrap();
+        let opened = crate::app::open(&config).unwrap();
+        let shared = crate::app::shared(config, opened).unwrap();
+        // A topic name too long for the store's offset keys: refused before anything is written.
+        let invalid = WriteSet {
+            offsets: vec![Offset {
+                topic: "t".repeat(100_000),
+                partition: 0,
+                next: 1,
+            }],
+            ..WriteSet::default()
+        };
+        let running = CancellationToken::new();
+        let writing = start_write(&shared, Arc::new(invalid), Vec::new(), &running);
+        let ended = tokio::time::timeout(Duration::from_secs(10), writing.task)
+            .await
+            .expect("it does not retry")
+            .unwrap();
+        let error = ended.unwrap_err();
+        assert!(!error.is_transient(), "{error}");
+        assert!(error.to_string().contains("topic name"), "{error}");
+        assert_eq!(shared.metrics.batch_retries.get(), 0);
+    }
 
     fn tpl(parts: &[(&str, i32)]) -> TopicPartitionList {
         let mut t = TopicPartitionList::new();
