@@ -401,6 +401,9 @@ async fn journeyd_rides_out_a_broker_outage_and_loses_nothing() {
     broker_outage(1).await;
 }
 
+/// The same with three batches in flight. (No batch fails here: nothing is sent while the
+/// path is cut, as no timer fires where its partition cannot be read. Batches produced again
+/// are tested on the mock cluster with refused produce requests, in `journeyd::sending`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journeyd_rides_out_a_broker_outage_with_batches_in_flight() {
     broker_outage(3).await;

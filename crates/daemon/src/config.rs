@@ -140,10 +140,12 @@ pub struct ProcessingConfig {
     pub timer_batch: usize,
     /// The most batches whose actions are on their way to Kafka at once. 1 (the default)
     /// sends a batch only once the previous batch's actions are acknowledged. More queues a
-    /// batch's messages behind the previous batch's (in batch order all the same), which pays
-    /// when acknowledgements take longer than processing a batch (a distant broker); but after
-    /// a send Kafka lost for longer than `message.timeout.ms`, a cancel can then reach an
-    /// adapter before the send it withdraws, and comes again after it.
+    /// batch's messages behind the previous batch's (in batch order all the same, which needs
+    /// the idempotent producer), and pays when acknowledgements take longer than processing a
+    /// batch (a distant broker). The cost: when Kafka refuses or loses a send for good (after
+    /// `message.timeout.ms`, or a refused message), a cancel of a later batch can reach an
+    /// adapter before that send; the batches are then produced again in order, so a copy of
+    /// the cancel comes after the send.
     pub batches_in_flight: usize,
     /// Run the processing clock this many times faster than real time (demo and staging only).
     pub clock_speed: f64,
@@ -329,6 +331,17 @@ impl Config {
                 "processing.batch_max_messages, timer_batch and batches_in_flight must be positive",
             );
         }
+        let idempotent = self
+            .kafka
+            .get("enable.idempotence")
+            .is_none_or(|v| v != "false");
+        if self.processing.batches_in_flight > 1 && !idempotent {
+            return bad(
+                "processing.batches_in_flight above 1 needs the idempotent producer \
+                 (kafka enable.idempotence): without it Kafka may reorder a batch's retried sends \
+                 behind the next batch's",
+            );
+        }
         Ok(())
     }
 
@@ -463,6 +476,21 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("batches_in_flight"));
+        let env = |in_flight: &str| {
+            vec![
+                (
+                    "JOURNEYD__PROCESSING__BATCHES_IN_FLIGHT".to_owned(),
+                    in_flight.to_owned(),
+                ),
+                (
+                    "JOURNEYD__KAFKA__ENABLE_IDEMPOTENCE".to_owned(),
+                    "false".to_owned(),
+                ),
+            ]
+        };
+        let e = Config::load(None, env("2")).unwrap_err().to_string();
+        assert!(e.contains("idempotent"), "{e}");
+        assert!(Config::load(None, env("1")).is_ok());
     }
 
     #[test]

@@ -5,12 +5,13 @@
 //! librdkafka's idempotent producer keeps them in that order in every partition, across its
 //! retries. Batches land (acknowledged whole, then handed on to be written) in batch order.
 //!
-//! A batch that Kafka did not acknowledge whole is produced again, and so is every batch that
-//! was queued after it and is still in flight, after it. Why: a cancel is keyed like the send
-//! it withdraws (same channel topic, same customer), so it follows the send in its partition;
-//! but the send produced again would come after a cancel that a later batch had already
-//! delivered. Producing the later batches again puts a copy of every such cancel after the last
-//! copy of its send. Channel adapters de-duplicate on the action id.
+//! A batch that Kafka did not acknowledge whole is produced again, and so is every batch
+//! queued after it that is still in flight: once their first attempts are over, all of them
+//! again, in order, until Kafka acknowledges them all. Why: a cancel is keyed like the send it
+//! withdraws (same channel topic, same customer), so it follows the send in its partition; but
+//! the send produced again would come after a cancel that a later batch had already delivered.
+//! Producing the later batches again puts a copy of every such cancel after the last copy of
+//! its send. Channel adapters de-duplicate on the action id.
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -95,19 +96,24 @@ impl Sender {
     ) -> Result<Vec<DeliveryFuture>, String> {
         let config = &self.config;
         let mut topics: HashMap<&str, String> = HashMap::new();
-        let mut payloads = Vec::with_capacity(sent.actions.len());
-        for a in &sent.actions {
-            let topic = topics
-                .entry(a.channel.as_str())
-                .or_insert_with(|| config.actions_topic(&a.channel));
-            let bytes = self.encoder.encode(a, topic).map_err(|e| e.to_string())?;
-            payloads.push(bytes);
-        }
+        // Encoded while the previous batch may still be queueing.
+        let payloads: Result<Vec<Vec<u8>>, String> = sent
+            .actions
+            .iter()
+            .map(|a| {
+                let topic = topics
+                    .entry(a.channel.as_str())
+                    .or_insert_with(|| config.actions_topic(&a.channel));
+                self.encoder.encode(a, topic).map_err(|e| e.to_string())
+            })
+            .collect();
         if let Some(after) = after {
-            // An error only says the previous batch's queueing failed: it is produced again,
-            // and this batch after it.
+            // Even when this batch cannot go: the next one waits for this one, so it must not
+            // queue before the previous one has. (An error only says the previous batch's
+            // queueing failed: it is produced again, and every batch after it.)
             let _ = after.await;
         }
+        let payloads = payloads?;
         // One deadline for the whole batch: a message that cannot be queued by then fails it.
         let queued_by = Instant::now() + QUEUE_TIMEOUT;
         let not_queued = |e: KafkaError| format!("a message of the batch could not be queued: {e}");
@@ -148,21 +154,48 @@ impl Sender {
         Ok(deliveries)
     }
 
-    /// Produces the batch's messages; Ok when Kafka acknowledged every one.
-    async fn produce<T>(&self, sent: &Sent<T>) -> Result<(), String> {
-        acknowledged(self.queue(sent, None).await?).await
+    /// Produces batches' messages again, in their order: all queued, then every
+    /// acknowledgement awaited. Ok when Kafka acknowledged every one.
+    async fn produce_again<'a, T: 'a>(
+        &self,
+        batches: impl Iterator<Item = &'a Sent<T>>,
+    ) -> Result<(), String> {
+        let mut deliveries = Vec::new();
+        for sent in batches {
+            deliveries.extend(self.queue(sent, None).await?);
+        }
+        acknowledged(deliveries, &self.shutdown).await
     }
 }
 
+/// How long acknowledgements are still awaited once the service stops: a clean stop lands the
+/// batches on their way; a broker that is away does not hold the stop for longer (those
+/// batches are not written, and run again after a restart).
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// Waits for every delivery: each future awaited once, in order (a join of thousands of futures
-/// cost a tenth of the CPU while firing timers).
-async fn acknowledged(deliveries: Vec<DeliveryFuture>) -> Result<(), String> {
+/// cost a tenth of the CPU while firing timers). Gives up [`STOP_GRACE`] after the service
+/// stops.
+async fn acknowledged(
+    deliveries: Vec<DeliveryFuture>,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
     let mut failed: Vec<String> = Vec::new();
+    let gone = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(STOP_GRACE).await;
+    };
+    tokio::pin!(gone);
     for d in deliveries {
-        match d.await {
-            Ok(Ok(_)) => {}
-            Ok(Err((e, _))) => failed.push(e.to_string()),
-            Err(_) => failed.push("the producer went away".to_owned()),
+        tokio::select! {
+            delivered = d => match delivered {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => failed.push(e.to_string()),
+                Err(_) => failed.push("the producer went away".to_owned()),
+            },
+            () = &mut gone => {
+                return Err("the service stopped before Kafka acknowledged the batch".to_owned());
+            }
         }
     }
     match failed.first() {
@@ -228,13 +261,41 @@ fn dead_letter_headers(d: &DeadLetter) -> OwnedHeaders {
     h
 }
 
-/// A batch on its way: its first attempt runs as a task.
-struct Flying<T> {
-    task: tokio::task::JoinHandle<(Sent<T>, Result<Instant, String>)>,
-    started: Instant,
-    /// Produce it again whatever its first attempt gave: a batch before it was produced again
-    /// after this one's first attempt was queued.
-    again: bool,
+/// A batch on its way.
+enum Flying<T> {
+    /// Its messages are queued or being queued, by a task.
+    Sending {
+        task: tokio::task::JoinHandle<(Sent<T>, Result<Instant, String>)>,
+        started: Instant,
+    },
+    /// Produced again with the batch before it, and acknowledged.
+    Acknowledged {
+        sent: Sent<T>,
+        started: Instant,
+        at: Instant,
+    },
+}
+
+impl<T> Flying<T> {
+    /// Waits for the first attempt (if it is still running).
+    async fn outcome(self) -> Result<(Sent<T>, Instant, Result<Instant, String>), String> {
+        match self {
+            Flying::Sending { task, started } => {
+                let (sent, result) = task
+                    .await
+                    .map_err(|e| format!("a batch's send did not finish: {e}"))?;
+                Ok((sent, started, result))
+            }
+            Flying::Acknowledged { sent, started, at } => Ok((sent, started, Ok(at))),
+        }
+    }
+
+    fn done(&self) -> bool {
+        match self {
+            Flying::Sending { task, .. } => task.is_finished(),
+            Flying::Acknowledged { .. } => true,
+        }
+    }
 }
 
 /// The batches on their way to Kafka, oldest first (see the module's doc).
@@ -263,6 +324,12 @@ impl<T: Send + Sync + 'static> InFlight<T> {
         self.batches.is_empty()
     }
 
+    /// Whether the oldest batch's first attempt is over (it lands without waiting, unless it
+    /// must be produced again).
+    pub fn oldest_done(&self) -> bool {
+        self.batches.front().is_some_and(Flying::done)
+    }
+
     /// Starts sending a batch: its messages are queued after the previous batch's.
     pub fn send(&mut self, sender: &Sender, sent: Sent<T>) {
         let (queued, newest_queued) = oneshot::channel();
@@ -272,7 +339,9 @@ impl<T: Send + Sync + 'static> InFlight<T> {
             let result = match s.queue(&sent, after).await {
                 Ok(deliveries) => {
                     let _ = queued.send(());
-                    acknowledged(deliveries).await.map(|()| Instant::now())
+                    acknowledged(deliveries, &s.shutdown)
+                        .await
+                        .map(|()| Instant::now())
                 }
                 // `queued` is dropped: the next batch queues all the same, and is produced
                 // again after this one.
@@ -280,55 +349,61 @@ impl<T: Send + Sync + 'static> InFlight<T> {
             };
             (sent, result)
         });
-        self.batches.push_back(Flying {
+        self.batches.push_back(Flying::Sending {
             task,
             started: Instant::now(),
-            again: false,
         });
     }
 
-    /// Waits until Kafka has acknowledged all of the oldest batch's messages, producing them
-    /// again until it has (and marking the later batches to be produced again). None when
-    /// nothing is in flight, or the service stops before Kafka took them: then the batch must
-    /// not be written, nor any after it.
+    /// Waits until Kafka has acknowledged all of the oldest batch's messages. If it did not
+    /// take them all, waits for the later batches' first attempts to end, then produces the
+    /// oldest and all of them again, in order, until Kafka acknowledges them all (they land
+    /// next, without being produced once more). None when nothing is in flight, or the service
+    /// stops before Kafka took them: then the batch must not be written, nor any after it.
     pub async fn land_oldest(&mut self, sender: &Sender) -> Result<Option<Landed<T>>, String> {
-        let Some(b) = self.batches.pop_front() else {
+        let Some(oldest) = self.batches.pop_front() else {
             return Ok(None);
         };
-        let (sent, first) = b
-            .task
-            .await
-            .map_err(|e| format!("a batch's send did not finish: {e}"))?;
-        let acknowledged = match first {
-            Ok(at) if !b.again => at,
-            first => {
-                let mut error = first.err();
-                loop {
-                    if let Some(error) = error.take() {
-                        tracing::warn!(%error, "Kafka did not acknowledge the batch; it will be produced again.");
-                        sender.metrics.batch_retries.inc();
-                        if sender.shutdown.is_cancelled() {
-                            // Nor any batch after it: they must not be written before it.
-                            self.batches.clear();
-                            return Ok(None);
-                        }
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                    match sender.produce(&sent).await {
-                        Ok(()) => break,
-                        Err(e) => error = Some(e),
-                    }
-                }
-                for later in &mut self.batches {
-                    later.again = true;
-                }
-                Instant::now()
+        let (sent, started, first) = oldest.outcome().await?;
+        let mut error = match first {
+            Ok(at) => {
+                return Ok(Some(Landed {
+                    sent,
+                    acknowledged: at,
+                    took: at - started,
+                }))
             }
+            Err(e) => e,
         };
+        // The later batches' first copies are out (or failed) before any copy again.
+        let mut later = Vec::with_capacity(self.batches.len());
+        for b in std::mem::take(&mut self.batches) {
+            let (s, started, _) = b.outcome().await?;
+            later.push((s, started));
+        }
+        self.newest_queued = None;
+        loop {
+            tracing::warn!(%error, batches = 1 + later.len(), "Kafka did not acknowledge a batch; it and the batches after it will be produced again, in order.");
+            sender.metrics.batch_retries.inc();
+            if sender.shutdown.is_cancelled() {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let all = std::iter::once(&sent).chain(later.iter().map(|(s, _)| s));
+            match sender.produce_again(all).await {
+                Ok(()) => break,
+                Err(e) => error = e,
+            }
+        }
+        let at = Instant::now();
+        for (sent, started) in later {
+            self.batches
+                .push_back(Flying::Acknowledged { sent, started, at });
+        }
         Ok(Some(Landed {
             sent,
-            acknowledged,
-            took: acknowledged - b.started,
+            acknowledged: at,
+            took: at - started,
         }))
     }
 }
@@ -398,6 +473,7 @@ mod tests {
     use journeyd_types::ActionKind;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::Producer as _;
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     use rdkafka::{Offset, TopicPartitionList};
 
@@ -486,7 +562,7 @@ mod tests {
     }
 
     async fn first_attempt_done<T>(in_flight: &InFlight<T>, i: usize) {
-        while !in_flight.batches[i].task.is_finished() {
+        while !in_flight.batches[i].done() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -521,8 +597,8 @@ mod tests {
         in_flight.newest_queued = Some(newest_queued);
         in_flight.send(&s, batch("b"));
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!in_flight.batches[0].task.is_finished());
-        assert_eq!(log(&cluster, 0), Vec::<String>::new(), "b waits");
+        assert!(!in_flight.oldest_done());
+        assert_eq!(s.producer.in_flight_count(), 0, "b waits: nothing queued");
         queued.send(()).unwrap();
         assert_eq!(
             in_flight.land_oldest(&s).await.unwrap().unwrap().sent.then,
@@ -554,6 +630,38 @@ mod tests {
         assert!(in_flight.is_empty());
         // b again after a: b's first copy came before a.
         assert_eq!(log(&cluster, 3), ["b", "a", "b"]);
+        assert_eq!(s.metrics.batch_retries.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn after_a_batch_is_produced_again_the_later_ones_go_once() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic(TOPIC, 1, 1).unwrap();
+        let s = sender(&cluster);
+        let mut in_flight = InFlight::new();
+        cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD],
+        );
+        in_flight.send(&s, batch("a"));
+        first_attempt_done(&in_flight, 0).await;
+        in_flight.send(&s, batch("b"));
+        first_attempt_done(&in_flight, 1).await;
+        // Then as the service loop does with two in flight: land the oldest when two are on
+        // their way, or when it is done, then send the next.
+        let mut landed = Vec::new();
+        for id in ["c", "d", "e", "f", "g"] {
+            while in_flight.len() >= 2 || in_flight.oldest_done() {
+                landed.push(in_flight.land_oldest(&s).await.unwrap().unwrap().sent.then);
+            }
+            in_flight.send(&s, batch(id));
+        }
+        while let Some(l) = in_flight.land_oldest(&s).await.unwrap() {
+            landed.push(l.sent.then);
+        }
+        assert_eq!(landed, ["a", "b", "c", "d", "e", "f", "g"]);
+        // a's first attempt was refused: a and b again, in order, then every batch once.
+        assert_eq!(log(&cluster, 8), ["b", "a", "b", "c", "d", "e", "f", "g"]);
         assert_eq!(s.metrics.batch_retries.get(), 1);
     }
 

@@ -534,8 +534,8 @@ pub fn clients(shared: &Shared) -> Result<(StreamConsumer<Context>, FutureProduc
     }
     set_default(&mut pc, "enable.idempotence", "true");
     set_default(&mut pc, "acks", "all");
-    // The loop queues a whole batch's sends at once and waits for their acknowledgements before
-    // it goes on: the batching is done, and a longer linger would only add idle time per batch.
+    // The loop queues a whole batch's sends at once: the batching is done, and a longer linger
+    // would only add idle time per batch.
     set_default(&mut pc, "linger.ms", "1");
     set_default(&mut pc, "compression.type", "lz4");
     let producer: FutureProducer = pc.create()?;
@@ -946,10 +946,12 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         unwritten.push(write.clone());
         prefetched = prefetch.map(|task| (task, write.clone()));
         // At most `batches_in_flight` batches on their way: the oldest must land first (its
-        // actions acknowledged; then it is written, after the batch before it).
+        // actions acknowledged; then it is written, after the batch before it). Batches already
+        // acknowledged land now, so their writes start.
         let waited = Instant::now();
+        let mut landed = 0;
         let mut stopping = false;
-        while sending.len() >= in_flight && !stopping {
+        while !stopping && (sending.len() >= in_flight || sending.oldest_done()) {
             stopping = !land(
                 &shared,
                 &consumer,
@@ -959,8 +961,11 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 &mut writing,
             )
             .await?;
+            landed += 1;
         }
-        stage("produce_wait", waited);
+        if landed > 0 {
+            stage("produce_wait", waited);
+        }
         if stopping {
             break;
         }
