@@ -607,13 +607,17 @@ mod tests {
         assert_eq!(log(&cluster, 1), ["b"]);
     }
 
-    #[tokio::test]
-    async fn a_batch_produced_again_is_followed_by_the_later_batches_again() {
+    /// Batch a's produce refused by the broker, then batch b's first attempt over (it went
+    /// through): both on their way.
+    async fn a_refused_then_b() -> (
+        MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+        Sender,
+        InFlight<&'static str>,
+    ) {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic(TOPIC, 1, 1).unwrap();
         let s = sender(&cluster);
         let mut in_flight = InFlight::new();
-        // The first batch's produce is refused; the second batch's goes through.
         cluster.request_errors(
             RDKafkaApiKey::Produce,
             &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD],
@@ -622,6 +626,12 @@ mod tests {
         first_attempt_done(&in_flight, 0).await;
         in_flight.send(&s, batch("b"));
         first_attempt_done(&in_flight, 1).await;
+        (cluster, s, in_flight)
+    }
+
+    #[tokio::test]
+    async fn a_batch_produced_again_is_followed_by_the_later_batches_again() {
+        let (cluster, s, mut in_flight) = a_refused_then_b().await;
         assert_eq!(log(&cluster, 1), ["b"], "b's first attempt went through");
         let a = in_flight.land_oldest(&s).await.unwrap().unwrap();
         assert_eq!(a.sent.then, "a");
@@ -635,18 +645,7 @@ mod tests {
 
     #[tokio::test]
     async fn after_a_batch_is_produced_again_the_later_ones_go_once() {
-        let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic(TOPIC, 1, 1).unwrap();
-        let s = sender(&cluster);
-        let mut in_flight = InFlight::new();
-        cluster.request_errors(
-            RDKafkaApiKey::Produce,
-            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD],
-        );
-        in_flight.send(&s, batch("a"));
-        first_attempt_done(&in_flight, 0).await;
-        in_flight.send(&s, batch("b"));
-        first_attempt_done(&in_flight, 1).await;
+        let (cluster, s, mut in_flight) = a_refused_then_b().await;
         // Then as the service loop does with two in flight: land the oldest when two are on
         // their way, or when it is done, then send the next.
         let mut landed = Vec::new();
@@ -667,18 +666,7 @@ mod tests {
 
     #[tokio::test]
     async fn stopping_while_a_batch_is_refused_lands_neither_it_nor_the_later_ones() {
-        let cluster = MockCluster::new(1).unwrap();
-        cluster.create_topic(TOPIC, 1, 1).unwrap();
-        let s = sender(&cluster);
-        let mut in_flight = InFlight::new();
-        cluster.request_errors(
-            RDKafkaApiKey::Produce,
-            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD],
-        );
-        in_flight.send(&s, batch("a"));
-        first_attempt_done(&in_flight, 0).await;
-        in_flight.send(&s, batch("b"));
-        first_attempt_done(&in_flight, 1).await;
+        let (_cluster, s, mut in_flight) = a_refused_then_b().await;
         s.shutdown.cancel();
         assert!(in_flight.land_oldest(&s).await.unwrap().is_none());
         assert!(
