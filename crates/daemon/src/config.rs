@@ -331,10 +331,11 @@ impl Config {
                 "processing.batch_max_messages, timer_batch and batches_in_flight must be positive",
             );
         }
+        // Anything but a plain yes counts as off (librdkafka reads false, 0, f... as false).
         let idempotent = self
             .kafka
             .get("enable.idempotence")
-            .is_none_or(|v| v != "false");
+            .is_none_or(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "t" | "1"));
         if self.processing.batches_in_flight > 1 && !idempotent {
             return bad(
                 "processing.batches_in_flight above 1 needs the idempotent producer \
@@ -491,6 +492,21 @@ mod tests {
         let e = Config::load(None, env("2")).unwrap_err().to_string();
         assert!(e.contains("idempotent"), "{e}");
         assert!(Config::load(None, env("1")).is_ok());
+        let with = |idempotence: &str| {
+            vec![
+                (
+                    "JOURNEYD__PROCESSING__BATCHES_IN_FLIGHT".to_owned(),
+                    "2".to_owned(),
+                ),
+                (
+                    "JOURNEYD__KAFKA__ENABLE_IDEMPOTENCE".to_owned(),
+                    idempotence.to_owned(),
+                ),
+            ]
+        };
+        assert!(Config::load(None, with("0")).is_err());
+        assert!(Config::load(None, with("FALSE")).is_err());
+        assert!(Config::load(None, with("True")).is_ok());
     }
 
     #[test]

@@ -330,6 +330,12 @@ impl<T: Send + Sync + 'static> InFlight<T> {
         self.batches.front().is_some_and(Flying::done)
     }
 
+    /// Whether the oldest batch should land before another is sent: `most` are on their way,
+    /// or it is done (then its write can start).
+    pub fn must_land(&self, most: usize) -> bool {
+        self.len() >= most || self.oldest_done()
+    }
+
     /// Starts sending a batch: its messages are queued after the previous batch's.
     pub fn send(&mut self, sender: &Sender, sent: Sent<T>) {
         let (queued, newest_queued) = oneshot::channel();
@@ -385,10 +391,10 @@ impl<T: Send + Sync + 'static> InFlight<T> {
         loop {
             tracing::warn!(%error, batches = 1 + later.len(), "Kafka did not acknowledge a batch; it and the batches after it will be produced again, in order.");
             sender.metrics.batch_retries.inc();
-            if sender.shutdown.is_cancelled() {
-                return Ok(None);
+            tokio::select! {
+                () = sender.shutdown.cancelled() => return Ok(None),
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
             let all = std::iter::once(&sent).chain(later.iter().map(|(s, _)| s));
             match sender.produce_again(all).await {
                 Ok(()) => break,
@@ -646,11 +652,13 @@ mod tests {
     #[tokio::test]
     async fn after_a_batch_is_produced_again_the_later_ones_go_once() {
         let (cluster, s, mut in_flight) = a_refused_then_b().await;
-        // Then as the service loop does with two in flight: land the oldest when two are on
-        // their way, or when it is done, then send the next.
-        let mut landed = Vec::new();
+        let mut landed = vec![in_flight.land_oldest(&s).await.unwrap().unwrap().sent.then];
+        // b went again with a: it lands before anything else is sent, though one is in flight.
+        assert_eq!(in_flight.len(), 1);
+        assert!(in_flight.must_land(2));
+        // Then as the service loop does with two in flight.
         for id in ["c", "d", "e", "f", "g"] {
-            while in_flight.len() >= 2 || in_flight.oldest_done() {
+            while in_flight.must_land(2) {
                 landed.push(in_flight.land_oldest(&s).await.unwrap().unwrap().sent.then);
             }
             in_flight.send(&s, batch(id));
@@ -662,6 +670,60 @@ mod tests {
         // a's first attempt was refused: a and b again, in order, then every batch once.
         assert_eq!(log(&cluster, 8), ["b", "a", "b", "c", "d", "e", "f", "g"]);
         assert_eq!(s.metrics.batch_retries.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_cannot_be_encoded_still_holds_the_next_one_behind_the_previous_one() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic(TOPIC, 1, 1).unwrap();
+        let s = sender(&cluster);
+        // A registry that is not there: the batch's actions cannot be encoded.
+        let unencodable = Sender {
+            encoder: Arc::new(ActionEncoder::with_registry("http://127.0.0.1:1")),
+            ..s.clone()
+        };
+        let mut in_flight = InFlight::new();
+        // A batch before them, still queueing.
+        let (queued, newest_queued) = oneshot::channel();
+        in_flight.newest_queued = Some(newest_queued);
+        in_flight.send(&unencodable, batch("b"));
+        in_flight.send(&s, batch("c"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(s.producer.in_flight_count(), 0, "c waits: nothing queued");
+        queued.send(()).unwrap();
+        first_attempt_done(&in_flight, 1).await;
+        assert_eq!(log(&cluster, 1), ["c"]);
+    }
+
+    #[tokio::test]
+    async fn a_stop_waits_for_acknowledgements_a_grace_period_not_the_message_timeout() {
+        // A broker that is not there, and messages that would wait a minute for it.
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("message.timeout.ms", "60000")
+            .create()
+            .unwrap();
+        let s = Sender {
+            producer,
+            encoder: Arc::new(ActionEncoder::new(Format::Json)),
+            config: Arc::new(Config::default()),
+            metrics: Metrics::new().unwrap(),
+            shutdown: CancellationToken::new(),
+        };
+        let mut in_flight = InFlight::new();
+        in_flight.send(&s, batch("a"));
+        in_flight.send(&s, batch("b"));
+        s.shutdown.cancel();
+        let started = Instant::now();
+        let landed = tokio::time::timeout(Duration::from_secs(40), in_flight.land_oldest(&s))
+            .await
+            .expect("the stop does not wait for the message timeout");
+        assert!(landed.unwrap().is_none());
+        assert!(in_flight.is_empty());
+        assert!(
+            started.elapsed() >= STOP_GRACE,
+            "it waited the grace period"
+        );
     }
 
     #[tokio::test]

@@ -951,7 +951,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         let waited = Instant::now();
         let mut landed = 0;
         let mut stopping = false;
-        while !stopping && (sending.len() >= in_flight || sending.oldest_done()) {
+        while !stopping && sending.must_land(in_flight) {
             stopping = !land(
                 &shared,
                 &consumer,
