@@ -512,12 +512,17 @@ mod tests {
     }
 
     fn sender<C: rdkafka::ClientContext>(cluster: &MockCluster<'_, C>) -> Sender {
+        sender_to(&cluster.bootstrap_servers(), "2000")
+    }
+
+    /// A sender to `bootstrap` whose messages give up after `message_timeout_ms`.
+    fn sender_to(bootstrap: &str, message_timeout_ms: &str) -> Sender {
         let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("bootstrap.servers", bootstrap)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")
-            .set("message.timeout.ms", "2000")
+            .set("message.timeout.ms", message_timeout_ms)
             .create()
             .unwrap();
         Sender {
@@ -698,18 +703,7 @@ mod tests {
     #[tokio::test]
     async fn a_stop_waits_for_acknowledgements_a_grace_period_not_the_message_timeout() {
         // A broker that is not there, and messages that would wait a minute for it.
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", "127.0.0.1:1")
-            .set("message.timeout.ms", "60000")
-            .create()
-            .unwrap();
-        let s = Sender {
-            producer,
-            encoder: Arc::new(ActionEncoder::new(Format::Json)),
-            config: Arc::new(Config::default()),
-            metrics: Metrics::new().unwrap(),
-            shutdown: CancellationToken::new(),
-        };
+        let s = sender_to("127.0.0.1:1", "60000");
         let mut in_flight = InFlight::new();
         in_flight.send(&s, batch("a"));
         in_flight.send(&s, batch("b"));
