@@ -746,22 +746,22 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         (Encoding::Avro, None) => ActionEncoder::new(Format::Avro),
         (Encoding::Json, _) => ActionEncoder::new(Format::Json),
     });
-    let sender = Sender {
-        producer: producer.clone(),
-        encoder,
-        config: Arc::new(shared.config.clone()),
-        metrics: shared.metrics.clone(),
-        shutdown: shutdown.clone(),
+    let mut past = Past {
+        sender: Sender {
+            producer: producer.clone(),
+            encoder,
+            config: Arc::new(shared.config.clone()),
+            metrics: shared.metrics.clone(),
+            shutdown: shutdown.clone(),
+        },
+        sending: InFlight::new(),
+        writing: None,
+        unwritten: Unwritten::none(),
     };
     let mut caught_up = false;
     let mut timers_backlogged = false;
     let mut last_gauges = Instant::now() - Duration::from_secs(60);
-    // The batches whose actions are on their way to Kafka, the batch being written, and their
-    // writes, which later batches read through.
-    let mut sending: InFlight<Then> = InFlight::new();
     let in_flight = shared.config.processing.batches_in_flight;
-    let mut writing: Option<Writing> = None;
-    let mut unwritten = Unwritten::none();
     // The due timers of the next batch, read while the last batch ran, and that batch's write
     // (see `Prefetched`).
     let mut prefetched: Option<(PrefetchTask, Arc<WriteSet>)> = None;
@@ -812,7 +812,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             let (s, d, sd) = (shared.clone(), decoder.clone(), shutdown.clone());
             let caught = caught_up;
             let owned = owned.clone();
-            let unwritten = unwritten.clone();
+            let unwritten = past.unwritten.clone();
             tokio::task::spawn_blocking(move || {
                 let mut p = prepare(&s, &d, msgs, &sd)?;
                 if caught {
@@ -875,16 +875,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         }
         if prepared.consumed.is_empty() && prepared.work.is_empty() {
             // Nothing new: let the batches under way land and count (offsets, metrics) now.
-            if !drain(
-                &shared,
-                &consumer,
-                &sender,
-                &mut unwritten,
-                &mut sending,
-                &mut writing,
-            )
-            .await?
-            {
+            if !past.drain(&shared, &consumer).await? {
                 break;
             }
             continue;
@@ -895,7 +886,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         // The next batch's due timers, read beside this one (through the entries it fires).
         let prefetch = caught_up.then(|| {
             let (s, owned) = (shared.clone(), owned.clone());
-            let through = unwritten.with_fired(&prepared.work);
+            let through = past.unwritten.with_fired(&prepared.work);
             tokio::task::spawn_blocking(move || {
                 Prefetched::read(
                     &through,
@@ -912,7 +903,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 shared.clone(),
                 prepared.work.clone(),
                 prepared.consumed.clone(),
-                unwritten.clone(),
+                past.unwritten.clone(),
             );
             let out = tokio::task::spawn_blocking(move || {
                 run_batch(&engine, s.store.as_ref(), &unwritten, &work, &consumed)
@@ -943,7 +934,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         } = out;
         consumer.context().processed(&write.offsets);
         let write = Arc::new(write);
-        unwritten.push(write.clone());
+        past.unwritten.push(write.clone());
         prefetched = prefetch.map(|task| (task, write.clone()));
         // At most `batches_in_flight` batches on their way: the oldest must land first (its
         // actions acknowledged; then it is written, after the batch before it). Batches already
@@ -951,16 +942,8 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         let waited = Instant::now();
         let mut landed = 0;
         let mut stopping = false;
-        while !stopping && sending.must_land(in_flight) {
-            stopping = !land(
-                &shared,
-                &consumer,
-                &sender,
-                &mut unwritten,
-                &mut sending,
-                &mut writing,
-            )
-            .await?;
+        while !stopping && past.sending.must_land(in_flight) {
+            stopping = !past.land(&shared, &consumer).await?;
             landed += 1;
         }
         if landed > 0 {
@@ -970,8 +953,8 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             break;
         }
         // Queued after the batches on their way, so they keep batch order in every partition.
-        sending.send(
-            &sender,
+        past.sending.send(
+            &past.sender,
             Sent {
                 actions,
                 dead: prepared.dead,
@@ -985,15 +968,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             },
         );
     }
-    drain(
-        &shared,
-        &consumer,
-        &sender,
-        &mut unwritten,
-        &mut sending,
-        &mut writing,
-    )
-    .await?;
+    past.drain(&shared, &consumer).await?;
     tracing::info!("Stopping: flushing the producer.");
     let _ = producer.flush(Duration::from_secs(10));
     // A static member (group.instance.id) must not leave the group on its way out: its
@@ -1022,43 +997,70 @@ struct Then {
     timers: usize,
 }
 
-/// Waits for the oldest batch on its way to be acknowledged (see [`InFlight::land_oldest`]),
-/// counts it, then starts its write (after the previous write has landed). Returns false if it
-/// was not acknowledged (the service is stopping): then neither it nor any later batch is
-/// written.
-async fn land(
-    shared: &Arc<Shared>,
-    consumer: &StreamConsumer<Context>,
-    sender: &Sender,
-    unwritten: &mut Unwritten,
-    sending: &mut InFlight<Then>,
-    writing: &mut Option<Writing>,
-) -> anyhow::Result<bool> {
-    let Some(landed) = sending
-        .land_oldest(sender)
-        .await
-        .map_err(anyhow::Error::msg)?
-    else {
-        return Ok(false);
-    };
-    count(shared, &landed);
-    if let Some(w) = writing.take() {
-        let waited = Instant::now();
-        finish(shared, consumer, unwritten, w).await?;
-        shared
-            .metrics
-            .batch_seconds
-            .with_label_values(&["write_wait"])
-            .observe(waited.elapsed().as_secs_f64());
+/// The batches past processing: on their way to Kafka, then being written; and their writes,
+/// which later batches read through until they are in the store.
+struct Past {
+    sender: Sender,
+    sending: InFlight<Then>,
+    writing: Option<Writing>,
+    unwritten: Unwritten,
+}
+
+impl Past {
+    /// Waits for the oldest batch on its way to be acknowledged (see
+    /// [`InFlight::land_oldest`]), counts it, then starts its write (after the previous write
+    /// has landed). Returns false if it was not acknowledged (the service is stopping): then
+    /// neither it nor any later batch is written.
+    async fn land(
+        &mut self,
+        shared: &Arc<Shared>,
+        consumer: &StreamConsumer<Context>,
+    ) -> anyhow::Result<bool> {
+        let Some(landed) = self
+            .sending
+            .land_oldest(&self.sender)
+            .await
+            .map_err(anyhow::Error::msg)?
+        else {
+            return Ok(false);
+        };
+        count(shared, &landed);
+        if let Some(w) = self.writing.take() {
+            let waited = Instant::now();
+            finish(shared, consumer, &mut self.unwritten, w).await?;
+            shared
+                .metrics
+                .batch_seconds
+                .with_label_values(&["write_wait"])
+                .observe(waited.elapsed().as_secs_f64());
+        }
+        let then = landed.sent.then;
+        self.writing = Some(start_write(
+            shared,
+            then.write,
+            then.topics,
+            &self.sender.shutdown,
+        ));
+        Ok(true)
     }
-    let then = landed.sent.then;
-    *writing = Some(start_write(
-        shared,
-        then.write,
-        then.topics,
-        &sender.shutdown,
-    ));
-    Ok(true)
+
+    /// Lets the batches under way land, in order: those being sent (each written once Kafka
+    /// acknowledges it) and the one being written. Returns false if one being sent was not
+    /// acknowledged (the service is stopping); the later ones are then left unwritten too.
+    async fn drain(
+        &mut self,
+        shared: &Arc<Shared>,
+        consumer: &StreamConsumer<Context>,
+    ) -> anyhow::Result<bool> {
+        let mut acknowledged = true;
+        while acknowledged && !self.sending.is_empty() {
+            acknowledged = self.land(shared, consumer).await?;
+        }
+        if let Some(w) = self.writing.take() {
+            finish(shared, consumer, &mut self.unwritten, w).await?;
+        }
+        Ok(acknowledged)
+    }
 }
 
 /// Counts a batch Kafka has acknowledged: its actions, dead letters, timers and latencies.
@@ -1088,27 +1090,6 @@ fn count(shared: &Shared, landed: &Landed<Then>) {
     }
     m.timers_fired.inc_by(then.timers as u64);
     m.apply(&then.tally);
-}
-
-/// Lets the batches under way land, in order: those being sent (each written once Kafka
-/// acknowledges it) and the one being written. Returns false if one being sent was not
-/// acknowledged (the service is stopping); the later ones are then left unwritten too.
-async fn drain(
-    shared: &Arc<Shared>,
-    consumer: &StreamConsumer<Context>,
-    sender: &Sender,
-    unwritten: &mut Unwritten,
-    sending: &mut InFlight<Then>,
-    writing: &mut Option<Writing>,
-) -> anyhow::Result<bool> {
-    let mut acknowledged = true;
-    while acknowledged && !sending.is_empty() {
-        acknowledged = land(shared, consumer, sender, unwritten, sending, writing).await?;
-    }
-    if let Some(w) = writing.take() {
-        finish(shared, consumer, unwritten, w).await?;
-    }
-    Ok(acknowledged)
 }
 
 /// A batch's write, under way.
