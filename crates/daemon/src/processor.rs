@@ -436,7 +436,8 @@ pub fn run_batch(
     }
     let mut set_known: Vec<Option<bool>> = Vec::new();
     out.write.customers.reserve(slots.len());
-    out.write.customers_existed = Some(Vec::with_capacity(slots.len()));
+    // Every customer written was read first: the store need not look again.
+    let mut existed = Vec::with_capacity(slots.len());
     for slot in slots {
         let id = slot.id;
         if slot.state.wake != slot.original {
@@ -456,16 +457,14 @@ pub fn run_batch(
         out.write
             .customers
             .push((id.to_owned(), Some(slot.state.to_bytes())));
-        // Every customer written was read first: the store need not look again.
-        if let Some(existed) = &mut out.write.customers_existed {
-            existed.push(slot.existed);
-        }
+        existed.push(slot.existed);
         // Repeated skips are coalesced within the batch; across batches the store appends.
         for r in &slot.history {
             let entry = postcard::to_allocvec(r).expect("serialising to memory cannot fail");
             out.write.history.push((id.to_owned(), entry));
         }
     }
+    out.write.customers_existed = Some(existed);
     out.write.history_limit = limit;
     // A timer set again at the time it was cleared: keep it (set wins over clear).
     let set: std::collections::HashSet<(Millis, &str), foldhash::fast::RandomState> = out
@@ -708,7 +707,6 @@ mod tests {
         }
     }
 
-    /// The batches of a stream: events, and before each batch the timers due by its last event.
     /// What a write says it knows of the index and the states before it is what they hold.
     fn check_hints(store: &MemoryStore, unwritten: &Unwritten, write: &WriteSet) {
         let present: std::collections::HashSet<(Millis, String)> = unwritten
@@ -739,6 +737,7 @@ mod tests {
         static TOLD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     }
 
+    /// The batches of a stream: events, and before each batch the timers due by its last event.
     fn run_all(
         engine: &Engine,
         store: &MemoryStore,
