@@ -62,6 +62,14 @@ const ALL: [&str; 7] = [
     "scale",
 ];
 
+/// The runtime the Kafka rows run on.
+fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
 fn main() {
     let started = Instant::now();
     let _ = tracing_subscriber::fmt()
@@ -177,10 +185,7 @@ fn main() {
         kafka_kinds
     };
     if !kafka_kinds.is_empty() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("a tokio runtime");
+        let runtime = tokio_runtime();
         for (kind, new_cluster) in &kafka_kinds {
             let t = Instant::now();
             eprintln!("journeyd bench: end to end, {kind} ({kafka_events} events)");
@@ -241,21 +246,21 @@ fn main() {
     if on("kafka-far") {
         let t = Instant::now();
         eprintln!("journeyd bench: end to end, far broker ({kafka_events} events)");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("a tokio runtime");
+        let runtime = tokio_runtime();
         let rows = runtime.block_on(kafka_row::far_broker(kafka_events));
         table.extend(
             rows.unwrap_or_else(|e| vec![Row::error("end to end, far broker".to_owned(), &e)]),
         );
         table.note(
             "far broker",
-            "the mock cluster answers every request 10 ms late (rd_kafka_mock_broker_set_rtt), as a \
-             broker across a network with acks=all would; the service runs with 1, 2 and 3 \
-             batches on their way to Kafka at once (processing.batches_in_flight). With more than \
-             one, a batch's sends are queued while the previous batch's wait for their \
-             acknowledgements (in batch order all the same).",
+            format!(
+                "the mock cluster answers every request {} ms late (rd_kafka_mock_broker_set_rtt), \
+                 as a broker across a network with acks=all would; the service runs with 1, 2 and \
+                 3 batches on their way to Kafka at once (processing.batches_in_flight). With more \
+                 than one, a batch's sends are queued while the previous batch's wait for their \
+                 acknowledgements (in batch order all the same).",
+                kafka_row::FAR_ROUND_TRIP.as_millis()
+            ),
         );
         timed("end to end, far broker", t);
     }
