@@ -200,6 +200,23 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// The CPU time the process has used so far, all its threads (user + system), in seconds:
+/// fields 14 and 15 of `/proc/PID/stat`, in clock ticks (`USER_HZ`, which Linux fixes at 100
+/// for this interface).
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_secs_of(&stat)
+}
+
+fn cpu_secs_of(stat: &str) -> Option<f64> {
+    // The command name (field 2) is in parentheses and may hold spaces or parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some((user + system) as f64 / 100.0)
+}
+
 /// Measures the row.
 pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
     let journeys = tempfile::tempdir()?;
@@ -309,7 +326,7 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
             }
         })
     };
-    let result = (|| -> anyhow::Result<(f64, f64, f64, f64, String)> {
+    let result = (|| -> anyhow::Result<(f64, f64, f64, f64, String, String)> {
         let limit = Instant::now() + Duration::from_secs(120);
         let ready = loop {
             if let Ok((200, _)) = http_get(&addr, "/readyz") {
@@ -337,6 +354,9 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
             Instant::now() + Duration::from_secs(60) + Duration::from_millis(customers as u64 / 5);
         let mut fired = 0.0;
         let mut first: Option<(Instant, f64)> = None;
+        // The process's CPU seconds when the first and the last firing were seen.
+        let mut cpu_first = None;
+        let mut cpu_done = None;
         let mut done_at = None;
         let mut last = String::new();
         while Instant::now() < limit {
@@ -345,9 +365,11 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
                 fired = metric(&text, "journeyd_timers_fired_total").unwrap_or(0.0);
                 if fired > 0.0 && first.is_none() {
                     first = Some((now, fired));
+                    cpu_first = cpu_secs(pid);
                 }
                 if fired >= customers as f64 {
                     done_at = Some(now);
+                    cpu_done = cpu_secs(pid);
                     last = text;
                     break;
                 }
@@ -376,7 +398,16 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
             );
         }
         let firing = first.map_or(0.0, |(t, _)| (done_at - t).as_secs_f64());
-        Ok((ready, replayed, rate, fired, stages(&last, firing)))
+        // CPU µs per timer fired between the first and the last firing seen, and cores busy.
+        let cpu = match (first, cpu_first, cpu_done) {
+            (Some((_, f)), Some(a), Some(b)) if fired > f && firing > 0.0 => format!(
+                "{:.1} µs; {:.2} cores busy",
+                (b - a) * 1e6 / (fired - f),
+                (b - a) / firing
+            ),
+            _ => "not measured".into(),
+        };
+        Ok((ready, replayed, rate, fired, stages(&last, firing), cpu))
     })();
     eprintln!("  scale: firing done; stopping journeyd (SIGTERM)");
     let _ = Command::new("kill")
@@ -394,7 +425,7 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
     let _ = child.wait();
     sampling.store(false, Ordering::SeqCst);
     let _ = sampler.join();
-    let (ready, replayed, rate, fired, stages) = result?;
+    let (ready, replayed, rate, fired, stages, cpu) = result?;
     let peak = peak.load(Ordering::SeqCst) as f64 * 1024.0;
 
     let who = format!(
@@ -428,6 +459,10 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
             verdict: Verdict::of(rate >= TARGET_FIRE_RATE),
         },
         Row::info(
+            format!("{who}: the daemon's CPU time (all threads, its embedded broker included) per timer fired, and cores busy while firing"),
+            cpu,
+        ),
+        Row::info(
             format!("{who}: the daemon's ms per batch while firing: {}", kafka_row::STAGES_LINE),
             stages,
         ),
@@ -441,6 +476,16 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_time_is_user_plus_system_ticks_after_the_command_name() {
+        // A command name with a space and a parenthesis; utime 250, stime 50 ticks.
+        let stat = "4242 (jour) neyd) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0";
+        assert_eq!(cpu_secs_of(stat), Some(3.0));
+        assert_eq!(cpu_secs_of("4242 (journeyd) S 1"), None);
+        // This process has used some CPU, and /proc says so.
+        assert!(cpu_secs(std::process::id()).is_some());
+    }
 
     #[test]
     fn metrics_are_summed_over_labels() {
