@@ -71,6 +71,8 @@ fn tokio_runtime() -> tokio::runtime::Runtime {
 }
 
 fn main() {
+    // As the daemon runs (see the function).
+    journeyd::memory::no_transparent_huge_pages();
     let started = Instant::now();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(

@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod embedded;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod processor;
 pub mod sending;

@@ -91,6 +91,7 @@ fn init_logging(config: &Config) {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    journeyd::memory::no_transparent_huge_pages();
     let cli = Cli::parse();
     let Command::Run(args) = cli.command;
     match run(args).await {
