@@ -372,23 +372,20 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
         let limit =
             Instant::now() + Duration::from_secs(60) + Duration::from_millis(customers as u64 / 5);
         let mut fired = 0.0;
-        let mut first: Option<(Instant, f64)> = None;
-        // The process's CPU seconds when the first and the last firing were seen.
-        let mut cpu_first = None;
-        let mut cpu_done = None;
-        let mut done_at = None;
+        // When the first and the last firing were seen, with the process's CPU seconds then (and
+        // the count first seen).
+        let mut first: Option<(Instant, f64, Option<f64>)> = None;
+        let mut done: Option<(Instant, Option<f64>)> = None;
         let mut last = String::new();
         while Instant::now() < limit {
             if let Ok((200, text)) = http_get(&addr, "/metrics") {
                 let now = Instant::now();
                 fired = metric(&text, "journeyd_timers_fired_total").unwrap_or(0.0);
                 if fired > 0.0 && first.is_none() {
-                    first = Some((now, fired));
-                    cpu_first = cpu_secs(pid);
+                    first = Some((now, fired, cpu_secs(pid)));
                 }
                 if fired >= customers as f64 {
-                    done_at = Some(now);
-                    cpu_done = cpu_secs(pid);
+                    done = Some((now, cpu_secs(pid)));
                     last = text;
                     break;
                 }
@@ -396,13 +393,15 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
             // Not faster: every /metrics request also scans the timer index (next_timer).
             std::thread::sleep(Duration::from_millis(50));
         }
-        let Some(done_at) = done_at else {
+        let Some((done_at, cpu_done)) = done else {
             anyhow::bail!("{fired} of {customers} timers fired before the time limit");
         };
         // From the first firing seen (timers fire once the input partitions are assigned and
         // read to their head, which may be after they fall due) to the last.
         let rate = match first {
-            Some((t, f)) if fired > f && done_at > t => (fired - f) / (done_at - t).as_secs_f64(),
+            Some((t, f, _)) if fired > f && done_at > t => {
+                (fired - f) / (done_at - t).as_secs_f64()
+            }
             _ => {
                 fired
                     / done_at
@@ -410,16 +409,16 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
                         .as_secs_f64()
             }
         };
-        if let Some((t, _)) = first {
+        if let Some((t, _, _)) = first {
             eprintln!(
                 "  scale: first timers fired {:.1} s after they fell due",
                 t.saturating_duration_since(due_at).as_secs_f64()
             );
         }
-        let firing = first.map_or(0.0, |(t, _)| (done_at - t).as_secs_f64());
+        let firing = first.map_or(0.0, |(t, _, _)| (done_at - t).as_secs_f64());
         // CPU µs per timer fired between the first and the last firing seen, and cores busy.
-        let cpu = match (first, cpu_first, cpu_done) {
-            (Some((_, f)), Some(a), Some(b)) if fired > f && firing > 0.0 => format!(
+        let cpu = match (first, cpu_done) {
+            (Some((_, f, Some(a))), Some(b)) if fired > f && firing > 0.0 => format!(
                 "{:.1} µs; {:.2} cores busy",
                 (b - a) * 1e6 / (fired - f),
                 (b - a) / firing

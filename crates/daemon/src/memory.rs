@@ -1,7 +1,7 @@
 //! How the process uses memory: one call at start-up, before any heavy allocation.
 
 /// Turns transparent huge pages off for this process (Linux; elsewhere a no-op). Returns
-/// whether they are off.
+/// whether the kernel took the call.
 ///
 /// Why: mimalloc (the global allocator) asks for huge pages on the arenas it reserves
 /// (`madvise(MADV_HUGEPAGE)`) and frees unused parts of them back to the OS in 64 KiB pieces.
@@ -21,7 +21,6 @@ pub fn no_transparent_huge_pages() -> bool {
     #[cfg(target_os = "linux")]
     {
         nix::sys::prctl::set_thp_disable(true).is_ok()
-            && nix::sys::prctl::get_thp_disable().unwrap_or(false)
     }
     #[cfg(not(target_os = "linux"))]
     {
