@@ -19,7 +19,7 @@
 //! timer index written).
 
 use crate::kafka_row;
-use crate::rocks_row::daemon_store_options;
+use crate::rocks_row::{daemon_store_options, TIMER_BATCH};
 use crate::table::{bytes, percent, thousands, Row, Verdict};
 use crate::workload;
 use journeyd::processor::{run_batch, Unwritten, Work};
@@ -203,7 +203,7 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
 /// The CPU time the process has used so far, all its threads (user + system), in seconds:
 /// fields 14 and 15 of `/proc/PID/stat`, in clock ticks (`USER_HZ`, which Linux fixes at 100
 /// for this interface).
-fn cpu_secs(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     cpu_secs_of(&stat)
 }
@@ -249,7 +249,8 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
     let t0 = journeyd::clock::wall_now();
     let setup = Instant::now();
     let (mut key_bytes, mut value_bytes) = (0usize, 0usize);
-    {
+    // What firing one timer writes and sends, for the raw loop.
+    let template = {
         let opened = journeyd::app::open(&config)?;
         let store = opened.store.clone();
         let mut n = 0;
@@ -286,14 +287,18 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
             store.customer_count(),
             store.pending_timers()
         );
-    }
+        crate::raw_firing::Template::of(&opened.engine, store.as_ref(), &config)?
+    };
     let setup_secs = setup.elapsed().as_secs_f64();
     eprintln!("  scale: {customers} customers set up in {setup_secs:.1} s");
     let options = daemon_store_options();
+    let raw_dir = data.path().join("raw");
     {
         let db = rocksdb::DB::open(&rocksdb_options(&options), &store_dir)?;
         db.flush()?;
         db.compact_range::<&[u8], &[u8]>(None, None);
+        // A copy for the raw loop to fire (hard links to the same files).
+        rocksdb::checkpoint::Checkpoint::new(&db)?.create_checkpoint(&raw_dir)?;
     }
     let (disk, sst) = dir_bytes(&store_dir)?;
     eprintln!(
@@ -462,6 +467,25 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
     } = result?;
     let peak = peak.load(Ordering::SeqCst) as f64 * 1024.0;
 
+    // The machine's limit: the same reads, writes and produces, raw, on the copy.
+    eprintln!("  scale: firing the same timers the raw way");
+    let raw = crate::raw_firing::fire_all(&raw_dir, &options, &template)?;
+    anyhow::ensure!(
+        raw.timers == customers as u64,
+        "the raw loop fired {} timers, not {customers}",
+        raw.timers
+    );
+    let raw_cpu = raw.cpu_secs.map_or_else(
+        || "not measured".into(),
+        |c| {
+            format!(
+                "{:.1} µs; {:.2} cores busy",
+                c * 1e6 / raw.timers.max(1) as f64,
+                c / raw.secs
+            )
+        },
+    );
+
     let who = format!(
         "scale ({} customers, one journey, one timer each)",
         thousands(customers as f64)
@@ -499,9 +523,17 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
             target: "≥ 200,000/s".into(),
             verdict: Verdict::of(rate >= TARGET_FIRE_RATE),
         },
+        Row {
+            name: format!("{who}: timers fired/s against a raw loop on a copy of the store: per batch of {TIMER_BATCH}, one read of the index, a multi_get of the customers, one email produced per timer (the same bytes and headers, same producer settings, to an embedded mock cluster) and acknowledged, one WriteBatch (state put, entry delete, history merge of the same sizes); one thread, no engine, no encoding"),
+            measured: thousands(rate),
+            limit: format!("raw loop: {} timers/s", thousands(raw.rate())),
+            ratio: percent(rate / raw.rate()),
+            target: "–".into(),
+            verdict: Verdict::Info,
+        },
         Row::info(
-            format!("{who}: the daemon's CPU time (all threads, its embedded broker included) per timer fired, and cores busy while firing"),
-            cpu,
+            format!("{who}: CPU time (all threads, the embedded broker included) per timer fired, and cores busy while firing: the daemon / the raw loop"),
+            format!("{cpu} / {raw_cpu}"),
         ),
         Row::info(
             format!("{who}: the daemon's ms per batch while firing: {}", kafka_row::STAGES_LINE),
