@@ -104,6 +104,9 @@ pub struct Fired {
     pub secs: f64,
     /// The process's CPU seconds (all threads, the embedded broker's included) over them.
     pub cpu_secs: Option<f64>,
+    /// The bytes of filters and indexes the open files hold in memory, before the firing
+    /// (RocksDB's `estimate-table-readers-mem`).
+    pub table_readers_bytes: Option<u64>,
 }
 
 impl Fired {
@@ -117,6 +120,7 @@ impl Fired {
 /// store must hold only timers whose customers exist, as the scale row's does.
 pub fn fire_all(dir: &Path, options: &StoreOptions, template: &Template) -> anyhow::Result<Fired> {
     let db = rocksdb::DB::open(&rocksdb_options(options), dir)?;
+    let table_readers_bytes = db.property_int_value("rocksdb.estimate-table-readers-mem")?;
     let write_options = rocksdb_write_options(options);
     let embedded = journeyd::embedded::Embedded::start(&[(template.topic.clone(), 1)])?;
     // The daemon's producer settings (`service::clients`).
@@ -228,6 +232,7 @@ pub fn fire_all(dir: &Path, options: &StoreOptions, template: &Template) -> anyh
         timers,
         secs,
         cpu_secs,
+        table_readers_bytes,
     })
 }
 

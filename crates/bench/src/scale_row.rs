@@ -508,11 +508,12 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
             verdict: Verdict::of(ready < TARGET_READY_SECS && replayed == 0.0),
         },
         Row::info(
-            format!("{who}: peak memory of the process (VmHWM), when ready / after firing"),
+            format!("{who}: peak memory of the process (VmHWM), when ready / after firing; of which RocksDB's filters and indexes (held by the open files)"),
             format!(
-                "{} / {}",
+                "{} / {}; {}",
                 ready_kib.map_or_else(|| "not measured".into(), |k| bytes(k as f64 * 1024.0)),
-                bytes(peak)
+                bytes(peak),
+                raw.table_readers_bytes.map_or_else(|| "not measured".into(), |b| bytes(b as f64)),
             ),
         ),
         Row {
