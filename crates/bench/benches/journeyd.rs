@@ -127,7 +127,9 @@ fn main() {
              steps, evaluating conditions, cloning and encoding state. The simulator line is the \
              same stream through journeyd_simulator (BTreeMap of states, an id allocated per \
              event); the \"no journeys\" line is the floor of the loop (map lookup, state \
-             creation, profile and consent updates) on the same stream.",
+             creation, profile and consent updates) on the same stream. The row and the floor \
+             are the median of five passes, each on fresh states (a single pass moves by a \
+             quarter or more on a shared machine).",
         );
         timed("engine", t);
     }
