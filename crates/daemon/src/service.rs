@@ -461,6 +461,9 @@ struct Prepared {
     timers: usize,
     /// The read of due timers came back full: more may be due.
     backlogged: bool,
+    /// The states of the due timers' customers, read beside the last batch and patched with
+    /// its write (see `Prefetched`): read through, not read again.
+    states: Option<WriteSet>,
 }
 
 fn client_config(config: &Config) -> ClientConfig {
@@ -820,9 +823,10 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                     let limit = s.config.processing.timer_batch;
                     let due = match early {
                         Some((read, write)) => {
-                            let (due, more) = read.patch(&write, &fires);
-                            p.backlogged = more;
-                            Ok(due)
+                            let patched = read.patch(&write, &fires);
+                            p.backlogged = patched.more;
+                            p.states = Some(patched.states);
+                            Ok(patched.due)
                         }
                         None => unwritten
                             .due_timers_in(s.store.as_ref(), s.clock.now(), limit, &fires)
@@ -856,7 +860,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             })
             .await?
         };
-        let Some(prepared) = prepared else {
+        let Some(mut prepared) = prepared else {
             break;
         };
         if !prepared.work.is_empty() || !prepared.consumed.is_empty() {
@@ -897,13 +901,18 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 )
             })
         });
+        // Through the unwritten writes, then the states read beside the last batch.
+        let reading = match prepared.states.take() {
+            Some(states) => past.unwritten.with_states(states),
+            None => past.unwritten.clone(),
+        };
         let out = loop {
             let engine = shared.engine();
             let (s, work, consumed, unwritten) = (
                 shared.clone(),
                 prepared.work.clone(),
                 prepared.consumed.clone(),
-                past.unwritten.clone(),
+                reading.clone(),
             );
             let out = tokio::task::spawn_blocking(move || {
                 run_batch(&engine, s.store.as_ref(), &unwritten, &work, &consumed)
