@@ -17,8 +17,9 @@
 //! through the writes not yet in the store ([`crate::processor::Unwritten`]). Sends go out in
 //! batch order (by default N+1's only after N's are acknowledged; with
 //! `processing.batches_in_flight` above 1, queued after N's: see [`crate::sending`]) and
-//! writes land in batch order, each after its batch's acknowledgements. The due timers of batch N+1 (3) are read while batch N
-//! runs (4), through the entries N fires, and patched with N's write once it is known
+//! writes land in batch order, each after its batch's acknowledgements. The due timers of
+//! batch N+1 (3) and their customers' states are read while batch N runs (4), through the
+//! entries N fires, and patched with N's write once it is known
 //! ([`crate::processor::Prefetched`]).
 //!
 //! A crash anywhere before 6 replays the batch from the same stored states: the same actions
