@@ -16,6 +16,12 @@
 //! `linger.ms=1`, lz4), batches collected the same way (at most `batch_max_messages`, at most
 //! `batch_linger_ms` after the first), every send acknowledged before the next batch, offsets
 //! committed asynchronously after each batch. Clocked the same way.
+//!
+//! Latency: events produced at a steady rate, every tenth a probe answered at once with an
+//! in-app send; per probe, from the produce call to the arrival of its action at a consumer of
+//! the action topics. Its limit is the same copy, running live at the same rate, its probes
+//! timed to the arrival of their copies: the same producer, broker, fetches, batching and
+//! acknowledgements, without the service's work.
 
 use crate::table::{percent, thousands, Row, Verdict};
 use crate::workload;
@@ -420,14 +426,47 @@ async fn collect(
         .0
 }
 
-/// The plain copy over `payloads`: consume, produce one for one, wait for the acks, commit.
-pub async fn copy_run(
+/// One batch of the plain copy: every message produced to `output` (same key and payload), every
+/// send acknowledged, then the offsets committed asynchronously. Returns the messages produced.
+async fn copy_batch(
+    consumer: &StreamConsumer<service::Context>,
+    producer: &FutureProducer,
+    output: &str,
+    msgs: &[OwnedMessage],
+) -> anyhow::Result<u64> {
+    let sends = msgs.iter().map(|m| {
+        let record = FutureRecord::<[u8], [u8]>::to(output)
+            .key(m.key().unwrap_or_default())
+            .payload(m.payload().unwrap_or_default());
+        producer.send(record, Duration::from_secs(30))
+    });
+    let results = join_all(sends).await;
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    anyhow::ensure!(failed == 0, "the copy lost {failed} messages");
+    let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for m in msgs {
+        let e = next
+            .entry((m.topic().to_owned(), m.partition()))
+            .or_default();
+        *e = (*e).max(m.offset() + 1);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in &next {
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    }
+    let _ = consumer.commit(&tpl, CommitMode::Async);
+    Ok(results.len() as u64)
+}
+
+/// The copy's configuration (the service's, in a group of its own) and its topics, created:
+/// the input with 4 partitions, as the service's, and the output with 1. Returns the
+/// configuration, the input topic and the output topic.
+fn copy_topics(
     cluster: &dyn Cluster,
     prefix: &str,
-    payloads: &[Payload],
-) -> anyhow::Result<Run> {
-    let dir = tempfile::tempdir()?;
-    let mut config = service_config(&cluster.bootstrap(), prefix, dir.path())?;
+    dir: &std::path::Path,
+) -> anyhow::Result<(Config, String, String)> {
+    let mut config = service_config(&cluster.bootstrap(), prefix, dir)?;
     config
         .kafka
         .insert("group.id".into(), format!("{prefix}copy"));
@@ -435,13 +474,75 @@ pub async fn copy_run(
     let output = format!("{prefix}copy");
     cluster.create_topic(&input, 4)?;
     cluster.create_topic(&output, 1)?;
+    Ok((config, input, output))
+}
+
+/// The service's own clients (`service::clients`), for the copy.
+fn copy_clients(
+    config: &Config,
+) -> anyhow::Result<(StreamConsumer<service::Context>, FutureProducer)> {
+    // A Shared only to get them (its store seeds the offsets: empty).
+    let shared = app::shared(config.clone(), app::open(config)?)?;
+    Ok(service::clients(&shared)?)
+}
+
+/// The plain copy of the throughput rows, running until stopped: what the latency rows measure
+/// the service against.
+struct LiveCopy {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl LiveCopy {
+    /// Creates its topics (input with 4 partitions, as the service's; the output with 1) and
+    /// starts copying from the input's start. Returns it, the input topic and the output topic.
+    fn start(cluster: &dyn Cluster, prefix: &str) -> anyhow::Result<(LiveCopy, String, String)> {
+        let dir = tempfile::tempdir()?;
+        let (config, input, output) = copy_topics(cluster, prefix, dir.path())?;
+        let (consumer, producer) = copy_clients(&config)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (stop, output) = (stop.clone(), output.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let msgs = collect(&consumer, &config).await;
+                    if !msgs.is_empty() {
+                        copy_batch(&consumer, &producer, &output, &msgs).await?;
+                    }
+                }
+                Ok(())
+            })
+        };
+        Ok((
+            LiveCopy {
+                stop,
+                task,
+                _dir: dir,
+            },
+            input,
+            output,
+        ))
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await?
+    }
+}
+
+/// The plain copy over `payloads`: consume, produce one for one, wait for the acks, commit.
+pub async fn copy_run(
+    cluster: &dyn Cluster,
+    prefix: &str,
+    payloads: &[Payload],
+) -> anyhow::Result<Run> {
+    let dir = tempfile::tempdir()?;
+    let (config, input, output) = copy_topics(cluster, prefix, dir.path())?;
     // Every message is in before the copy starts, so that producing never limits it.
     let bootstrap = cluster.bootstrap();
     tokio::task::block_in_place(|| produce_all(&bootstrap, &input, payloads))?;
-    // A Shared only to get the service's own clients (its store seeds the offsets: empty).
-    let shared = app::shared(config.clone(), app::open(&config)?)?;
-    let (consumer, producer): (StreamConsumer<service::Context>, FutureProducer) =
-        service::clients(&shared)?;
+    let (consumer, producer) = copy_clients(&config)?;
     let n = payloads.len() as u64;
     let start = Instant::now();
     let deadline = start + deadline_for(payloads.len());
@@ -451,28 +552,7 @@ pub async fn copy_run(
         if msgs.is_empty() {
             continue;
         }
-        let sends = msgs.iter().map(|m| {
-            let record = FutureRecord::<[u8], [u8]>::to(&output)
-                .key(m.key().unwrap_or_default())
-                .payload(m.payload().unwrap_or_default());
-            producer.send(record, Duration::from_secs(30))
-        });
-        let results = join_all(sends).await;
-        let failed = results.iter().filter(|r| r.is_err()).count();
-        anyhow::ensure!(failed == 0, "the copy lost {failed} messages");
-        produced += results.len() as u64;
-        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for m in &msgs {
-            let e = next
-                .entry((m.topic().to_owned(), m.partition()))
-                .or_default();
-            *e = (*e).max(m.offset() + 1);
-        }
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in &next {
-            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
-        }
-        let _ = consumer.commit(&tpl, CommitMode::Async);
+        produced += copy_batch(&consumer, &producer, &output, &msgs).await?;
         done += msgs.len() as u64;
         if first.is_none() {
             first = Some((Instant::now(), done));
@@ -614,19 +694,53 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// an in-app send. The others are the mix.
 pub const PROBE_EVERY: usize = 10;
 
-/// Produces at `rate` events/s for `secs` seconds to a running service and measures, per probe,
-/// the time from the produce call to the arrival of its first action at a consumer of the
-/// action topics (which is after Kafka acknowledged it to the service).
+/// What a latency run measures: the service, or the plain copy (its limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    /// The service: a probe's time ends when its first action arrives.
+    Service,
+    /// The plain consume-and-produce copy of the throughput rows, with the service's clients
+    /// and batching: a probe's time ends when its copy arrives.
+    Copy,
+}
+
+/// The subject running, and where a probe's answer arrives.
+enum Running {
+    Service(Service),
+    Copy(LiveCopy),
+}
+
+/// Produces at `rate` events/s for `secs` seconds to a running service (or copy) and measures,
+/// per probe, the time from the produce call to the arrival of its first action (or its copy)
+/// at a consumer of the output topics (which is after Kafka acknowledged it to the service).
 pub async fn latency(
     cluster: &dyn Cluster,
+    subject: Subject,
     prefix: &str,
     rate: f64,
     secs: f64,
 ) -> anyhow::Result<Latency> {
-    let (service, config) = Service::start(cluster, prefix, default_in_flight(), |_| Ok(()))?;
+    let (running, input, outputs) = match subject {
+        Subject::Service => {
+            let (service, config) =
+                Service::start(cluster, prefix, default_in_flight(), |_| Ok(()))?;
+            let outputs: Vec<String> = app::channels(&service.shared.engine())
+                .iter()
+                .map(|c| config.actions_topic(c))
+                .collect();
+            (
+                Running::Service(service),
+                config.inputs[0].topic.clone(),
+                outputs,
+            )
+        }
+        Subject::Copy => {
+            let (copy, input, output) = LiveCopy::start(cluster, prefix)?;
+            (Running::Copy(copy), input, vec![output])
+        }
+    };
     let total = ((rate * secs) as usize).max(PROBE_EVERY * 10);
     let bootstrap = cluster.bootstrap();
-    let input = config.inputs[0].topic.clone();
     let engine = workload::engine_for(&workload::example_journeys())?;
     let now = journeyd::clock::wall_now();
     // Built before the clock starts: the messages, keys and probe numbers.
@@ -649,7 +763,7 @@ pub async fn latency(
     }
     let probes = messages.iter().filter(|m| m.0.is_some()).count();
 
-    // The consumer of every action topic, from the start.
+    // The consumer of every output topic, from the start.
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .set("group.id", format!("{prefix}watcher"))
@@ -657,8 +771,8 @@ pub async fn latency(
         .set("fetch.wait.max.ms", FETCH_WAIT_MS)
         .create()?;
     let mut tpl = TopicPartitionList::new();
-    for c in app::channels(&service.shared.engine()) {
-        tpl.add_partition_offset(&config.actions_topic(&c), 0, Offset::Beginning)?;
+    for topic in &outputs {
+        tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
     }
     consumer.assign(&tpl)?;
     let t0 = Instant::now();
@@ -709,13 +823,13 @@ pub async fn latency(
         // The latency counts from the produce call, so this wait is in the figures.
         .set("linger.ms", "5")
         .create()?;
-    // Warm up: until the service answers a probe (the group has been joined).
+    // Warm up: until the service (or copy) answers a probe (the group has been joined).
     let warm_deadline = Instant::now() + Duration::from_secs(60);
     let mut w = 0;
     while !warm.load(Ordering::SeqCst) {
         anyhow::ensure!(
             Instant::now() < warm_deadline,
-            "the service never answered a warm-up probe"
+            "the {subject:?} never answered a warm-up probe"
         );
         let e = workload::probe(
             format!("warm{w}"),
@@ -762,7 +876,10 @@ pub async fn latency(
     }
     stop.store(true, Ordering::SeqCst);
     let _ = tokio::task::spawn_blocking(move || watcher.join()).await?;
-    service.stop().await?;
+    match running {
+        Running::Service(service) => service.stop().await?,
+        Running::Copy(copy) => copy.stop().await?,
+    }
 
     let mut ms: Vec<f64> = (0..probes)
         .filter_map(|n| {
@@ -809,11 +926,14 @@ pub async fn latency_rows(
     secs: f64,
 ) -> anyhow::Result<Vec<Row>> {
     let target_rate = (max_eps / 2.0).max(100.0);
-    let l = latency(cluster, "l.", target_rate, secs).await?;
+    let l = latency(cluster, Subject::Service, "l.", target_rate, secs).await?;
+    // The limit: the plain copy at the same rate, through the same broker, clients and
+    // batching, probes timed the same way.
+    let copy = latency(cluster, Subject::Copy, "lc.", target_rate, secs).await?;
     // The same at a tenth of the maximum: where the service's own latency shows when the
     // harness's producer does not starve it of the two cores.
     let low_rate = (max_eps / 10.0).max(100.0);
-    let low = latency(cluster, "l10.", low_rate, secs).await?;
+    let low = latency(cluster, Subject::Service, "l10.", low_rate, secs).await?;
     let low_row = Row {
         name: latency_name(kind, "a tenth of the maximum", low_rate, &low, secs),
         measured: latency_measured(&low),
@@ -826,8 +946,14 @@ pub async fn latency_rows(
         Row {
             name: latency_name(kind, "half the maximum", target_rate, &l, secs),
             measured: latency_measured(&l),
-            limit: "target: p99 20 ms".into(),
-            ratio: percent(l.p99 / 20.0),
+            limit: format!(
+                "plain consume-and-produce copy at the same rate ({} reached; {} of {} probes copied): {}",
+                thousands(copy.rate),
+                thousands(copy.received as f64),
+                thousands(copy.sent as f64),
+                latency_measured(&copy)
+            ),
+            ratio: format!("p99 at {} of the copy's", percent(l.p99 / copy.p99)),
             target: "p99 < 20 ms".into(),
             verdict: Verdict::of(l.p99 < 20.0 && l.received == l.sent),
         },
