@@ -39,6 +39,8 @@ pub struct Template {
     pub payload: Vec<u8>,
     /// The email's action id (its length is what the raw loop's header carries).
     pub action_id: String,
+    /// The customer whose timer fired (their id in the payload is replaced per message).
+    pub customer: String,
     /// The action's kind header.
     pub kind: String,
     /// The topic the email goes to.
@@ -58,7 +60,7 @@ impl Template {
             .ok_or_else(|| anyhow::anyhow!("no timer to fire"))?;
         let work = [Work::Timer {
             due,
-            customer,
+            customer: customer.clone(),
             partition: Some(0),
         }];
         let out = run_batch(engine, store, &Unwritten::none(), &work, &[])?;
@@ -89,9 +91,37 @@ impl Template {
             history,
             payload,
             action_id: action.action_id.clone(),
+            customer,
             kind: action.kind.as_str().to_owned(),
             topic,
         })
+    }
+}
+
+impl Template {
+    /// The payload with the template's customer and action id replaced by `customer` and `id`
+    /// wherever they appear and are of the same length (ids of the scale row are).
+    pub fn payload_for(&self, customer: &str, id: &str) -> Vec<u8> {
+        let mut out = self.payload.clone();
+        replace_same_length(&mut out, self.customer.as_bytes(), customer.as_bytes());
+        replace_same_length(&mut out, self.action_id.as_bytes(), id.as_bytes());
+        out
+    }
+}
+
+/// Replaces every occurrence of `from` in `bytes` with `to`, if they are of the same length.
+fn replace_same_length(bytes: &mut [u8], from: &[u8], to: &[u8]) {
+    if from.is_empty() || from.len() != to.len() {
+        return;
+    }
+    let mut i = 0;
+    while i + from.len() <= bytes.len() {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + from.len()].copy_from_slice(to);
+            i += from.len();
+        } else {
+            i += 1;
+        }
     }
 }
 
@@ -170,8 +200,11 @@ pub fn fire_all(dir: &Path, options: &StoreOptions, template: &Template) -> anyh
         }
         let mut deliveries = Vec::with_capacity(entries.len());
         for (n, (_, customer)) in entries.iter().enumerate() {
-            let mut id = format!("{customer}:{n}");
+            // An id of the daemon's length, and a payload naming this customer and id (so that
+            // compression sees messages that differ as the daemon's do).
+            let mut id = format!("{:0>id_len$}", timers + n as u64);
             id.truncate(id_len);
+            let payload = template.payload_for(customer, &id);
             let headers = OwnedHeaders::new_with_capacity(2)
                 .insert(Header {
                     key: "journeyd.action_id",
@@ -183,7 +216,7 @@ pub fn fire_all(dir: &Path, options: &StoreOptions, template: &Template) -> anyh
                 });
             let mut record = FutureRecord::<str, [u8]>::to(&template.topic)
                 .key(customer)
-                .payload(&template.payload)
+                .payload(&payload)
                 .headers(headers);
             loop {
                 match producer.send_result(record) {
@@ -264,6 +297,7 @@ mod tests {
             },
             payload: vec![7; 100],
             action_id: "x".repeat(40),
+            customer: "c000000".into(),
             kind: "send".into(),
             topic: "journeyd.actions.email".into(),
         };
@@ -281,5 +315,27 @@ mod tests {
         );
         assert!(db.get(keys::history("c000003"))?.is_some());
         Ok(())
+    }
+
+    #[test]
+    fn a_payload_names_its_own_customer_and_id() {
+        let template = Template {
+            state: Vec::new(),
+            history: Vec::new(),
+            payload: b"<c000001|id-aaaa|c000001>".to_vec(),
+            action_id: "id-aaaa".into(),
+            customer: "c000001".into(),
+            kind: "send".into(),
+            topic: "t".into(),
+        };
+        assert_eq!(
+            template.payload_for("c000777", "id-bbbb"),
+            b"<c000777|id-bbbb|c000777>".to_vec()
+        );
+        // Of another length, an id is left as it was.
+        assert_eq!(
+            template.payload_for("c7", "id-bbbb"),
+            b"<c000001|id-bbbb|c000001>".to_vec()
+        );
     }
 }
