@@ -244,8 +244,8 @@ fn main() {
              batching, its producer's 1 ms linger, the acknowledgement round trip and both \
              consumers' fetches. Its limit is the plain copy run live at the same rate, \
              forwarding only the probes, timed the same way to the arrival of their copies: all \
-             of those waits, none of the service's work. The \"ms per batch\" line gives the service's time per batch, \
-             then each stage's (a batch's sends and write overlap the next batch's collection and \
+             of those waits, none of the service's work. The \"ms per batch\" line gives the \
+             service's time per batch, then each stage's (a batch's sends and write overlap the next batch's collection and \
              processing), then how long the loop waited for them.",
         );
     }

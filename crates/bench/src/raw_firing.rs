@@ -20,10 +20,8 @@ use journeyd_codec::{ActionEncoder, Format};
 use journeyd_store::Store;
 use journeyd_store_rocksdb::keys::{self, Table};
 use journeyd_store_rocksdb::{rocksdb_options, rocksdb_write_options, StoreOptions};
-use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaErrorCode;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -153,14 +151,12 @@ pub fn fire_all(dir: &Path, options: &StoreOptions, template: &Template) -> anyh
     let table_readers_bytes = db.property_int_value("rocksdb.estimate-table-readers-mem")?;
     let write_options = rocksdb_write_options(options);
     let embedded = journeyd::embedded::Embedded::start(&[(template.topic.clone(), 1)])?;
-    // The daemon's producer settings (`service::clients`).
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", embedded.bootstrap_servers())
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "1")
-        .set("compression.type", "lz4")
-        .create()?;
+    // The daemon's own producer, with its default configuration.
+    let mut config = journeyd::config::Config::default();
+    config
+        .kafka
+        .insert("bootstrap.servers".into(), embedded.bootstrap_servers());
+    let producer = journeyd::service::producer(&config)?;
     // Ids as long as the daemon's.
     let id_len = template.action_id.len();
 
@@ -205,15 +201,7 @@ pub fn fire_all(dir: &Path, options: &StoreOptions, template: &Template) -> anyh
             let mut id = format!("{:0>id_len$}", timers + n as u64);
             id.truncate(id_len);
             let payload = template.payload_for(customer, &id);
-            let headers = OwnedHeaders::new_with_capacity(2)
-                .insert(Header {
-                    key: "journeyd.action_id",
-                    value: Some(id.as_bytes()),
-                })
-                .insert(Header {
-                    key: "journeyd.kind",
-                    value: Some(template.kind.as_bytes()),
-                });
+            let headers = journeyd::sending::action_headers(&id, &template.kind);
             let mut record = FutureRecord::<str, [u8]>::to(&template.topic)
                 .key(customer)
                 .payload(&payload)

@@ -208,6 +208,17 @@ pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
     cpu_secs_of(&stat)
 }
 
+/// "µs of CPU per timer; cores busy", from `cpu` CPU seconds spent firing `timers` timers in
+/// `secs` seconds ("not measured" without them).
+fn cpu_line(cpu: Option<f64>, timers: f64, secs: f64) -> String {
+    match cpu {
+        Some(c) if timers > 0.0 && secs > 0.0 => {
+            format!("{:.1} µs; {:.2} cores busy", c * 1e6 / timers, c / secs)
+        }
+        _ => "not measured".into(),
+    }
+}
+
 fn cpu_secs_of(stat: &str) -> Option<f64> {
     // The command name (field 2) is in parentheses and may hold spaces or parentheses.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -421,14 +432,12 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
             );
         }
         let firing = first.map_or(0.0, |(t, _, _)| (done_at - t).as_secs_f64());
-        // CPU µs per timer fired between the first and the last firing seen, and cores busy.
+        // CPU per timer fired between the first and the last firing seen, and cores busy.
         let cpu = match (first, cpu_done) {
-            (Some((_, f, Some(a))), Some(b)) if fired > f && firing > 0.0 => format!(
-                "{:.1} µs; {:.2} cores busy",
-                (b - a) * 1e6 / (fired - f),
-                (b - a) / firing
-            ),
-            _ => "not measured".into(),
+            (Some((_, f, Some(a))), Some(b)) if fired > f && firing > 0.0 => {
+                cpu_line(Some(b - a), fired - f, firing)
+            }
+            _ => cpu_line(None, 0.0, 0.0),
         };
         Ok(Restarted {
             ready,
@@ -475,16 +484,7 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
         "the raw loop fired {} timers, not {customers}",
         raw.timers
     );
-    let raw_cpu = raw.cpu_secs.map_or_else(
-        || "not measured".into(),
-        |c| {
-            format!(
-                "{:.1} µs; {:.2} cores busy",
-                c * 1e6 / raw.timers.max(1) as f64,
-                c / raw.secs
-            )
-        },
-    );
+    let raw_cpu = cpu_line(raw.cpu_secs, raw.timers as f64, raw.secs);
 
     let who = format!(
         "scale ({} customers, one journey, one timer each)",

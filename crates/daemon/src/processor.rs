@@ -274,20 +274,16 @@ impl Prefetched {
         let (due, more) = touched.add_sets(due, self.up_to, self.limit, owned);
         let mut customers = self.states;
         if !write.customers.is_empty() {
-            let index: Map<&str, usize> = customers
+            // The write's last operation on each customer.
+            let last: Map<&str, &Option<Vec<u8>>> = write
+                .customers
                 .iter()
-                .enumerate()
-                .map(|(i, (id, _))| (id.as_str(), i))
+                .map(|(id, state)| (id.as_str(), state))
                 .collect();
-            let mut changed: Vec<(usize, &Option<Vec<u8>>)> = Vec::new();
-            for (id, state) in &write.customers {
-                if let Some(&i) = index.get(id.as_str()) {
-                    changed.push((i, state));
+            for (id, state) in &mut customers {
+                if let Some(after) = last.get(id.as_str()) {
+                    state.clone_from(after);
                 }
-            }
-            drop(index);
-            for (i, state) in changed {
-                customers[i].1 = state.clone();
             }
         }
         Patched {

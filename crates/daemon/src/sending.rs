@@ -119,15 +119,7 @@ impl Sender {
         let not_queued = |e: KafkaError| format!("a message of the batch could not be queued: {e}");
         let mut deliveries = Vec::with_capacity(payloads.len() + sent.dead.len());
         for (a, bytes) in sent.actions.iter().zip(&payloads) {
-            let headers = OwnedHeaders::new_with_capacity(2)
-                .insert(Header {
-                    key: "journeyd.action_id",
-                    value: Some(a.action_id.as_bytes()),
-                })
-                .insert(Header {
-                    key: "journeyd.kind",
-                    value: Some(a.kind.as_str().as_bytes()),
-                });
+            let headers = action_headers(&a.action_id, a.kind.as_str());
             let record = FutureRecord::to(&topics[a.channel.as_str()])
                 .key(a.customer_id.as_bytes())
                 .payload(bytes.as_slice())
@@ -232,6 +224,20 @@ where
             Err((e, _)) => return Err(e),
         }
     }
+}
+
+/// The headers of an action message: its id (what channel adapters de-duplicate on) and its
+/// kind. (Public for the benchmark's raw loops, which produce as the service does.)
+pub fn action_headers(action_id: &str, kind: &str) -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(2)
+        .insert(Header {
+            key: "journeyd.action_id",
+            value: Some(action_id.as_bytes()),
+        })
+        .insert(Header {
+            key: "journeyd.kind",
+            value: Some(kind.as_bytes()),
+        })
 }
 
 fn dead_letter_headers(d: &DeadLetter) -> OwnedHeaders {

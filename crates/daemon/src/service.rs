@@ -499,6 +499,31 @@ fn probe_client_config(config: &Config) -> ClientConfig {
     c
 }
 
+/// Creates the action producer: the `[kafka]` settings without the consumer-only ones,
+/// idempotent, `acks=all`, a 1 ms linger and lz4 unless the configuration says otherwise.
+/// (Public for the benchmark's raw loops, which produce as the service does.)
+pub fn producer(config: &Config) -> Result<FutureProducer, KafkaError> {
+    let mut pc = client_config(config);
+    // Consumer-only settings would make the producer complain; drop the usual ones.
+    for k in [
+        "group.id",
+        "auto.offset.reset",
+        "group.instance.id",
+        "partition.assignment.strategy",
+        "session.timeout.ms",
+        "statistics.interval.ms",
+    ] {
+        pc.remove(k);
+    }
+    set_default(&mut pc, "enable.idempotence", "true");
+    set_default(&mut pc, "acks", "all");
+    // The loop queues a whole batch's sends at once: the batching is done, and a longer linger
+    // would only add idle time per batch.
+    set_default(&mut pc, "linger.ms", "1");
+    set_default(&mut pc, "compression.type", "lz4");
+    pc.create()
+}
+
 /// Creates the consumer (subscribed) and the producer.
 pub fn clients(shared: &Shared) -> Result<(StreamConsumer<Context>, FutureProducer), KafkaError> {
     let mut cc = client_config(&shared.config);
@@ -524,25 +549,7 @@ pub fn clients(shared: &Shared) -> Result<(StreamConsumer<Context>, FutureProduc
         .map(|i| i.topic.as_str())
         .collect();
     consumer.subscribe(&topics)?;
-    let mut pc = client_config(&shared.config);
-    // Consumer-only settings would make the producer complain; drop the usual ones.
-    for k in [
-        "group.id",
-        "auto.offset.reset",
-        "group.instance.id",
-        "partition.assignment.strategy",
-        "session.timeout.ms",
-        "statistics.interval.ms",
-    ] {
-        pc.remove(k);
-    }
-    set_default(&mut pc, "enable.idempotence", "true");
-    set_default(&mut pc, "acks", "all");
-    // The loop queues a whole batch's sends at once: the batching is done, and a longer linger
-    // would only add idle time per batch.
-    set_default(&mut pc, "linger.ms", "1");
-    set_default(&mut pc, "compression.type", "lz4");
-    let producer: FutureProducer = pc.create()?;
+    let producer = producer(&shared.config)?;
     Ok((consumer, producer))
 }
 
