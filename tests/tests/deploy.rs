@@ -460,6 +460,8 @@ fn exported_metrics() -> BTreeMap<String, MetricInfo> {
         &m.suppressions,
         &m.expression_failures,
         &m.reloads,
+        &m.actions_dead_lettered,
+        &m.output_lost,
     ];
     for c in counters {
         c.with_label_values(&some_labels(c)).inc();
@@ -485,6 +487,8 @@ fn exported_metrics() -> BTreeMap<String, MetricInfo> {
         (&m.batch_retries, false),
         (&m.store_bytes, false),
         (&m.customers, false),
+        (&m.quarantined, false),
+        (&m.quarantined_now, false),
     ]);
     for (c, histogram) in collectors {
         for d in c.desc() {

@@ -86,7 +86,9 @@ pub fn shared(config: Config, opened: Opened) -> Result<Arc<Shared>> {
         engine: RwLock::new(Arc::new(opened.engine)),
         store: opened.store,
         metrics: Metrics::new().context("registering metrics")?,
-        ready: AtomicBool::new(false),
+        partitions: Arc::default(),
+        progress: crate::service::Progress::default(),
+        quarantine: crate::quarantine::Quarantine::default(),
         reload: AtomicBool::new(false),
         config,
     }))

@@ -30,6 +30,9 @@ pub enum ConfigError {
     },
 }
 
+/// librdkafka's default `message.max.bytes`: the largest message the producer takes.
+pub const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -97,6 +100,12 @@ pub struct OutputConfig {
     pub actions_format: Encoding,
     /// Where undecodable or invalid input goes, with headers naming the reason.
     pub dead_letter_topic: String,
+    /// The most payload bytes a dead letter keeps (a longer payload is cut, and headers say
+    /// so). With room for the key and headers it must fit the producer's `message.max.bytes`.
+    pub dead_letter_max_bytes: usize,
+    /// Where actions go that Kafka refuses for good (too large, not authorised, no such
+    /// topic, a schema the registry rejects), as JSON with the reason in headers.
+    pub action_dead_letter_topic: String,
 }
 
 /// A schema registry.
@@ -153,6 +162,9 @@ pub struct ProcessingConfig {
     pub force_clock_speed: bool,
     /// History records kept per customer.
     pub history_limit: usize,
+    /// How long a batch may go without landing (its actions acknowledged and its write in
+    /// the store) before `/readyz` says the service is stalled, in seconds.
+    pub stall_timeout_secs: u64,
 }
 
 /// The HTTP endpoint.
@@ -222,6 +234,8 @@ impl Default for OutputConfig {
             actions_topic: "actions.{channel}".into(),
             actions_format: Encoding::Avro,
             dead_letter_topic: "touchpoints.dlq".into(),
+            dead_letter_max_bytes: 256 * 1024,
+            action_dead_letter_topic: "actions.dlq".into(),
         }
     }
 }
@@ -249,6 +263,7 @@ impl Default for ProcessingConfig {
             clock_speed: 1.0,
             force_clock_speed: false,
             history_limit: 64,
+            stall_timeout_secs: 30,
         }
     }
 }
@@ -323,6 +338,25 @@ impl Config {
         if !(self.processing.clock_speed.is_finite() && self.processing.clock_speed > 0.0) {
             return bad("processing.clock_speed must be a positive number");
         }
+        // Values that feed time arithmetic, bounded so that no sum or product can overflow.
+        let p = &self.processing;
+        for (key, value, most) in [
+            ("max_future_skew_secs", p.max_future_skew_secs, 365 * 86_400),
+            ("stall_timeout_secs", p.stall_timeout_secs, 86_400),
+            ("batch_linger_ms", p.batch_linger_ms, 60_000),
+        ] {
+            if value > most {
+                return bad(&format!(
+                    "processing.{key} = {value} is out of range: at most {most}"
+                ));
+            }
+        }
+        if p.stall_timeout_secs == 0 {
+            return bad("processing.stall_timeout_secs must be at least 1");
+        }
+        if p.clock_speed > 1e6 {
+            return bad("processing.clock_speed is out of range: at most 1000000");
+        }
         if self.processing.batch_max_messages == 0
             || self.processing.timer_batch == 0
             || self.processing.batches_in_flight == 0
@@ -330,6 +364,26 @@ impl Config {
             return bad(
                 "processing.batch_max_messages, timer_batch and batches_in_flight must be positive",
             );
+        }
+        let producer_max = match self.kafka.get("message.max.bytes") {
+            None => LIBRDKAFKA_MESSAGE_MAX_BYTES,
+            Some(v) => v.trim().parse::<usize>().map_err(|_| {
+                invalid(
+                    "configuration",
+                    format!("kafka message.max.bytes must be a whole number of bytes, not `{v}`"),
+                )
+            })?,
+        };
+        let room = crate::dead_letters::ROOM_BESIDE_PAYLOAD;
+        if self.outputs.dead_letter_max_bytes + room > producer_max {
+            return bad(&format!(
+                "outputs.dead_letter_max_bytes ({}) leaves no room for a dead letter's key and \
+                 headers ({room} bytes) under the producer's message.max.bytes ({producer_max}): \
+                 lower it to {} or less, or raise kafka message.max.bytes (and the topic's \
+                 max.message.bytes)",
+                self.outputs.dead_letter_max_bytes,
+                producer_max.saturating_sub(room)
+            ));
         }
         // Anything but a plain yes counts as off (librdkafka reads false, 0, f... as false).
         let idempotent = self
@@ -507,6 +561,64 @@ mod tests {
         assert!(Config::load(None, with("0")).is_err());
         assert!(Config::load(None, with("FALSE")).is_err());
         assert!(Config::load(None, with("True")).is_ok());
+    }
+
+    #[test]
+    fn values_that_feed_time_arithmetic_are_bounded_and_named() {
+        let with = |key: &str, value: &str| {
+            Config::load(
+                None,
+                vec![(format!("JOURNEYD__PROCESSING__{key}"), value.to_owned())],
+            )
+        };
+        let e = with("MAX_FUTURE_SKEW_SECS", "9223372036854775807")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("processing.max_future_skew_secs") && e.contains("out of range"),
+            "{e}"
+        );
+        assert!(with("MAX_FUTURE_SKEW_SECS", "31536000").is_ok());
+        for (key, bad) in [
+            ("STALL_TIMEOUT_SECS", "0"),
+            ("STALL_TIMEOUT_SECS", "86401"),
+            ("BATCH_LINGER_MS", "60001"),
+            ("CLOCK_SPEED", "1e9"),
+        ] {
+            let e = with(key, bad).unwrap_err().to_string();
+            assert!(e.contains(&key.to_ascii_lowercase()), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn every_dead_letter_fits_what_the_producer_takes() {
+        let c = Config::default();
+        assert!(
+            c.outputs.dead_letter_max_bytes + crate::dead_letters::ROOM_BESIDE_PAYLOAD
+                <= LIBRDKAFKA_MESSAGE_MAX_BYTES
+        );
+        let env = |bytes: &str, max: Option<&str>| {
+            let mut v = vec![(
+                "JOURNEYD__OUTPUTS__DEAD_LETTER_MAX_BYTES".to_owned(),
+                bytes.to_owned(),
+            )];
+            if let Some(m) = max {
+                v.push((
+                    "JOURNEYD__KAFKA__MESSAGE_MAX_BYTES".to_owned(),
+                    m.to_owned(),
+                ));
+            }
+            v
+        };
+        let e = Config::load(None, env("1000000", None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("outputs.dead_letter_max_bytes") && e.contains("message.max.bytes"),
+            "{e}"
+        );
+        assert!(Config::load(None, env("1000000", Some("2000000"))).is_ok());
+        assert!(Config::load(None, env("100", Some("lots"))).is_err());
     }
 
     #[test]

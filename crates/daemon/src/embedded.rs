@@ -42,6 +42,11 @@ impl Embedded {
         self.cluster.broker_round_trip_time(1, delay)
     }
 
+    /// The mock cluster itself (tests inject broker errors through it).
+    pub fn cluster(&self) -> &MockCluster<'static, DefaultProducerContext> {
+        &self.cluster
+    }
+
     /// The address other Kafka clients connect to.
     pub fn bootstrap_servers(&self) -> String {
         self.cluster.bootstrap_servers()

@@ -1,5 +1,5 @@
 //! The HTTP endpoint: `/metrics` (Prometheus text), `/healthz` (the process is alive),
-//! `/readyz` (journeys loaded and consumption caught up), and `GET /customers/{id}`: a
+//! `/readyz` (partitions assigned and read to their heads, batches landing), and `GET /customers/{id}`: a
 //! customer's state and history as JSON, so an agent or an auditor can see why a customer got
 //! what they got.
 
@@ -12,7 +12,6 @@ use axum::{Json, Router};
 use journeyd_engine::{ids::format_id, CustomerState, Engine, Record};
 use journeyd_types::time::format_rfc3339;
 use serde_json::{json, Value};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// The routes.
@@ -26,23 +25,26 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
-    crate::service::update_gauges(&s);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
-        .into_response()
+    // The gauges read the store (RocksDB properties, the next timer): not on a runtime thread.
+    let rendered = tokio::task::spawn_blocking(move || {
+        crate::service::update_gauges(&s);
+        s.metrics.render()
+    })
+    .await;
+    match rendered {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 async fn readyz(State(s): State<Arc<Shared>>) -> Response {
-    if s.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (
+    match s.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: catching up with the input topics\n",
+            format!("not ready: {why}\n"),
         )
-            .into_response()
+            .into_response(),
     }
 }
 
@@ -75,6 +77,10 @@ async fn customer(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Respo
         )
             .into_response();
     };
+    let quarantined = s
+        .quarantine
+        .get(&id)
+        .map(|q| json!({"error": q.error, "since": format_rfc3339(q.since)}));
     match CustomerState::decode(&bytes) {
         Ok((state, mut records)) => {
             // Entries that cannot be read (a newer journeyd's) are left out.
@@ -83,13 +89,21 @@ async fn customer(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Respo
                     .iter()
                     .filter_map(|e| postcard::from_bytes::<Record>(e).ok()),
             );
-            Json(describe(&s.engine(), &id, &state, &records)).into_response()
+            let mut described = describe(&s.engine(), &id, &state, &records);
+            if let (Some(q), Some(map)) = (quarantined, described.as_object_mut()) {
+                map.insert("quarantined".into(), q);
+            }
+            Json(described).into_response()
         }
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"error": format!("the stored state is unreadable: {e}")})),
-        )
-            .into_response(),
+        // Quarantined: its input goes to the dead-letter topic until the state is mended.
+        Err(e) => Json(json!({
+            "customer_id": id,
+            "quarantined": quarantined.unwrap_or_else(|| json!({
+                "error": format!("the stored state is unreadable: {e}"),
+            })),
+            "stored_bytes": bytes.len(),
+        }))
+        .into_response(),
     }
 }
 

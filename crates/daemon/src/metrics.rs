@@ -51,6 +51,14 @@ pub struct Metrics {
     pub customers: IntGauge,
     /// Journey reloads, by result (ok, refused).
     pub reloads: IntCounterVec,
+    /// Actions Kafka refused for good, sent to the action dead-letter topic, by reason.
+    pub actions_dead_lettered: IntCounterVec,
+    /// Customers quarantined: their processing failed and their input was dead-lettered.
+    pub quarantined: IntCounter,
+    /// Customers quarantined now.
+    pub quarantined_now: IntGauge,
+    /// Dead letters Kafka refused too (logged, then dropped), by kind and reason.
+    pub output_lost: IntCounterVec,
 }
 
 fn counter(
@@ -168,7 +176,7 @@ impl Metrics {
             )?,
             corrupt_states: int_counter(
                 "journeyd_corrupt_states_total",
-                "Stored customer states that could not be read (the customer started afresh).",
+                "Stored customer states that could not be read (the customer is quarantined).",
             )?,
             timers_fired: int_counter("journeyd_timers_fired_total", "Timers fired.")?,
             timers_pending: gauge("journeyd_timers_pending", "Entries in the timer index.")?,
@@ -190,6 +198,26 @@ impl Metrics {
                 "journeyd_journey_reloads_total",
                 "Journey folder reloads, by result.",
                 &["result"],
+            )?,
+            actions_dead_lettered: counter(
+                &r,
+                "journeyd_actions_dead_lettered_total",
+                "Actions Kafka refused for good, sent to the action dead-letter topic, by reason.",
+                &["reason"],
+            )?,
+            quarantined: int_counter(
+                "journeyd_customers_quarantined_total",
+                "Customers whose processing failed (an unreadable state, an engine failure): their input went to the dead-letter topic.",
+            )?,
+            quarantined_now: gauge(
+                "journeyd_customers_quarantined",
+                "Customers quarantined now: failed and not processed again since.",
+            )?,
+            output_lost: counter(
+                &r,
+                "journeyd_output_lost_total",
+                "Dead letters Kafka refused for good too (logged, then dropped), by kind and reason.",
+                &["kind", "reason"],
             )?,
             registry: r,
         })

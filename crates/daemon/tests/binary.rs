@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 fn write_config(rig: &Rig, path: &Path) {
     let text = format!(
-        "[journeys]\ndir = {:?}\n[kafka]\n\"bootstrap.servers\" = {:?}\n\"group.id\" = {:?}\n\"session.timeout.ms\" = \"6000\"\n[store]\npath = {:?}\nblock_cache_mb = 8\n[processing]\nbatch_max_messages = 50\nbatch_linger_ms = 5\n[http]\nlisten = \"\"\n[log]\nformat = \"json\"\n",
+        "[journeys]\ndir = {:?}\n[kafka]\n\"bootstrap.servers\" = {:?}\n\"group.id\" = {:?}\n\"session.timeout.ms\" = \"6000\"\n[store]\npath = {:?}\nblock_cache_mb = 8\n[processing]\nbatch_max_messages = 50\nbatch_linger_ms = 5\n[http]\nlisten = \"\"\n[log]\nformat = \"json\"\nlevel = \"info,journeyd::delivery=debug\"\n",
         rig.journeys_dir(),
         rig.cluster.bootstrap_servers(),
         rig.group,
@@ -77,6 +77,31 @@ fn signal(child: &Child, sig: &str) {
     assert!(ok.success());
 }
 
+/// SIGKILLs `child` 20 ms after its log (from byte `from` on) shows a batch of actions queued
+/// to Kafka, or after 10 s all the same. Whether it saw such a batch.
+fn kill_with_a_batch_in_flight(child: &mut Child, log: &Path, from: u64) -> bool {
+    let start = Instant::now();
+    let found = loop {
+        let text = std::fs::read(log).unwrap_or_default();
+        let new = &text[(from as usize).min(text.len())..];
+        // Only whole lines: the last one may still be being written.
+        let whole = new.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        if String::from_utf8_lossy(&new[..whole])
+            .lines()
+            .any(|l| l.contains("Batch queued to Kafka") && !l.contains("\"messages\":0"))
+        {
+            break true;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    child.kill().unwrap(); // SIGKILL
+    found
+}
+
 fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     let start = Instant::now();
     loop {
@@ -97,6 +122,7 @@ async fn sigkill_in_the_middle_of_a_load_loses_no_action() {
     let mut child = spawn(&config, &log);
     let mut events = Vec::new();
     let kills = [4, 9, 14];
+    let mut in_flight_kills = 0;
     for round in 0..20 {
         let t = now();
         let mut batch = Vec::new();
@@ -115,11 +141,22 @@ async fn sigkill_in_the_middle_of_a_load_loses_no_action() {
                 _ => {}
             }
         }
+        let from = std::fs::metadata(&log).map_or(0, |m| m.len());
+        if kills.contains(&round) {
+            // Each answer of the broker takes 150 ms to come back, so the batch of this round
+            // stays in flight a while.
+            rig.cluster
+                .set_round_trip(Duration::from_millis(150))
+                .unwrap();
+        }
         rig.publish(&batch).await;
         events.extend(batch);
         if kills.contains(&round) {
-            child.kill().unwrap(); // SIGKILL
+            // SIGKILL while a batch's produce request is at the broker and its answer is on
+            // the way back: the restart replays that batch, so its actions are sent twice.
+            in_flight_kills += usize::from(kill_with_a_batch_in_flight(&mut child, &log, from));
             child.wait().unwrap();
+            rig.cluster.set_round_trip(Duration::ZERO).unwrap();
             tokio::time::sleep(Duration::from_millis(300)).await;
             child = spawn(&config, &log);
         }
@@ -155,10 +192,13 @@ async fn sigkill_in_the_middle_of_a_load_loses_no_action() {
     }
     let duplicates = reader.actions.len() - expected.len();
     println!(
-        "{} actions expected, {} received ({duplicates} duplicates after 3 SIGKILLs)",
+        "{} actions expected, {} received ({duplicates} duplicates after 3 SIGKILLs, \
+         {in_flight_kills} with a batch in flight)",
         expected.len(),
         reader.actions.len()
     );
+    assert!(in_flight_kills >= 2, "the kills hit batches in flight");
+    assert!(duplicates >= 1, "a kill with a batch in flight replays it");
     signal(&child, "TERM");
     assert!(
         wait_exit(&mut child, Duration::from_secs(20)).success(),

@@ -50,6 +50,7 @@ impl Rig {
         let mut topics: Vec<(String, i32)> = vec![
             ("touchpoints".into(), 2),
             ("touchpoints.dlq".into(), 1),
+            ("actions.dlq".into(), 1),
             ("json-in".into(), 1),
         ];
         topics.extend(CHANNELS.iter().map(|c| (format!("actions.{c}"), 1)));
@@ -173,7 +174,7 @@ impl Running {
 
     pub async fn until_ready(&self) {
         let start = Instant::now();
-        while !self.shared.ready.load(Ordering::SeqCst) {
+        while self.shared.readiness().is_err() {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "the service did not catch up"
@@ -279,4 +280,23 @@ pub fn welcome(wait: &str) -> String {
     format!(
         "journey: welcome\nversion: 1\nentry: {{ event: signup }}\nexit: {{ on: [account_closed] }}\nsteps:\n  - id: hello\n    send: {{ channel: email, template: welcome, cancel_on: [app_opened] }}\n  - id: pause\n    wait: {wait}\n  - id: nudge\n    send: {{ channel: push, template: nudge }}\n"
     )
+}
+
+/// A plain HTTP GET: the status and the body.
+pub async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }

@@ -1,0 +1,273 @@
+//! Landing batches: once Kafka acknowledged a batch's messages, it is counted, written to the
+//! store (after the batch before it), and its offsets are committed.
+
+use super::clients::Context;
+use super::Shared;
+use crate::clock::wall_now;
+use crate::processor::Unwritten;
+use crate::sending::{InFlight, Landed, Sender, Sent};
+use journeyd_store::{Offset, WriteSet};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::topic_partition_list::{Offset as KafkaOffset, TopicPartitionList};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// What a batch hands on once Kafka has its messages: its write, and what to count.
+pub(super) struct Handover {
+    pub(super) write: Arc<WriteSet>,
+    pub(super) topics: Vec<String>,
+    pub(super) tally: crate::processor::Tally,
+    pub(super) timestamps: Vec<i64>,
+    pub(super) timers: usize,
+}
+
+/// The batches past processing: on their way to Kafka, then being written; and their writes,
+/// which later batches read through until they are in the store.
+pub(super) struct Landing {
+    pub(super) sender: Sender,
+    pub(super) sending: InFlight<Handover>,
+    pub(super) writing: Option<Writing>,
+    pub(super) unwritten: Unwritten,
+}
+
+impl Landing {
+    /// Waits for the oldest batch on its way to be acknowledged (see
+    /// [`InFlight::land_oldest`]), counts it, then starts its write (after the previous write
+    /// has landed). Returns false if it was not acknowledged (the service is stopping): then
+    /// neither it nor any later batch is written.
+    pub(super) async fn land(
+        &mut self,
+        shared: &Arc<Shared>,
+        consumer: &StreamConsumer<Context>,
+    ) -> anyhow::Result<bool> {
+        let Some(landed) = self
+            .sending
+            .land_oldest(&self.sender)
+            .await
+            .map_err(anyhow::Error::msg)?
+        else {
+            return Ok(false);
+        };
+        count(shared, &landed);
+        if let Some(w) = self.writing.take() {
+            let waited = Instant::now();
+            if !finish(shared, consumer, &mut self.unwritten, w).await? {
+                return Ok(false);
+            }
+            shared
+                .metrics
+                .batch_seconds
+                .with_label_values(&["write_wait"])
+                .observe(waited.elapsed().as_secs_f64());
+        }
+        let then = landed.sent.then;
+        self.writing = Some(start_write(
+            shared,
+            then.write,
+            then.topics,
+            &self.sender.shutdown,
+        ));
+        Ok(true)
+    }
+
+    /// Lets the batches under way land, in order: those being sent (each written once Kafka
+    /// acknowledges it) and the one being written. Returns false if one being sent was not
+    /// acknowledged (the service is stopping); the later ones are then left unwritten too.
+    pub(super) async fn drain(
+        &mut self,
+        shared: &Arc<Shared>,
+        consumer: &StreamConsumer<Context>,
+    ) -> anyhow::Result<bool> {
+        let mut acknowledged = true;
+        while acknowledged && !self.sending.is_empty() {
+            acknowledged = self.land(shared, consumer).await?;
+        }
+        if let Some(w) = self.writing.take() {
+            acknowledged &= finish(shared, consumer, &mut self.unwritten, w).await?;
+        }
+        Ok(acknowledged)
+    }
+}
+
+/// Counts a batch Kafka has acknowledged: its actions, dead letters, timers and latencies.
+pub(super) fn count(shared: &Shared, landed: &Landed<Handover>) {
+    let m = &shared.metrics;
+    let Sent {
+        actions,
+        dead,
+        then,
+    } = &landed.sent;
+    m.batch_seconds
+        .with_label_values(&["produce"])
+        .observe(landed.took.as_secs_f64());
+    let acknowledged_at = wall_now() - landed.acknowledged.elapsed().as_millis() as i64;
+    for ts in &then.timestamps {
+        m.event_to_action_seconds
+            .observe(((acknowledged_at - ts).max(0) as f64) / 1000.0);
+    }
+    for d in dead {
+        m.events_rejected.with_label_values(&[d.reason]).inc();
+        {
+            use rdkafka::Message as _;
+            tracing::warn!(reason = d.reason, error = %d.error, topic = d.message.topic(), partition = d.message.partition(), offset = d.message.offset(), "Message sent to the dead-letter topic.");
+        }
+    }
+    for a in actions {
+        m.actions
+            .with_label_values(&[a.channel.as_str(), a.kind.as_str()])
+            .inc();
+    }
+    m.timers_fired.inc_by(then.timers as u64);
+    m.apply(&then.tally);
+}
+
+/// A batch's write, under way.
+pub(super) struct Writing {
+    pub(super) task: tokio::task::JoinHandle<Result<bool, journeyd_store::Error>>,
+    pub(super) write: Arc<WriteSet>,
+    pub(super) topics: Vec<String>,
+}
+
+/// Starts writing a batch; batches read through it meanwhile. A write that fails for a reason
+/// that may pass (I/O trouble) is retried with backoff until it lands (the task ends with
+/// true) or the service stops (false: not written); one that cannot pass (an invalid write, a
+/// corrupt store) ends the task with the error, and the service stops. Either way the batch
+/// runs again after a restart.
+pub(super) fn start_write(
+    shared: &Arc<Shared>,
+    write: Arc<WriteSet>,
+    topics: Vec<String>,
+    shutdown: &CancellationToken,
+) -> Writing {
+    let (s, w, shutdown) = (shared.clone(), write.clone(), shutdown.clone());
+    let task = tokio::spawn(async move {
+        let started = Instant::now();
+        let mut w = w;
+        let mut backoff = crate::sending::RETRY_FIRST;
+        loop {
+            let (s2, w2) = (s.clone(), w.clone());
+            match tokio::task::spawn_blocking(move || s2.store.write(&w2)).await {
+                Ok(Ok(())) => break,
+                Ok(Err(error)) if !error.is_transient() => {
+                    tracing::error!(%error, "Writing the batch to the store failed, and retrying cannot help: stopping. The batch runs again after a restart.");
+                    return Err(error);
+                }
+                Ok(Err(error)) => {
+                    tracing::error!(%error, retry_in = ?backoff, "Writing the batch to the store failed; retrying.");
+                }
+                Err(error) => {
+                    tracing::error!(%error, "The batch's write did not finish; retrying.");
+                }
+            }
+            s.metrics.batch_retries.inc();
+            // Again without saying which entries exist: the failed attempt may have committed
+            // after all (a panic after the commit), and the store's counts must not take its
+            // changes twice. The store reads them itself.
+            if w.timers_existed.is_some() || w.customers_existed.is_some() {
+                w = Arc::new(WriteSet {
+                    timers_existed: None,
+                    customers_existed: None,
+                    ..(*w).clone()
+                });
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    tracing::warn!("Stopping while a batch's write is retried: it runs again after a restart.");
+                    return Ok(false);
+                }
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(crate::sending::RETRY_MOST);
+        }
+        s.metrics
+            .batch_seconds
+            .with_label_values(&["write"])
+            .observe(started.elapsed().as_secs_f64());
+        Ok(true)
+    });
+    Writing {
+        task,
+        write,
+        topics,
+    }
+}
+
+/// Waits for a batch's write to land, then counts its events and commits its offsets. False
+/// when the service stopped before the write landed.
+pub(super) async fn finish(
+    shared: &Shared,
+    consumer: &StreamConsumer<Context>,
+    unwritten: &mut Unwritten,
+    w: Writing,
+) -> anyhow::Result<bool> {
+    let written = w
+        .task
+        .await?
+        .map_err(|e| anyhow::Error::new(e).context("a batch could not be written to the store"))?;
+    if !written {
+        return Ok(false);
+    }
+    unwritten.pop_oldest();
+    shared.progress.landed();
+    for t in &w.topics {
+        shared
+            .metrics
+            .events_consumed
+            .with_label_values(&[t.as_str()])
+            .inc();
+    }
+    commit(consumer, &w.write.offsets);
+    Ok(true)
+}
+
+/// Commits consumed offsets to Kafka (asynchronously; only lag dashboards read them).
+pub(super) fn commit(consumer: &StreamConsumer<Context>, offsets: &[Offset]) {
+    if offsets.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for o in offsets {
+        let _ = tpl.add_partition_offset(&o.topic, o.partition, KafkaOffset::Offset(o.next));
+    }
+    if let Err(error) = consumer.commit(&tpl, CommitMode::Async) {
+        tracing::debug!(%error, "Committing offsets to Kafka failed (only lag dashboards use them).");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_write_that_retrying_cannot_help_ends_with_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.store.path = dir.path().join("store");
+        config.journeys.dir = dir.path().join("journeys");
+        std::fs::create_dir_all(&config.journeys.dir).unwrap();
+        let opened = crate::app::open(&config).unwrap();
+        let shared = crate::app::shared(config, opened).unwrap();
+        // A topic name too long for the store's offset keys: refused before anything is written.
+        let invalid = WriteSet {
+            offsets: vec![Offset {
+                topic: "t".repeat(100_000),
+                partition: 0,
+                next: 1,
+            }],
+            ..WriteSet::default()
+        };
+        let running = CancellationToken::new();
+        let writing = start_write(&shared, Arc::new(invalid), Vec::new(), &running);
+        let ended = tokio::time::timeout(Duration::from_secs(10), writing.task)
+            .await
+            .expect("it does not retry")
+            .unwrap();
+        let error = ended.unwrap_err();
+        assert!(!error.is_transient(), "{error}");
+        assert!(error.to_string().contains("topic name"), "{error}");
+        assert_eq!(shared.metrics.batch_retries.get(), 0);
+    }
+}
