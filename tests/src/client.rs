@@ -29,6 +29,9 @@ impl Publisher {
             // One request in flight: retries through an outage keep each partition's order.
             .set("max.in.flight.requests.per.connection", "1")
             .set("enable.idempotence", "false")
+            // Room for the oversized messages of the poison tests (librdkafka's default
+            // refuses anything over 1,000,000 bytes before the broker sees it).
+            .set("message.max.bytes", "4000000")
             .create()
             .expect("a producer");
         Publisher {
@@ -42,9 +45,13 @@ impl Publisher {
         let mut pending = Vec::with_capacity(events.len());
         for e in events {
             let bytes = encode_touchpoint(e, Framing::SingleObject);
+            // Timestamped with the time the event occurred (the wall clock reached it before
+            // it is published), so a publisher that lags does not move journeyd's watermark
+            // past events it has not published yet.
             let mut record = FutureRecord::to(&self.topic)
                 .key(&e.customer_id)
-                .payload(&bytes);
+                .payload(&bytes)
+                .timestamp(e.occurred_at);
             loop {
                 match self.producer.send_result(record) {
                     Ok(delivery) => {

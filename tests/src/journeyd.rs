@@ -44,6 +44,8 @@ pub struct Settings {
     pub http_port: u16,
     /// `processing.batches_in_flight`.
     pub batches_in_flight: usize,
+    /// `processing.max_event_bytes`; `None` leaves journeyd's default.
+    pub max_event_bytes: Option<usize>,
 }
 
 impl Settings {
@@ -60,8 +62,13 @@ impl Settings {
         }
         t += &format!(
             "\n[store]\npath = {:?}\nblock_cache_mb = 8\n\n[processing]\nbatch_max_messages = 200\n\
-             batch_linger_ms = 5\nmax_event_bytes = 2000\nbatches_in_flight = {}\n\n[http]\nlisten = \"127.0.0.1:{}\"\n\n[log]\nformat = \"json\"\n",
-            self.store, self.batches_in_flight, self.http_port
+             batch_linger_ms = 5\n{}batches_in_flight = {}\n\n[http]\nlisten = \"127.0.0.1:{}\"\n\n[log]\nformat = \"json\"\n\
+             level = \"info,journeyd::delivery=debug\"\n",
+            self.store,
+            self.max_event_bytes
+                .map_or(String::new(), |n| format!("max_event_bytes = {n}\n")),
+            self.batches_in_flight,
+            self.http_port
         );
         t
     }
@@ -118,6 +125,39 @@ impl Journeyd {
             c.kill().unwrap();
             c.wait().unwrap();
         }
+    }
+
+    /// SIGKILL as soon as the log shows a batch with messages queued to Kafka, `after` that
+    /// line (so its produce request has reached the broker, whose answer is still on its way
+    /// when the broker answers later than that). Kills after `within` all the same; returns
+    /// whether it saw such a batch.
+    pub fn kill_with_a_batch_in_flight(&mut self, after: Duration, within: Duration) -> bool {
+        use std::io::{Read, Seek, SeekFrom};
+        let start = Instant::now();
+        let mut file = std::fs::File::open(&self.log).expect("the log");
+        let mut seen = file.seek(SeekFrom::End(0)).unwrap();
+        let found = loop {
+            let mut bytes = Vec::new();
+            file.seek(SeekFrom::Start(seen)).unwrap();
+            let _ = file.read_to_end(&mut bytes);
+            let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let new = String::from_utf8_lossy(&bytes[..whole]);
+            // Only whole lines: the last one may still be being written.
+            let queued = new
+                .lines()
+                .any(|l| l.contains("Batch queued to Kafka") && !l.contains("\"messages\":0"));
+            if queued {
+                break true;
+            }
+            seen += whole as u64;
+            if start.elapsed() > within || !self.alive() {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        std::thread::sleep(after);
+        self.kill();
+        found
     }
 
     /// SIGTERM, and wait for the exit.

@@ -1,5 +1,7 @@
 //! A TCP proxy in front of the broker, to take the network path down and bring it back: every
-//! open connection is closed and new ones are refused while it is cut.
+//! open connection is closed and new ones are refused while it is cut. It can also hold the
+//! broker's answers back for a while, as a distant broker would: the crash tests use that to
+//! kill journeyd while a batch's actions are in the broker's log but not acknowledged.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,6 +16,7 @@ pub struct Proxy {
     up: Arc<AtomicBool>,
     generation: watch::Sender<u64>,
     connections: Arc<AtomicU64>,
+    delay_ms: Arc<AtomicU64>,
     _thread: std::thread::JoinHandle<()>,
 }
 
@@ -23,16 +26,18 @@ impl Proxy {
         let up = Arc::new(AtomicBool::new(true));
         let (generation, rx) = watch::channel(0u64);
         let connections = Arc::new(AtomicU64::new(0));
+        let delay_ms = Arc::new(AtomicU64::new(0));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = {
             let up = up.clone();
             let connections = connections.clone();
+            let delay_ms = delay_ms.clone();
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .unwrap();
-                rt.block_on(serve(port, target, up, rx, connections, ready_tx));
+                rt.block_on(serve(port, target, up, rx, connections, delay_ms, ready_tx));
             })
         };
         ready_rx
@@ -43,6 +48,7 @@ impl Proxy {
             up,
             generation,
             connections,
+            delay_ms,
             _thread: thread,
         }
     }
@@ -63,6 +69,11 @@ impl Proxy {
         self.up.store(true, Ordering::SeqCst);
     }
 
+    /// Holds every answer of the broker back this long from now on (zero: none).
+    pub fn delay_answers(&self, by: Duration) {
+        self.delay_ms.store(by.as_millis() as u64, Ordering::SeqCst);
+    }
+
     /// Connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::SeqCst)
@@ -75,6 +86,7 @@ async fn serve(
     up: Arc<AtomicBool>,
     generation: watch::Receiver<u64>,
     connections: Arc<AtomicU64>,
+    delay_ms: Arc<AtomicU64>,
     ready: std::sync::mpsc::Sender<()>,
 ) {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -93,6 +105,7 @@ async fn serve(
         }
         connections.fetch_add(1, Ordering::SeqCst);
         let target = target.clone();
+        let delay_ms = delay_ms.clone();
         let mut generation = generation.clone();
         let at_start = *generation.borrow_and_update();
         tokio::spawn(async move {
@@ -104,7 +117,7 @@ async fn serve(
             let pipe = async {
                 tokio::select! {
                     _ = tokio::io::copy(&mut cr, &mut sw) => {},
-                    _ = tokio::io::copy(&mut sr, &mut cw) => {},
+                    _ = delayed_copy(&mut sr, &mut cw, &delay_ms) => {},
                 }
             };
             let cut = async {
@@ -121,4 +134,39 @@ async fn serve(
             // Dropping both halves of both sockets closes the connection.
         });
     }
+}
+
+/// Copies from `from` to `to`, each chunk written `delay_ms` after it was read (in order).
+async fn delayed_copy(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    delay_ms: &AtomicU64,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let read = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let due = tokio::time::Instant::now()
+                        + Duration::from_millis(delay_ms.load(Ordering::SeqCst));
+                    if tx.send((due, buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let write = async move {
+        while let Some((due, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    };
+    // Ends when either side closes; what was read and not yet written goes with it.
+    tokio::join!(read, write);
 }

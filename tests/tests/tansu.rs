@@ -60,6 +60,7 @@ impl World {
             json_input: Some(JSON_INPUT.into()),
             http_port: http_port(),
             batches_in_flight: in_flight,
+            max_event_bytes: Some(2000),
         };
         World {
             broker,
@@ -165,9 +166,17 @@ async fn the_actions_match_the_simulator_through_random_sigkills_with_batches_in
 
 async fn random_sigkills(in_flight: usize) {
     let _one = ONE_AT_A_TIME.lock().await;
-    let world = World::new(false, in_flight);
+    // Behind a proxy that holds the broker's answers back 80 ms, as a distant broker would:
+    // each kill lands while a batch's actions are in the broker's log and not yet
+    // acknowledged, so not yet written to the store. The replay must produce them again.
+    let world = World::new(true, in_flight);
     let mut journeyd = world.journeyd();
     journeyd.wait_ready(Duration::from_secs(60));
+    world
+        .proxy
+        .as_ref()
+        .unwrap()
+        .delay_answers(Duration::from_millis(80));
     let events = scenario::plan("kill", 3000, now_ms() + 500, 15_000, 0x5eed_0001);
     let expected = scenario::expected(&events);
     print_summary("SIGKILL loop", &expected);
@@ -177,6 +186,7 @@ async fn random_sigkills(in_flight: usize) {
     let mut kills: Vec<i64> = (0..5).map(|_| 1000 + rng.below(16_000) as i64).collect();
     kills.sort();
     let mut down_until: Option<i64> = None;
+    let mut in_flight_kills = 0;
     let publisher = world.publisher();
     play(&publisher, &events, |elapsed| {
         if let Some(until) = down_until {
@@ -186,7 +196,11 @@ async fn random_sigkills(in_flight: usize) {
             }
         } else if kills.first().is_some_and(|k| elapsed >= *k) {
             kills.remove(0);
-            journeyd.kill();
+            if journeyd
+                .kill_with_a_batch_in_flight(Duration::from_millis(20), Duration::from_secs(5))
+            {
+                in_flight_kills += 1;
+            }
             down_until = Some(elapsed + 200 + rng.below(1500) as i64);
         }
     })
@@ -205,6 +219,14 @@ async fn random_sigkills(in_flight: usize) {
         duplicates
     );
     assert!(journeyd.starts >= 4, "journeyd was killed and restarted");
+    assert!(
+        in_flight_kills >= 3,
+        "most kills came with a batch in flight: {in_flight_kills} of 5"
+    );
+    assert!(
+        duplicates >= 1,
+        "a kill with a batch in flight makes the replay produce it again"
+    );
     assert!(reader.dead.is_empty(), "no dead letters: {:?}", reader.dead);
     assert!(
         journeyd.terminate(Duration::from_secs(30)).success(),
@@ -285,6 +307,60 @@ async fn waits_that_fall_due_while_journeyd_is_down_fire_when_it_is_back() {
         "the offer's timeout branch ran"
     );
     journeyd.terminate(Duration::from_secs(30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_over_a_megabyte_on_default_settings_is_dead_lettered_and_the_rest_flows() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut world = World::new(false, 1);
+    // As a new user runs it: max_event_bytes (1 MiB), the dead-letter bound and the
+    // producer's message.max.bytes all at their defaults.
+    world.settings.max_event_bytes = None;
+    let mut journeyd = world.journeyd();
+    journeyd.wait_ready(Duration::from_secs(60));
+    let events = scenario::plan("huge", 200, now_ms() + 300, 2000, 0x5eed_0009);
+    let expected = scenario::expected(&events);
+    let mut huge = Event {
+        event_id: "huge-1".into(),
+        customer_id: "huge".into(),
+        event_type: "risk_flagged".into(),
+        channel: None,
+        occurred_at: now_ms(),
+        attributes: Default::default(),
+    };
+    huge.attributes
+        .insert("blob".into(), "x".repeat(1_500_000).into());
+    let payload = encode_touchpoint(&huge, Framing::SingleObject);
+    let publisher = world.publisher();
+    let (first, second) = events.split_at(events.len() / 2);
+    play(&publisher, first, |_| {}).await;
+    publisher.raw(INPUT, Some("huge"), &payload).await;
+    play(&publisher, second, |_| {}).await;
+    let mut reader = world.reader();
+    wait_for_all(&mut reader, &expected, &events, &journeyd);
+    reader.until("the dead letter", Duration::from_secs(30), |r| {
+        !r.dead.is_empty()
+    });
+    scenario::check(&expected, &reader.actions);
+    assert_eq!(reader.dead.len(), 1, "one dead letter");
+    let d = &reader.dead[0];
+    assert_eq!(d.headers["journeyd.dlq.reason"], "oversized");
+    assert_eq!(
+        d.headers["journeyd.dlq.original_bytes"],
+        payload.len().to_string()
+    );
+    assert_eq!(d.headers["journeyd.dlq.truncated"], "true");
+    // The default bound (256 KiB) of the original bytes, as they were.
+    assert_eq!(d.payload.len(), 256 * 1024);
+    assert_eq!(d.payload[..], payload[..256 * 1024]);
+    assert_eq!(
+        journeyd.metric("journeyd_events_rejected_total", &["reason=\"oversized\""]),
+        Some(1.0)
+    );
+    assert!(
+        journeyd.terminate(Duration::from_secs(30)).success(),
+        "SIGTERM stops cleanly"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

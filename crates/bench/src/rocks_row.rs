@@ -20,9 +20,12 @@ use journeyd::processor::{run_batch, Position, Unwritten, Work};
 use journeyd_store::{Store, WriteSet};
 use journeyd_store_rocksdb::{keys, rocksdb_options, rocksdb_write_options, RocksStore};
 use journeyd_store_rocksdb::{StoreOptions, FORMAT_VERSION};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The target of issue 19: bytes on disk per customer with state (state, timers, history).
+pub const TARGET_DISK_BYTES: f64 = 256.0;
 /// Events per batch (the daemon's `processing.batch_max_messages`).
 pub const BATCH: usize = 1000;
 /// Due timers read per batch at most (the daemon's `processing.timer_batch`).
@@ -111,12 +114,26 @@ pub fn measure(events: usize) -> anyhow::Result<Vec<Row>> {
     }
     drop(stream);
 
+    let seen = batches
+        .iter()
+        .flat_map(|(work, _, _)| work)
+        .filter_map(|w| match w {
+            Work::Event { event, .. } => Some(event.customer_id.as_str()),
+            Work::Timer { .. } => None,
+        })
+        .collect::<std::collections::HashSet<_>>()
+        .len();
     let options = daemon_store_options();
     // One thread: run_batch then Store::write, batch after batch (info).
-    let serial = through_store(&engine, &options, batches.clone(), false)?;
+    let dir = tempfile::tempdir()?;
+    let serial = through_store(&engine, &options, dir.path(), batches.clone(), false)?;
+    let footprint = footprint(dir.path(), &options, seen)?;
+    drop(dir);
     // As the daemon runs it, the row's figure: each batch's write beside the next batch (which
     // reads through it).
-    let beside = through_store(&engine, &options, batches, true)?;
+    let dir = tempfile::tempdir()?;
+    let beside = through_store(&engine, &options, dir.path(), batches, true)?;
+    drop(dir);
     let (store_secs, timers, actions, recorded) = serial;
     let store_eps = events as f64 / store_secs;
     let beside_eps = events as f64 / beside.0;
@@ -183,6 +200,22 @@ pub fn measure(events: usize) -> anyhow::Result<Vec<Row>> {
             target: "≥ 50%".into(),
             verdict: Verdict::of(ratio >= 0.5),
         },
+        Row {
+            name: format!(
+                "engine + RocksDB: bytes on disk per customer with state after the month of the mix, flushed and compacted: SST / all files ({} of the {} customers seen have state)",
+                thousands(footprint.with_state as f64),
+                thousands(footprint.seen as f64),
+            ),
+            measured: format!(
+                "{:.0} / {:.0}",
+                footprint.per_customer(footprint.sst),
+                footprint.per_customer(footprint.all)
+            ),
+            limit: format!("target {TARGET_DISK_BYTES:.0} B"),
+            ratio: percent(footprint.per_customer(footprint.sst) / TARGET_DISK_BYTES),
+            target: "≤ 256 B".into(),
+            verdict: Verdict::of(footprint.per_customer(footprint.sst) <= TARGET_DISK_BYTES),
+        },
         Row::info(
             "engine + RocksDB: seconds, measured / raw",
             format!("{:.2} / {raw_secs:.2}", beside.0),
@@ -198,6 +231,40 @@ pub fn measure(events: usize) -> anyhow::Result<Vec<Row>> {
     ])
 }
 
+/// What the month of the mix left on disk, once flushed and compacted (what the store
+/// settles to).
+struct Footprint {
+    /// Customers with a stored state, and customers the stream named.
+    with_state: u64,
+    seen: usize,
+    /// Bytes of every file of the store, and of its SST files.
+    all: u64,
+    sst: u64,
+}
+
+impl Footprint {
+    fn per_customer(&self, b: u64) -> f64 {
+        b as f64 / self.with_state.max(1) as f64
+    }
+}
+
+fn footprint(dir: &Path, options: &StoreOptions, seen: usize) -> anyhow::Result<Footprint> {
+    let path = dir.join("store");
+    let with_state = RocksStore::open(&path, options)?.customer_count();
+    {
+        let db = rocksdb::DB::open(&rocksdb_options(options), &path)?;
+        db.flush()?;
+        db.compact_range::<&[u8], &[u8]>(None, None);
+    }
+    let (all, sst) = crate::scale_row::dir_bytes(&path)?;
+    Ok(Footprint {
+        with_state,
+        seen,
+        all,
+        sst,
+    })
+}
+
 /// One batch: its work, its consumed positions, its last event time.
 type Batch = (Vec<Work>, Vec<Position>, i64);
 
@@ -207,11 +274,11 @@ type Batch = (Vec<Work>, Vec<Position>, i64);
 fn through_store(
     engine: &journeyd_engine::Engine,
     options: &StoreOptions,
+    dir: &Path,
     batches: Vec<Batch>,
     beside: bool,
 ) -> anyhow::Result<(f64, usize, usize, Vec<WriteSet>)> {
-    let dir = tempfile::tempdir()?;
-    let store = RocksStore::open(&dir.path().join("store"), options)?;
+    let store = RocksStore::open(&dir.join("store"), options)?;
     let mut recorded: Vec<Arc<WriteSet>> = Vec::with_capacity(batches.len());
     let (mut actions, mut timers) = (0usize, 0usize);
     let t0 = Instant::now();

@@ -173,7 +173,8 @@ pub fn journeyd_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-fn dir_bytes(dir: &Path) -> std::io::Result<(u64, u64)> {
+/// Bytes of every file under `dir`, and of its SST files.
+pub(crate) fn dir_bytes(dir: &Path) -> std::io::Result<(u64, u64)> {
     let (mut all, mut sst) = (0, 0);
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;

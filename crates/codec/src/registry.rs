@@ -131,8 +131,9 @@ impl SchemaRegistry {
     /// Registers `schema` (JSON text) under `subject` and returns its id. Registering a schema
     /// the subject already has returns the existing id.
     ///
-    /// Errors: `registry_rejected` for `4xx` answers other than `408` and `429` (an incompatible
-    /// or invalid schema, bad credentials); `registry_unavailable` (transient) otherwise.
+    /// Errors: `registry_rejected` when the registry refuses the schema itself (400, 409, 415,
+    /// 422: invalid or incompatible); `registry_unavailable` (transient) otherwise, bad
+    /// credentials included (fixed without a release, and not a reason to divert actions).
     pub fn register(&self, subject: &str, schema: &str) -> Result<u32, EncodeError> {
         let url = format!("{}/subjects/{}/versions", self.url, percent_encode(subject));
         let unavailable = |why: String| EncodeError::RegistryUnavailable {
@@ -148,9 +149,9 @@ impl SchemaRegistry {
             .send(&body);
         let body = match Self::answer(result).map_err(unavailable)? {
             Answer::Ok(body) => body,
-            Answer::Status(status, body)
-                if (400..500).contains(&status) && status != 408 && status != 429 =>
-            {
+            // The schema itself refused: malformed (400, 415, 422) or incompatible (409).
+            // Other answers (401 and 403 from a credential blip, 404, 408, 429, 5xx) may pass.
+            Answer::Status(status, body) if matches!(status, 400 | 409 | 415 | 422) => {
                 return Err(EncodeError::RegistryRejected {
                     url: url.clone(),
                     status,

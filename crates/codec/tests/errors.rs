@@ -222,6 +222,13 @@ fn encoder_registry_failures_are_classified() {
     assert_eq!(err.reason(), "registry_rejected", "{err}");
     assert!(!err.is_transient());
     assert!(err.to_string().contains("409"), "{err}");
+    // Bad credentials may be fixed without a release: retried, not dead-lettered.
+    registry.fail_with(Some(401));
+    let err = encoder
+        .encode(&sample_action(), "actions.email")
+        .unwrap_err();
+    assert_eq!(err.reason(), "registry_unavailable", "{err}");
+    assert!(err.is_transient());
     registry.fail_with(None);
     assert!(encoder.encode(&sample_action(), "actions.email").is_ok());
 

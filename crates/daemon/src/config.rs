@@ -151,10 +151,11 @@ pub struct ProcessingConfig {
     /// sends a batch only once the previous batch's actions are acknowledged. More queues a
     /// batch's messages behind the previous batch's (in batch order all the same, which needs
     /// the idempotent producer), and pays when acknowledgements take longer than processing a
-    /// batch (a distant broker). The cost: when Kafka refuses or loses a send for good (after
-    /// `message.timeout.ms`, or a refused message), a cancel of a later batch can reach an
-    /// adapter before that send; the batches are then produced again in order, so a copy of
-    /// the cancel comes after the send.
+    /// batch (a distant broker). The cost: when a send fails with an error that may pass (after
+    /// `message.timeout.ms`, a broker away), a cancel of a later batch can reach an adapter
+    /// before that send; the batches are then produced again in order, so a copy of the
+    /// cancel comes after the send. (A send Kafka refuses for good goes to the action
+    /// dead-letter topic whatever this is.)
     pub batches_in_flight: usize,
     /// Run the processing clock this many times faster than real time (demo and staging only).
     pub clock_speed: f64,
@@ -375,7 +376,7 @@ impl Config {
             })?,
         };
         let room = crate::dead_letters::ROOM_BESIDE_PAYLOAD;
-        if self.outputs.dead_letter_max_bytes + room > producer_max {
+        if self.outputs.dead_letter_max_bytes.saturating_add(room) > producer_max {
             return bad(&format!(
                 "outputs.dead_letter_max_bytes ({}) leaves no room for a dead letter's key and \
                  headers ({room} bytes) under the producer's message.max.bytes ({producer_max}): \

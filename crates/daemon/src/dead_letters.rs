@@ -37,6 +37,8 @@ pub const MAX_KEY_BYTES: usize = 4096;
 /// The most bytes of the original headers a dead letter keeps; more are left out whole
 /// (header `journeyd.dlq.headers_bytes` gives their size).
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The most bytes a header's framing takes beside its key and value (two varint lengths).
+const HEADER_FRAMING: usize = 10;
 /// The most bytes of an error message in a header.
 pub const MAX_ERROR_BYTES: usize = 4096;
 /// What a dead letter may take beside its payload: the key, the original headers and
@@ -78,14 +80,16 @@ pub fn record<'a>(
         other => (other, None),
     };
     let mut h = OwnedHeaders::new();
+    // Each header's bytes with its framing on the wire (two varint lengths).
     let header_bytes: usize = d.message.headers().map_or(0, |hs| {
         hs.iter()
-            .map(|x| x.key.len() + x.value.map_or(0, <[u8]>::len))
+            .map(|x| x.key.len() + x.value.map_or(0, <[u8]>::len) + HEADER_FRAMING)
             .sum()
     });
     let headers_dropped = header_bytes > MAX_HEADER_BYTES || refused.is_some();
     if let Some(orig) = d.message.headers().filter(|_| !headers_dropped) {
-        for header in orig.iter() {
+        // journeyd's own headers come from journeyd alone: an input cannot pass for one.
+        for header in orig.iter().filter(|x| !x.key.starts_with("journeyd.dlq.")) {
             h = h.insert(Header {
                 key: header.key,
                 value: header.value,
@@ -147,8 +151,8 @@ pub enum Refusal {
     /// Will never pass for this message: it goes to a dead-letter topic with the reason (a
     /// stable snake_case label) and the batch lands.
     Permanent {
-        /// `too_large`, `not_authorised`, `unknown_topic`, `invalid_record`,
-        /// `registry_rejected`, `unrepresentable` or `refused`.
+        /// `too_large`, `not_authorised`, `invalid_topic`, `invalid_record`,
+        /// `registry_rejected` or `unrepresentable`.
         reason: &'static str,
         /// Kafka's or the encoder's words.
         error: String,
@@ -172,7 +176,10 @@ impl Refusal {
             C::TopicAuthorizationFailed
             | C::ClusterAuthorizationFailed
             | C::GroupAuthorizationFailed => "not_authorised",
-            C::UnknownTopic | C::InvalidTopic | C::UnknownPartition => "unknown_topic",
+            // A missing topic is not dead-lettered: during a cluster restart metadata can
+            // lack a topic for a while, and a topic left out of the deployment stalls the
+            // service (readiness says so) instead of diverting every action.
+            C::InvalidTopic => "invalid_topic",
             C::InvalidRecord | C::UnsupportedForMessageFormat | C::PolicyViolation => {
                 "invalid_record"
             }
@@ -277,15 +284,29 @@ mod tests {
 
     #[test]
     fn a_small_dead_letter_is_kept_whole_with_its_headers() {
-        let orig = OwnedHeaders::new().insert(Header {
-            key: "trace",
-            value: Some(b"abc".as_slice()),
-        });
+        let orig = OwnedHeaders::new()
+            .insert(Header {
+                key: "trace",
+                value: Some(b"abc".as_slice()),
+            })
+            .insert(Header {
+                key: "journeyd.dlq.reason",
+                value: Some(b"spoofed".as_slice()),
+            });
         let d = dead(Some(b"c1".to_vec()), b"payload".to_vec(), Some(orig));
         let r = record(&d, 1000, None);
         assert_eq!(r.payload, b"payload");
         assert_eq!(r.key, Some(b"c1".as_slice()));
         assert_eq!(header(&r.headers, "trace"), Some("abc"));
+        assert_eq!(
+            r.headers
+                .iter()
+                .filter(|x| x.key == "journeyd.dlq.reason")
+                .map(|x| x.value)
+                .collect::<Vec<_>>(),
+            [Some(b"oversized".as_slice())],
+            "an input's own journeyd.dlq.* headers are not kept"
+        );
         assert_eq!(header(&r.headers, "journeyd.dlq.original_bytes"), Some("7"));
         assert_eq!(header(&r.headers, "journeyd.dlq.truncated"), None);
         assert_eq!(header(&r.headers, "journeyd.dlq.source.offset"), Some("42"));
@@ -323,7 +344,8 @@ mod tests {
         assert_eq!(header(&r.headers, "journeyd.dlq.key_bytes"), Some("10000"));
         assert_eq!(
             header(&r.headers, "journeyd.dlq.headers_bytes"),
-            Some("100100")
+            Some("101100"),
+            "100 × (key 1 + value 1,000 + framing 10)"
         );
         assert!(size(&r) <= 256 * 1024 + ROOM_BESIDE_PAYLOAD);
         // After a refusal: a small record that still says where the message is.
@@ -344,7 +366,7 @@ mod tests {
         for (code, reason) in [
             (C::MessageSizeTooLarge, "too_large"),
             (C::TopicAuthorizationFailed, "not_authorised"),
-            (C::UnknownTopic, "unknown_topic"),
+            (C::InvalidTopic, "invalid_topic"),
             (C::InvalidRecord, "invalid_record"),
         ] {
             assert!(
@@ -353,6 +375,8 @@ mod tests {
             );
         }
         for code in [
+            C::UnknownTopic,
+            C::UnknownPartition,
             C::MessageTimedOut,
             C::QueueFull,
             C::NotEnoughReplicas,

@@ -320,12 +320,26 @@ impl Sender {
             deliveries.push((kind, r, delivery));
         }
         let mut failed = None;
+        // As for the batch itself: given up STOP_GRACE after the service stops.
+        let gone = async {
+            self.shutdown.cancelled().await;
+            tokio::time::sleep(STOP_GRACE).await;
+        };
+        tokio::pin!(gone);
         for (kind, r, delivery) in deliveries {
             let outcome = match delivery {
-                Ok(d) => match d.await {
-                    Ok(Ok(_)) => continue,
-                    Ok(Err((e, _))) => Refusal::of(&e),
-                    Err(_) => Refusal::Transient("the producer went away".to_owned()),
+                Ok(d) => tokio::select! {
+                    delivered = d => match delivered {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err((e, _))) => Refusal::of(&e),
+                        Err(_) => Refusal::Transient("the producer went away".to_owned()),
+                    },
+                    () = &mut gone => {
+                        return Err(Failure::Retry(
+                            "the service stopped before Kafka acknowledged the dead letters"
+                                .to_owned(),
+                        ));
+                    }
                 },
                 Err(e) => Refusal::of(&e),
             };

@@ -79,9 +79,14 @@ pub struct Output {
     pub quarantined: Vec<Quarantined>,
 }
 
+/// How long after the batch a quarantined customer's fired timer is set again (ms): it is
+/// tried again then, without a loop that fails on it batch after batch, and fires for real
+/// once the fault is fixed (a reload, a new release).
+pub const QUARANTINE_RETRY: Millis = 10 * 60 * 1000;
+
 /// A customer whose processing failed in a batch (an unreadable stored state, or a panic in
-/// the engine: a bug). Nothing of theirs from this batch is written or sent; the fired timer
-/// entries that brought them in are cleared (an event sets the timer again).
+/// the engine: a bug). Nothing of theirs from this batch is written or sent; each timer entry
+/// that fired for them is set again [`QUARANTINE_RETRY`] after the batch's latest time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quarantined {
     /// The customer.
@@ -296,9 +301,27 @@ pub fn run_batch(
     out.write.customers.reserve(slots.len());
     // Every customer written was read first: the store need not look again.
     let mut existed = Vec::with_capacity(slots.len());
+    // The batch's latest time, events' and timers' alike.
+    let latest = work
+        .iter()
+        .map(|w| match w {
+            Work::Event { event, .. } => event.occurred_at,
+            Work::Timer { due, .. } => *due,
+        })
+        .max()
+        .unwrap_or(0);
     for (i, slot) in slots.into_iter().enumerate() {
         let id = slot.id;
         if let Some(error) = slot.poison {
+            if !slot.fired.is_empty() {
+                // Its stored state still waits for them: keep a timer in the index.
+                let retry = latest.saturating_add(QUARANTINE_RETRY);
+                out.write.set_timers.push((retry, id.to_owned()));
+                set_known.push(None);
+                if let Some(p) = slot.owner {
+                    out.write.timer_partitions.push((id.to_owned(), p));
+                }
+            }
             out.quarantined.push(Quarantined {
                 customer: id.to_owned(),
                 error,
@@ -476,6 +499,54 @@ mod tests {
             store.write(&w).unwrap();
         }
         actions
+    }
+
+    #[test]
+    fn a_quarantined_customer_keeps_a_timer_for_later_and_the_others_go_on() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/journeys");
+        let engine = Engine::new(journeyd_journey::load_dir(&dir).unwrap().catalog);
+        let store = MemoryStore::new();
+        let at: Millis = 1_700_000_000_000;
+        // A stored state that cannot be read, with a timer due at `at`.
+        store
+            .write(&WriteSet {
+                customers: vec![("bad".into(), Some(vec![0xff, 0x00, 0x13]))],
+                set_timers: vec![(at, "bad".into())],
+                ..WriteSet::default()
+            })
+            .unwrap();
+        let work = vec![
+            Work::Timer {
+                due: at,
+                customer: "bad".into(),
+                partition: Some(1),
+            },
+            event("good", "cart_abandoned", at + 5, 120.0),
+        ];
+        let out = run_batch(&engine, &store, &Unwritten::none(), &work, &[]).unwrap();
+        assert_eq!(out.quarantined.len(), 1);
+        assert_eq!(out.quarantined[0].customer, "bad");
+        assert_eq!(out.quarantined[0].work, [0]);
+        assert!(out.quarantined[0].error.contains("unreadable"));
+        assert!(
+            out.write.customers.iter().all(|(c, _)| c != "bad"),
+            "the stored state stays as it is"
+        );
+        assert!(out.write.customers.iter().any(|(c, _)| c == "good"));
+        store.write(&out.write).unwrap();
+        let bad: Vec<Millis> = store
+            .due_timers(Millis::MAX, 10)
+            .unwrap()
+            .into_iter()
+            .filter(|(_, c)| c == "bad")
+            .map(|(due, _)| due)
+            .collect();
+        assert_eq!(
+            bad,
+            [at + 5 + QUARANTINE_RETRY],
+            "the fired entry is set again for later, not lost"
+        );
+        assert_eq!(store.customer("bad").unwrap(), Some(vec![0xff, 0x00, 0x13]));
     }
 
     #[test]

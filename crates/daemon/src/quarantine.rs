@@ -38,12 +38,15 @@ impl Quarantine {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Lists a customer whose processing failed (keeps the first failure's time).
-    pub fn add(&self, customer: &str, error: &str, at: Millis) {
+    /// Lists a customer whose processing failed (keeps the first failure's time). True when
+    /// they were not listed yet.
+    pub fn add(&self, customer: &str, error: &str, at: Millis) -> bool {
         let mut m = self.lock();
         if let Some(e) = m.get_mut(customer) {
             e.error = error.to_owned();
-        } else if m.len() < MOST_LISTED {
+            return false;
+        }
+        if m.len() < MOST_LISTED {
             m.insert(
                 customer.to_owned(),
                 Entry {
@@ -52,6 +55,7 @@ impl Quarantine {
                 },
             );
         }
+        true
     }
 
     /// Takes customers processed without failing off the list. Cheap when none is listed.
@@ -88,8 +92,8 @@ mod tests {
     #[test]
     fn customers_are_listed_until_processed_again_and_the_list_is_bounded() {
         let q = Quarantine::default();
-        q.add("a", "boom", 10);
-        q.add("a", "boom again", 20);
+        assert!(q.add("a", "boom", 10));
+        assert!(!q.add("a", "boom again", 20), "listed already");
         assert_eq!(
             q.get("a"),
             Some(Entry {

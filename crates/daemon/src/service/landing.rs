@@ -29,6 +29,9 @@ pub(super) struct Landing {
     pub(super) sending: InFlight<Handover>,
     pub(super) writing: Option<Writing>,
     pub(super) unwritten: Unwritten,
+    /// Set once a batch was left unwritten (the service is stopping): no later batch may be
+    /// written after it, or the stored offsets would pass over its changes.
+    pub(super) stopped: bool,
 }
 
 impl Landing {
@@ -41,18 +44,23 @@ impl Landing {
         shared: &Arc<Shared>,
         consumer: &StreamConsumer<Context>,
     ) -> anyhow::Result<bool> {
+        if self.stopped {
+            return Ok(false);
+        }
         let Some(landed) = self
             .sending
             .land_oldest(&self.sender)
             .await
             .map_err(anyhow::Error::msg)?
         else {
+            self.stopped = true;
             return Ok(false);
         };
         count(shared, &landed);
         if let Some(w) = self.writing.take() {
             let waited = Instant::now();
             if !finish(shared, consumer, &mut self.unwritten, w).await? {
+                self.stopped = true;
                 return Ok(false);
             }
             shared
@@ -79,13 +87,15 @@ impl Landing {
         shared: &Arc<Shared>,
         consumer: &StreamConsumer<Context>,
     ) -> anyhow::Result<bool> {
-        let mut acknowledged = true;
+        let mut acknowledged = !self.stopped;
         while acknowledged && !self.sending.is_empty() {
             acknowledged = self.land(shared, consumer).await?;
         }
+        // The write under way is of a batch before any left unwritten: it may land.
         if let Some(w) = self.writing.take() {
             acknowledged &= finish(shared, consumer, &mut self.unwritten, w).await?;
         }
+        self.stopped |= !acknowledged;
         Ok(acknowledged)
     }
 }

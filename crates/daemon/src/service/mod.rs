@@ -181,9 +181,11 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         sending: InFlight::new(),
         writing: None,
         unwritten: Unwritten::none(),
+        stopped: false,
     };
     let mut timers_backlogged = false;
     let mut last_gauges = Instant::now() - Duration::from_secs(60);
+    let mut last_positions = Instant::now();
     let in_flight = shared.config.processing.batches_in_flight;
     // The due timers of the next batch, read while the last batch ran, and that batch's write
     // (see `Prefetched`).
@@ -217,6 +219,13 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         let mut begun = false;
         // Timers are read once a partition has been read to its head (each timer then waits
         // for its own partition: see `Partitions::fires`).
+        if !partitions.all_at_head() && last_positions.elapsed() > Duration::from_millis(200) {
+            // Local to the client: no broker round trip.
+            if let Ok(tpl) = consumer.position() {
+                partitions.positions(&tpl);
+            }
+            last_positions = Instant::now();
+        }
         let caught_up = partitions.any_at_head();
         if caught_up && !announced {
             announced = true;
@@ -301,7 +310,9 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         timers_backlogged = prepared.backlogged;
         if last_gauges.elapsed() > Duration::from_secs(5) {
             let gauging = Instant::now();
-            update_gauges(&shared);
+            // Off the runtime: the store's counters and its next timer are reads.
+            let s = shared.clone();
+            tokio::task::spawn_blocking(move || update_gauges(&s));
             stage("gauges", gauging);
             last_gauges = Instant::now();
         }
@@ -455,8 +466,9 @@ fn quarantine(
     prepared: &mut intake::Prepared,
 ) {
     for q in quarantined {
-        shared.metrics.quarantined.inc();
-        shared.quarantine.add(&q.customer, &q.error, wall_now());
+        if shared.quarantine.add(&q.customer, &q.error, wall_now()) {
+            shared.metrics.quarantined.inc();
+        }
         let mut timers = 0;
         for k in q.work {
             match prepared.sources.get_mut(k).and_then(Option::take) {
@@ -472,7 +484,8 @@ fn quarantine(
             tracing::warn!(
                 customer = q.customer,
                 timers,
-                "Timers of a quarantined customer were dropped; their next event sets them again."
+                retry_in_secs = crate::processor::QUARANTINE_RETRY / 1000,
+                "A quarantined customer's timer is set again for later."
             );
         }
     }

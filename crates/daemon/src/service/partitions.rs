@@ -141,6 +141,28 @@ impl Partitions {
         }
     }
 
+    /// Takes the consumer's positions (the next offset it will fetch, per partition): they
+    /// move where no message tells, as when consumption resumed from the group's committed
+    /// offset rather than the store's.
+    pub fn positions(&self, tpl: &TopicPartitionList) {
+        let mut m = self.lock();
+        for el in tpl.elements() {
+            let KafkaOffset::Offset(n) = el.offset() else {
+                continue;
+            };
+            let at = (el.topic(), el.partition());
+            if let Some(part) = m.get_mut(&(el.topic().to_owned(), el.partition())) {
+                part.next = Some(part.next.map_or(n, |next| next.max(n)));
+                part.reached_head(at);
+            }
+        }
+    }
+
+    /// Whether every assigned partition has been read to its head.
+    pub fn all_at_head(&self) -> bool {
+        self.lock().values().all(|part| part.at_head)
+    }
+
     /// Whether this process holds an assignment and every partition of it has been read to
     /// its head (see the type's doc). Why not, when not.
     pub fn caught_up(&self) -> Result<(), String> {
@@ -206,6 +228,10 @@ impl Partitions {
                 // Nothing read, no stored offset, and nothing to read.
                 part.next = Some(high);
             }
+        }
+        // Retention removed what was left to read: reading resumes at the log's start.
+        if part.next.is_some_and(|n| n < low) {
+            part.next = Some(low);
         }
         part.reached_head(at);
         let read = match next {
@@ -383,6 +409,37 @@ mod tests {
         assert_eq!(o.lock()[&("a".to_owned(), 0)].watermark, 130);
         o.clear();
         assert!(o.caught_up().is_err(), "the assignment was lost");
+    }
+
+    #[test]
+    fn the_consumer_position_and_retention_also_bring_a_partition_to_its_head() {
+        let o = Partitions::default();
+        let mut seeded = TopicPartitionList::new();
+        // Resumed from the group's committed offset (unknown here) on a quiet partition.
+        seeded.add_partition("a", 0);
+        // Resumed from a stored offset that retention has since removed.
+        seeded
+            .add_partition_offset("b", 0, KafkaOffset::Offset(3))
+            .unwrap();
+        o.assign(&seeded);
+        o.answer(("a", 0), None, (0, 40), 100);
+        o.answer(("b", 0), Some(3), (10, 10), 100);
+        assert!(!o.all_at_head());
+        assert!(
+            o.lock()[&("b".to_owned(), 0)].at_head,
+            "nothing left to read: the log starts at the head"
+        );
+        let mut positions = TopicPartitionList::new();
+        positions
+            .add_partition_offset("a", 0, KafkaOffset::Offset(40))
+            .unwrap();
+        // A partition not held here is left alone.
+        positions
+            .add_partition_offset("z", 0, KafkaOffset::Offset(1))
+            .unwrap();
+        o.positions(&positions);
+        assert!(o.all_at_head(), "the consumer stands at the head");
+        assert_eq!(o.caught_up(), Ok(()));
     }
 
     #[test]
