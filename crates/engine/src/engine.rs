@@ -1097,5 +1097,50 @@ impl Run<'_, '_> {
         self.st.outstanding.retain(|o| o.expires_at > now);
         let window = self.engine.cap_window;
         self.st.sent.retain(|m| m.at > now - window);
+        self.forget_entries(now);
+    }
+
+    /// Drops the entry records nothing can need any more: the journey's instance has ended,
+    /// its current `reentry` lets the customer in again whatever the record says (`always`, or
+    /// the cooldown has passed), and its goal can no longer be reached (converted, or the
+    /// goal's window since the entry has passed). The journey's name stays: history records
+    /// refer to it.
+    fn forget_entries(&mut self, now: Millis) {
+        for j in 0..self.st.journeys.len() {
+            let mem = &self.st.journeys[j];
+            let Some(entered) = mem.entered_at else {
+                continue;
+            };
+            if self.st.instances.iter().any(|i| usize::from(i.j) == j) {
+                continue;
+            }
+            // The current journey's rule decides entries (see `try_enter`); a journey no longer
+            // loaded keeps its records, in case it comes back.
+            let Some(current) = self.engine.current.iter().find(|x| x.id == mem.id) else {
+                continue;
+            };
+            let reentry_free = match current.entry.reentry {
+                journeyd_journey::Reentry::Never => false,
+                journeyd_journey::Reentry::Always => true,
+                journeyd_journey::Reentry::Cooldown(d) => now >= entered.saturating_add(d),
+            };
+            if !reentry_free {
+                continue;
+            }
+            let goal_done = match self
+                .engine
+                .journey(&mem.id, mem.version)
+                .and_then(|jr| jr.goal.as_ref())
+            {
+                None => true,
+                Some(goal) => mem.converted || now - entered > goal.within,
+            };
+            if goal_done {
+                let mem = &mut self.st.journeys[j];
+                mem.entered_at = None;
+                mem.version = 0;
+                mem.converted = false;
+            }
+        }
     }
 }

@@ -581,6 +581,90 @@ fn reentry_never_always_and_cooldown() {
 }
 
 #[test]
+fn entry_records_go_once_reentry_and_the_goal_no_longer_need_them() {
+    let mk = |id: &str, reentry: &str, goal: &str| {
+        format!(
+            "journey: {id}\nversion: 1\nentry: {{ event: visit, reentry: {reentry} }}\n{goal}steps:\n  - id: hi\n    send: {{ channel: email, template: hi }}\n  - id: pause\n    wait: 1d\n  - id: bye\n    send: {{ channel: email, template: bye }}\n"
+        )
+    };
+    let files = [
+        ("never.yaml", mk("j_never", "never", "")),
+        ("always.yaml", mk("j_always", "always", "")),
+        ("cool.yaml", mk("j_cool", "10d", "")),
+        (
+            "goal.yaml",
+            mk(
+                "j_goal",
+                "always",
+                "goal: { event: purchase, within: 5d }\n",
+            ),
+        ),
+    ];
+    let e = engine(
+        &files
+            .iter()
+            .map(|(n, t)| (*n, t.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    let (sim, out) = run_sim(
+        &e,
+        &[ev("2026-01-01T09:00:00Z", "c1", "visit")],
+        Some("2026-01-03T09:00:00Z"),
+    );
+    assert_eq!(out.len(), 8, "hi and bye of each journey");
+    let entered = |sim: &Simulator, id: &str| {
+        sim.customer("c1")
+            .unwrap()
+            .journeys
+            .iter()
+            .find(|m| m.id == id)
+            .unwrap()
+            .entered_at
+    };
+    // Every instance has ended (Jan 2).
+    assert!(entered(&sim, "j_never").is_some(), "never: kept for good");
+    assert_eq!(entered(&sim, "j_always"), None, "always: nothing needs it");
+    assert!(entered(&sim, "j_cool").is_some(), "inside the cooldown");
+    assert!(
+        entered(&sim, "j_goal").is_some(),
+        "the goal can still be reached"
+    );
+    let (sim, _) = run_sim(
+        &e,
+        &[
+            ev("2026-01-01T09:00:00Z", "c1", "visit"),
+            ev("2026-01-04T09:00:00Z", "c1", "purchase"),
+            ev("2026-01-12T09:00:00Z", "c1", "ping"),
+        ],
+        None,
+    );
+    assert!(entered(&sim, "j_never").is_some());
+    assert_eq!(entered(&sim, "j_cool"), None, "the cooldown has passed");
+    assert_eq!(entered(&sim, "j_goal"), None, "converted");
+    let c1 = sim.customer("c1").unwrap();
+    assert!(
+        c1.journeys.iter().any(|m| m.id == "j_goal" && !m.converted),
+        "the conversion went with the record"
+    );
+    // Forgetting changes no outcome: the cooldown's rule still holds where it must.
+    let out = run(
+        &e,
+        &[
+            ev("2026-01-01T09:00:00Z", "c1", "visit"),
+            ev("2026-01-12T09:00:00Z", "c1", "ping"),
+            ev("2026-01-12T10:00:00Z", "c1", "visit"),
+        ],
+        None,
+    );
+    let his = |j: &str| {
+        out.iter()
+            .filter(|x| x.action.journey == j && x.action.step == "hi")
+            .count()
+    };
+    assert_eq!((his("j_never"), his("j_always"), his("j_cool")), (1, 2, 2));
+}
+
+#[test]
 fn at_most_one_active_instance_per_journey() {
     let j = r#"
 journey: slow
