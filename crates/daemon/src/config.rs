@@ -129,6 +129,14 @@ pub struct StoreConfig {
     pub state_cache_mb: u64,
     /// fsync every write batch (slower; the default relies on Kafka replay after a machine crash).
     pub sync_writes: bool,
+    /// Produce every change of customer state to a compacted changelog topic, and restore a
+    /// partition's customers from it when the partition is assigned here: partitions, and
+    /// their customers, move between replicas. Off: state stays on the replica that wrote it
+    /// (one replica only).
+    pub changelog: bool,
+    /// The changelog topic; empty: `<group.id>.changelog`. It has as many partitions as the
+    /// input topics, `cleanup.policy=compact`; journeyd creates it when it is missing.
+    pub changelog_topic: String,
 }
 
 /// Batching, limits and the processing clock.
@@ -248,6 +256,8 @@ impl Default for StoreConfig {
             block_cache_mb: 256,
             state_cache_mb: 64,
             sync_writes: false,
+            changelog: true,
+            changelog_topic: String::new(),
         }
     }
 }
@@ -287,6 +297,18 @@ impl Default for LogConfig {
 }
 
 impl Config {
+    /// The changelog topic, when the changelog is on (see [`StoreConfig::changelog`]).
+    pub fn changelog_topic(&self) -> Option<String> {
+        if !self.store.changelog {
+            return None;
+        }
+        if !self.store.changelog_topic.is_empty() {
+            return Some(self.store.changelog_topic.clone());
+        }
+        let group = self.kafka.get("group.id").map_or("journeyd", String::as_str);
+        Some(format!("{group}.changelog"))
+    }
+
     /// The action topic of a channel.
     pub fn actions_topic(&self, channel: &str) -> String {
         self.outputs.actions_topic.replace("{channel}", channel)

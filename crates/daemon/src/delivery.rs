@@ -504,45 +504,17 @@ pub(crate) mod testing {
         }
     }
 
-    /// The action ids in the topic, in order.
+    /// The action ids in the topic, in order (reading on a while past `expected`).
     pub fn log<C: rdkafka::ClientContext>(
         cluster: &MockCluster<'_, C>,
         expected: usize,
     ) -> Vec<String> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", cluster.bootstrap_servers())
-            .set("group.id", "reader")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(TOPIC, 0, Offset::Beginning)
-            .unwrap();
-        consumer.assign(&tpl).unwrap();
-        let mut ids = Vec::new();
-        let until = Instant::now() + Duration::from_secs(10);
-        // Reads on past `expected` for a while: more would be a failure too.
-        let mut quiet_from = None;
-        while Instant::now() < until {
-            match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => {
-                    let h = m.headers().unwrap();
-                    let id = h.iter().find(|h| h.key == "journeyd.action_id").unwrap();
-                    ids.push(String::from_utf8(id.value.unwrap().to_vec()).unwrap());
-                }
-                Some(Err(e)) => panic!("{e}"),
-                None if ids.len() >= expected => {
-                    let q = *quiet_from.get_or_insert_with(Instant::now);
-                    if q.elapsed() > Duration::from_millis(500) {
-                        break;
-                    }
-                }
-                None => {}
-            }
-        }
-        ids
+        records(cluster, TOPIC, expected)
+            .into_iter()
+            .map(|(headers, _)| headers["journeyd.action_id"].clone())
+            .collect()
     }
 
-    /// A producer whose queue holds one message and whose broker is never reached.
     /// The records of `topic`: headers (as text) and payload, reading on a while past
     /// `expected` (more would be a failure too).
     pub fn records<C: rdkafka::ClientContext>(
@@ -591,6 +563,7 @@ pub(crate) mod testing {
         out
     }
 
+    /// A producer whose queue holds one message and whose broker is never reached.
     pub fn full_producer() -> FutureProducer {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", "127.0.0.1:1")
