@@ -16,7 +16,7 @@
 //!   the latency rows run at a half and a tenth of;
 //! - `JOURNEYD_BENCH_CUSTOMERS`: customers of the scale row (1,000,000);
 //! - `JOURNEYD_BENCH_ROWS`: which rows, a comma list of `engine`, `rocksdb`, `kafka-mock`,
-//!   `kafka-tansu`, `kafka-far`, `latency`, `scale` (all). `latency` runs on each selected
+//!   `kafka-tansu`, `kafka-far`, `latency`, `scale`, `restore` (all). `latency` runs on each selected
 //!   Kafka.
 //!
 //! Smoke run (CI): `JOURNEYD_BENCH_EVENTS=5000 JOURNEYD_BENCH_CUSTOMERS=2000 cargo test -p
@@ -25,7 +25,7 @@
 
 use journeyd_bench::kafka_row::{self, Cluster, ClusterFactory, Mock, Tansu};
 use journeyd_bench::table::{Row, Table};
-use journeyd_bench::{engine_row, rocks_row, scale_row};
+use journeyd_bench::{engine_row, restore_row, rocks_row, scale_row};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -52,7 +52,7 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target").into())
 }
 
-const ALL: [&str; 7] = [
+const ALL: [&str; 8] = [
     "engine",
     "rocksdb",
     "kafka-mock",
@@ -60,6 +60,7 @@ const ALL: [&str; 7] = [
     "kafka-far",
     "latency",
     "scale",
+    "restore",
 ];
 
 /// The runtime the Kafka rows run on.
@@ -288,6 +289,22 @@ fn main() {
              customer (state, customer key, timer key).",
         );
         timed("scale", t);
+    }
+    if on("restore") {
+        let t = Instant::now();
+        eprintln!("journeyd bench: restore ({customers} customers)");
+        table.extend(
+            restore_row::measure(customers).unwrap_or_else(|e| vec![Row::error("restore", &e)]),
+        );
+        table.note(
+            "restore",
+            "a partition's customers read back from the changelog into an empty store, as a \
+             replica does when the partition is assigned to it (records decoded, the local \
+             states read for their old timers, written 2,000 to a RocksDB batch with their \
+             timers and the checkpoint), against a plain consume of the same partition with the \
+             same client settings. Both on the mock cluster in this process.",
+        );
+        timed("restore", t);
     }
 
     let total = started.elapsed().as_secs_f64();

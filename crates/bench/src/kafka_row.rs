@@ -253,6 +253,8 @@ pub fn service_config(
     }];
     c.outputs.actions_topic = format!("{prefix}actions.{{channel}}");
     c.outputs.dead_letter_topic = format!("{prefix}touchpoints.dlq");
+    // The rows measure the service as it was measured before the changelog (one replica).
+    c.store.changelog = false;
     // The example journeys, in a zone where it is noon (see `workload::noon_zone`).
     c.journeys.dir = dir.join("journeys");
     let zone = workload::noon_zone(journeyd::clock::wall_now());
@@ -287,12 +289,28 @@ impl Service {
         in_flight: usize,
         before: impl FnOnce(&Config) -> anyhow::Result<()>,
     ) -> anyhow::Result<(Service, Config)> {
+        Service::start_logged(cluster, prefix, in_flight, false, before)
+    }
+
+    /// [`Service::start`], with the changelog on when `changelog` (its topic created here:
+    /// the mock cluster cannot create topics for a client).
+    pub fn start_logged(
+        cluster: &dyn Cluster,
+        prefix: &str,
+        in_flight: usize,
+        changelog: bool,
+        before: impl FnOnce(&Config) -> anyhow::Result<()>,
+    ) -> anyhow::Result<(Service, Config)> {
         let dir = tempfile::tempdir()?;
         let mut config = service_config(&cluster.bootstrap(), prefix, dir.path())?;
         config.processing.batches_in_flight = in_flight;
+        config.store.changelog = changelog;
         let opened = app::open(&config)?;
         for i in &config.inputs {
             cluster.create_topic(&i.topic, 4)?;
+        }
+        if let Some(topic) = config.changelog_topic() {
+            cluster.create_topic(&topic, 4)?;
         }
         cluster.create_topic(&config.outputs.dead_letter_topic, 1)?;
         for c in app::channels(&opened.engine) {
@@ -343,6 +361,8 @@ pub struct Run {
     pub stages: [f64; STAGES.len()],
     /// Seconds from start to the end of the last batch.
     pub wall: f64,
+    /// Changelog records produced (0 without the changelog).
+    pub changelog: u64,
 }
 
 fn deadline_for(n: usize) -> Duration {
@@ -364,9 +384,20 @@ pub async fn service_run(
     payloads: &[Payload],
     in_flight: usize,
 ) -> anyhow::Result<Run> {
+    service_run_logged(cluster, prefix, payloads, in_flight, false).await
+}
+
+/// [`service_run`], with the changelog on when `changelog`.
+pub async fn service_run_logged(
+    cluster: &dyn Cluster,
+    prefix: &str,
+    payloads: &[Payload],
+    in_flight: usize,
+    changelog: bool,
+) -> anyhow::Result<Run> {
     // Every message is in before the service starts, so that producing never limits it.
     let bootstrap = cluster.bootstrap();
-    let (service, _) = Service::start(cluster, prefix, in_flight, |config| {
+    let (service, _) = Service::start_logged(cluster, prefix, in_flight, changelog, |config| {
         let topic = &config.inputs[0].topic;
         tokio::task::block_in_place(|| produce_all(&bootstrap, topic, payloads))
     })?;
@@ -394,6 +425,7 @@ pub async fn service_run(
     let batches = stage("process").1;
     let stages = STAGES.map(|s| stage(s).0);
     let produced = Metrics::total(&service.shared.metrics.actions);
+    let changelog = service.shared.metrics.changelog_records.get();
     let rejected = Metrics::total(&service.shared.metrics.events_rejected);
     service.stop().await?;
     anyhow::ensure!(
@@ -413,6 +445,7 @@ pub async fn service_run(
         batches,
         stages,
         wall: (end - start).as_secs_f64(),
+        changelog,
     })
 }
 
@@ -579,6 +612,7 @@ pub async fn copy_run(
         batches: 0,
         stages: [0.0; STAGES.len()],
         wall: (end - start).as_secs_f64(),
+        changelog: 0,
     })
 }
 
@@ -601,7 +635,12 @@ pub async fn throughput(
         let cluster = new_cluster()?;
         service_run(cluster.as_ref(), "s.", &payloads, default_in_flight()).await?
     };
+    let logged = {
+        let cluster = new_cluster()?;
+        service_run_logged(cluster.as_ref(), "l.", &payloads, default_in_flight(), true).await?
+    };
     let ratio = svc.eps / copy.eps;
+    let logged_ratio = logged.eps / copy.eps;
     let rows = vec![
         Row {
             name: format!(
@@ -618,6 +657,17 @@ pub async fn throughput(
             ratio: percent(ratio),
             target: "≥ 50%".into(),
             verdict: Verdict::of(ratio >= 0.5),
+        },
+        Row {
+            name: format!(
+                "end to end, {kind}, with the changelog (at least once): touchpoints/s ({} changelog records)",
+                thousands(logged.changelog as f64)
+            ),
+            measured: thousands(logged.eps),
+            limit: format!("the same copy: {} msg/s", thousands(copy.eps)),
+            ratio: percent(logged_ratio),
+            target: "≥ 50%".into(),
+            verdict: Verdict::of(logged_ratio >= 0.5),
         },
         Row::info(
             format!("end to end, {kind}: seconds to the first batch (group join), service / copy"),

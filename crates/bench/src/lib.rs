@@ -10,6 +10,7 @@
 pub mod engine_row;
 pub mod kafka_row;
 pub mod raw_firing;
+pub mod restore_row;
 pub mod rocks_row;
 pub mod scale_row;
 pub mod table;

@@ -106,6 +106,7 @@ pub fn measure(events: usize) -> anyhow::Result<Vec<Row>> {
                 .map(|(i, event)| Work::Event {
                     event,
                     partition: ((b * BATCH + i) % 4) as i32,
+                    read_at: None,
                 })
                 .collect(),
             consumed,

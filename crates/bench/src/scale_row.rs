@@ -272,6 +272,7 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
                 .map(|i| Work::Event {
                     event: workload::scale_entry(i, t0 + (i % 1000) as i64),
                     partition: (i % 4) as i32,
+                    read_at: None,
                 })
                 .collect();
             let out = run_batch(

@@ -89,6 +89,7 @@ pub fn shared(config: Config, opened: Opened) -> Result<Arc<Shared>> {
         partitions: Arc::default(),
         progress: crate::service::Progress::default(),
         quarantine: crate::quarantine::Quarantine::default(),
+        guards: Arc::default(),
         reload: AtomicBool::new(false),
         config,
     }))

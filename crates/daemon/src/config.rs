@@ -305,7 +305,10 @@ impl Config {
         if !self.store.changelog_topic.is_empty() {
             return Some(self.store.changelog_topic.clone());
         }
-        let group = self.kafka.get("group.id").map_or("journeyd", String::as_str);
+        let group = self
+            .kafka
+            .get("group.id")
+            .map_or("journeyd", String::as_str);
         Some(format!("{group}.changelog"))
     }
 

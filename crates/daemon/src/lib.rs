@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod catalog;
+pub mod changelog;
 pub mod clock;
 pub mod config;
 pub mod dead_letters;

@@ -143,6 +143,9 @@ async fn run(args: RunArgs) -> Result<()> {
             config.inputs.iter().map(|i| (i.topic.clone(), 4)).collect();
         topics.push((config.outputs.dead_letter_topic.clone(), 1));
         topics.push((config.outputs.action_dead_letter_topic.clone(), 1));
+        if let Some(changelog) = config.changelog_topic() {
+            topics.push((changelog, 4));
+        }
         let channels = app::channels(&opened.engine);
         topics.extend(channels.iter().map(|c| (config.actions_topic(c), 1)));
         let e = Embedded::start(&topics).context("cannot start the embedded Kafka mock cluster")?;

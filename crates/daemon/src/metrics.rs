@@ -59,6 +59,14 @@ pub struct Metrics {
     pub quarantined_now: IntGauge,
     /// Dead letters Kafka refused too (logged, then dropped), by kind and reason.
     pub output_lost: IntCounterVec,
+    /// Changelog records read to restore partitions.
+    pub restored_records: IntCounter,
+    /// Changelog records left to read to finish the restores under way.
+    pub restore_remaining: IntGauge,
+    /// Changelog records produced.
+    pub changelog_records: IntCounter,
+    /// Events skipped because a restored state already held them.
+    pub events_already_applied: IntCounter,
 }
 
 fn counter(
@@ -120,6 +128,22 @@ impl Metrics {
         )?;
         r.register(Box::new(consumer_lag.clone()))?;
         Ok(Metrics {
+            restored_records: int_counter(
+                "journeyd_restored_records_total",
+                "Changelog records read to restore the customers of assigned partitions.",
+            )?,
+            restore_remaining: gauge(
+                "journeyd_restore_remaining_records",
+                "Changelog records left to read by the restores under way (0: none restoring).",
+            )?,
+            changelog_records: int_counter(
+                "journeyd_changelog_records_total",
+                "Changelog records produced and acknowledged.",
+            )?,
+            events_already_applied: int_counter(
+                "journeyd_events_already_applied_total",
+                "Events read again after a restore whose effect the restored state already held: skipped.",
+            )?,
             events_consumed: counter(
                 &r,
                 "journeyd_events_consumed_total",

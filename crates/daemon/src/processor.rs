@@ -10,7 +10,9 @@ use journeyd_engine::{append_history, CustomerState, Engine, Input, Record, Supp
 use journeyd_store::{Offset, Store, WriteSet};
 use journeyd_types::{Action, Event, Millis};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use crate::changelog::record::{self as changelog, CustomerRecord};
 use crate::unwritten::Map;
 pub use crate::unwritten::{Patched, Prefetched, Unwritten};
 
@@ -34,6 +36,9 @@ pub enum Work {
         event: Event,
         /// The input partition it came from: it owns the customer's timers from now on.
         partition: i32,
+        /// The input topic and offset it was read at, when it was read from Kafka: the
+        /// changelog records how far each customer's events were applied.
+        read_at: Option<(Arc<str>, i64)>,
     },
     /// A due entry of the timer index.
     Timer {
@@ -77,6 +82,23 @@ pub struct Output {
     /// The customers whose processing failed: their input goes to the dead-letter topic and
     /// their stored state is left as it was.
     pub quarantined: Vec<Quarantined>,
+    /// For each entry of `write.customers`: the input partition that owns the customer (their
+    /// events come from it), if the batch names one.
+    pub owners: Vec<Option<i32>>,
+    /// The changelog records of the batch (when asked for): each written customer's record,
+    /// then each input partition's position, each in its owner's changelog partition.
+    pub changes: Vec<Change>,
+}
+
+/// One changelog record to produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The changelog partition: the input partition number it belongs to.
+    pub partition: i32,
+    /// The record's key (see [`crate::changelog::record`]).
+    pub key: Vec<u8>,
+    /// The record's value; `None` for a tombstone.
+    pub value: Option<Vec<u8>>,
 }
 
 /// How long after the batch a quarantined customer's fired timer is set again (ms): it is
@@ -148,6 +170,8 @@ struct Slot<'a> {
     poison: Option<String>,
     /// The ranges of the batch's actions that this customer's inputs emitted.
     actions: Vec<std::ops::Range<usize>>,
+    /// The offset of the customer's last event applied in the batch, per input topic.
+    applied: Vec<(Arc<str>, i64)>,
 }
 
 impl<'a> Slot<'a> {
@@ -162,6 +186,7 @@ impl<'a> Slot<'a> {
             fired: Vec::new(),
             poison: None,
             actions: Vec::new(),
+            applied: Vec::new(),
         }
     }
 }
@@ -176,13 +201,27 @@ pub fn run_batch(
     work: &[Work],
     consumed: &[Position],
 ) -> Result<Output, journeyd_store::Error> {
+    run_batch_logged(engine, store, unwritten, work, consumed, false)
+}
+
+/// [`run_batch`], and with `changelog` the batch's changelog records in [`Output::changes`].
+pub fn run_batch_logged(
+    engine: &Engine,
+    store: &dyn Store,
+    unwritten: &Unwritten,
+    work: &[Work],
+    consumed: &[Position],
+    changelog: bool,
+) -> Result<Output, journeyd_store::Error> {
     // One slot per customer, in order of first appearance.
     let mut index: Map<&str, usize> = Map::default();
     let mut slots: Vec<Slot> = Vec::new();
     let mut order: Vec<usize> = Vec::with_capacity(work.len());
     for w in work {
         let (id, partition) = match w {
-            Work::Event { event, partition } => (event.customer_id.as_str(), Some(*partition)),
+            Work::Event {
+                event, partition, ..
+            } => (event.customer_id.as_str(), Some(*partition)),
             Work::Timer {
                 customer,
                 partition,
@@ -233,7 +272,17 @@ pub fn run_batch(
     for (w, &i) in work.iter().zip(&order) {
         let slot = &mut slots[i];
         let (input, now) = match w {
-            Work::Event { event: e, .. } => (Input::Event(e), e.occurred_at),
+            Work::Event {
+                event: e, read_at, ..
+            } => {
+                if let Some((topic, offset)) = read_at {
+                    match slot.applied.iter_mut().find(|(t, _)| t == topic) {
+                        Some(a) => a.1 = a.1.max(*offset),
+                        None => slot.applied.push((topic.clone(), *offset)),
+                    }
+                }
+                (Input::Event(e), e.occurred_at)
+            }
             Work::Timer { due, customer, .. } => {
                 // The fired entry goes, whatever the state says now (it may be stale). It was
                 // read from the index (through the unwritten writes), so it is there.
@@ -343,15 +392,36 @@ pub fn run_batch(
                 out.write.timer_partitions.push((id.to_owned(), p));
             }
         }
-        out.write
-            .customers
-            .push((id.to_owned(), Some(slot.state.to_bytes())));
-        existed.push(slot.existed);
+        let bytes = slot.state.to_bytes();
+        let history_from = out.write.history.len();
         // Repeated skips are coalesced within the batch; across batches the store appends.
         for r in &slot.history {
             let entry = postcard::to_allocvec(r).expect("serialising to memory cannot fail");
             out.write.history.push((id.to_owned(), entry));
         }
+        if let (true, Some(p)) = (changelog, slot.owner) {
+            let record = CustomerRecord {
+                state: bytes.clone(),
+                wake: slot.state.wake,
+                history: out.write.history[history_from..]
+                    .iter()
+                    .map(|(_, e)| e.clone())
+                    .collect(),
+                applied: slot
+                    .applied
+                    .iter()
+                    .map(|(t, o)| (t.to_string(), *o))
+                    .collect(),
+            };
+            out.changes.push(Change {
+                partition: p,
+                key: changelog::customer_key(id),
+                value: Some(changelog::encode_customer(&record)),
+            });
+        }
+        out.write.customers.push((id.to_owned(), Some(bytes)));
+        out.owners.push(slot.owner);
+        existed.push(slot.existed);
     }
     out.write.customers_existed = Some(existed);
     out.write.history_limit = limit;
@@ -389,6 +459,14 @@ pub fn run_batch(
             next,
         })
         .collect();
+    if changelog {
+        // After the customers: a position says the records before it in its partition are in.
+        out.changes.extend(out.write.offsets.iter().map(|o| Change {
+            partition: o.partition,
+            key: changelog::position_key(&o.topic),
+            value: Some(changelog::encode_position(o.next)),
+        }));
+    }
     Ok(out)
 }
 
@@ -424,6 +502,7 @@ mod tests {
                 attributes,
             },
             partition: (customer.len() % 3) as i32,
+            read_at: None,
         }
     }
 

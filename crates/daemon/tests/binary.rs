@@ -191,14 +191,31 @@ async fn sigkill_in_the_middle_of_a_load_loses_no_action() {
         assert_eq!(a, want, "a duplicate is an exact repeat");
     }
     let duplicates = reader.actions.len() - expected.len();
+    // A kill between a batch's acknowledgements and its write: the restart restores the
+    // batch's changelog records (its customers, beyond the store's checkpoint) instead of
+    // replaying it.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let tails: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.contains("Partition restored from the changelog") && !l.contains("\"records\":0")
+        })
+        .collect();
     println!(
         "{} actions expected, {} received ({duplicates} duplicates after 3 SIGKILLs, \
-         {in_flight_kills} with a batch in flight)",
+         {in_flight_kills} with a batch in flight; {} restores of a changelog tail)",
         expected.len(),
-        reader.actions.len()
+        reader.actions.len(),
+        tails.len()
     );
+    for t in &tails {
+        println!("{t}");
+    }
     assert!(in_flight_kills >= 2, "the kills hit batches in flight");
-    assert!(duplicates >= 1, "a kill with a batch in flight replays it");
+    assert!(
+        duplicates >= 1 || !tails.is_empty(),
+        "a kill with a batch in flight replays it, or restores what it acknowledged"
+    );
     signal(&child, "TERM");
     assert!(
         wait_exit(&mut child, Duration::from_secs(20)).success(),

@@ -28,6 +28,12 @@ pub struct Context {
     /// Batches overlap, so the store's offsets may trail these by a batch or two whose actions
     /// are on their way; an assignment resumes after both (see `rebalance`).
     pub(super) processed: Arc<Mutex<BTreeMap<(String, i32), i64>>>,
+    /// With the changelog on: the producer, flushed when partitions are revoked so that
+    /// every changelog record queued for them is in Kafka before another replica restores
+    /// them.
+    pub(super) changelog_producer: Option<FutureProducer>,
+    /// The events restored states hold already.
+    pub(super) guards: Arc<crate::changelog::guards::Guards>,
 }
 
 impl Context {
@@ -138,15 +144,46 @@ impl ConsumerContext for Context {
                     }
                 }
                 self.partitions.assign(tpl);
-                if cooperative {
+                let assigned = if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
                     consumer.assign(tpl)
+                };
+                if self.changelog_producer.is_some() && assigned.is_ok() && tpl.count() > 0 {
+                    // Read nothing of them until their customers are restored (the loop
+                    // restores them beside the other partitions, then resumes them).
+                    let numbers: std::collections::BTreeSet<i32> =
+                        tpl.elements().iter().map(|el| el.partition()).collect();
+                    self.partitions.to_restore(numbers.iter().copied());
+                    if let Err(error) = consumer.pause(tpl) {
+                        tracing::error!(%error, "Cannot pause the partitions to restore.");
+                    }
+                    tracing::info!(partitions = ?numbers, "Partitions assigned; restoring their customers from the changelog before reading them.");
                 }
+                assigned
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 tracing::info!(partitions = tpl.count(), "Partitions revoked.");
                 self.partitions.revoke(tpl);
+                {
+                    let mut processed = self
+                        .processed
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    for el in tpl.elements() {
+                        processed.remove(&(el.topic().to_owned(), el.partition()));
+                        self.guards.forget(el.partition());
+                    }
+                }
+                if let Some(producer) = &self.changelog_producer {
+                    // The changelog records queued for them reach Kafka before the partitions
+                    // go: their next owner restores up to the end it sees. Records of batches
+                    // landing later leave them out (see `changelog::fence`).
+                    use rdkafka::producer::Producer as _;
+                    if let Err(error) = producer.flush(std::time::Duration::from_secs(30)) {
+                        tracing::error!(%error, "Flushing the changelog for revoked partitions failed: their next owner may restore less than was sent.");
+                    }
+                }
                 // Another member reports these partitions' lag now.
                 for el in tpl.elements() {
                     let _ = self
@@ -292,7 +329,7 @@ pub(super) fn set_default(c: &mut ClientConfig, key: &str, value: &str) {
 
 /// The settings of the client that asks for watermarks: the service's consumer settings,
 /// without the group.
-pub(super) fn probe_client_config(config: &Config) -> ClientConfig {
+pub(crate) fn probe_client_config(config: &Config) -> ClientConfig {
     client_config(config, Role::Probe)
 }
 
@@ -317,16 +354,25 @@ pub fn clients(shared: &Shared) -> Result<(StreamConsumer<Context>, FutureProduc
     cc.set("enable.auto.offset.store", "false");
     set_default(&mut cc, "auto.offset.reset", "earliest");
     set_default(&mut cc, "statistics.interval.ms", "5000");
-    set_default(
-        &mut cc,
-        "partition.assignment.strategy",
-        "cooperative-sticky",
-    );
+    let changelog = shared.config.changelog_topic().is_some();
+    // With the changelog and several inputs, partition p of every input topic must go to
+    // the same replica (it owns changelog partition p): the range assignor gives equal
+    // partition numbers of equally partitioned topics to the same member; cooperative-sticky
+    // does not.
+    let strategy = if changelog && shared.config.inputs.len() > 1 {
+        "range"
+    } else {
+        "cooperative-sticky"
+    };
+    set_default(&mut cc, "partition.assignment.strategy", strategy);
+    let producer = producer(&shared.config)?;
     let consumer: StreamConsumer<Context> = cc.create_with_context(Context {
         store: shared.store.clone(),
         metrics: shared.metrics.clone(),
         partitions: shared.partitions.clone(),
         processed: Arc::default(),
+        changelog_producer: changelog.then(|| producer.clone()),
+        guards: shared.guards.clone(),
     })?;
     let topics: Vec<&str> = shared
         .config
@@ -335,7 +381,6 @@ pub fn clients(shared: &Shared) -> Result<(StreamConsumer<Context>, FutureProduc
         .map(|i| i.topic.as_str())
         .collect();
     consumer.subscribe(&topics)?;
-    let producer = producer(&shared.config)?;
     Ok((consumer, producer))
 }
 

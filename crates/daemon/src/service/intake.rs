@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 /// One touchpoint decoder per input topic (each topic has its own format).
 #[derive(Debug)]
 pub(super) struct Decoders {
-    pub(super) by_topic: Vec<(String, TouchpointDecoder)>,
+    pub(super) by_topic: Vec<(std::sync::Arc<str>, TouchpointDecoder)>,
     pub(super) fallback: TouchpointDecoder,
 }
 
@@ -42,7 +42,7 @@ impl Decoders {
             by_topic: config
                 .inputs
                 .iter()
-                .map(|i| (i.topic.clone(), make(i.format)))
+                .map(|i| (i.topic.as_str().into(), make(i.format)))
                 .collect(),
             fallback: make(Encoding::Avro),
         }
@@ -51,8 +51,16 @@ impl Decoders {
     fn for_topic(&self, topic: &str) -> &TouchpointDecoder {
         self.by_topic
             .iter()
-            .find(|(t, _)| t == topic)
+            .find(|(t, _)| &**t == topic)
             .map_or(&self.fallback, |(_, d)| d)
+    }
+
+    /// The topic's name, shared.
+    fn name(&self, topic: &str) -> std::sync::Arc<str> {
+        self.by_topic
+            .iter()
+            .find(|(t, _)| &**t == topic)
+            .map_or_else(|| topic.into(), |(t, _)| t.clone())
     }
 }
 
@@ -213,12 +221,21 @@ pub(super) fn prepare(
                     });
                     continue;
                 }
+                if shared
+                    .guards
+                    .applied(&event.customer_id, m.topic(), m.partition(), m.offset())
+                {
+                    // A restored state holds it already, and its actions went out.
+                    shared.metrics.events_already_applied.inc();
+                    continue;
+                }
                 if let Some(ts) = m.timestamp().to_millis() {
                     p.timestamps.push(ts);
                 }
                 p.work.push(Work::Event {
                     event,
                     partition: m.partition(),
+                    read_at: Some((decoders.name(m.topic()), m.offset())),
                 });
                 p.sources.push(Some(m));
             }

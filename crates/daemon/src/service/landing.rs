@@ -16,6 +16,10 @@ use tokio_util::sync::CancellationToken;
 /// What a batch hands on once Kafka has its messages: its write, and what to count.
 pub(super) struct Handover {
     pub(super) write: Arc<WriteSet>,
+    /// The input partition of each customer of the write (see [`crate::processor::Output`]).
+    pub(super) owners: Vec<Option<i32>>,
+    /// The batch's changelog records.
+    pub(super) changes: Vec<crate::processor::Change>,
     pub(super) topics: Vec<String>,
     pub(super) tally: crate::processor::Tally,
     pub(super) timestamps: Vec<i64>,
@@ -29,6 +33,8 @@ pub(super) struct Landing {
     pub(super) sending: InFlight<Handover>,
     pub(super) writing: Option<Writing>,
     pub(super) unwritten: Unwritten,
+    /// The changelog topic, when the changelog is on.
+    pub(super) changelog: Option<String>,
     /// Set once a batch was left unwritten (the service is stopping): no later batch may be
     /// written after it, or the stored offsets would pass over its changes.
     pub(super) stopped: bool,
@@ -57,6 +63,34 @@ impl Landing {
             return Ok(false);
         };
         count(shared, &landed);
+        let then = landed.sent.then;
+        // The changelog records go after the actions are acknowledged (a record in the
+        // changelog means its batch's actions are in Kafka), queued now and acknowledged
+        // before the write; the partitions no longer this replica's are left out, of both.
+        let owned = |p: i32| shared.partitions.owns(p);
+        let mut queued = None;
+        let mut fenced = None;
+        if let Some(topic) = &self.changelog {
+            if !then.changes.is_empty() {
+                let q = crate::changelog::produce::enqueue(
+                    &self.sender.producer,
+                    topic,
+                    &then.changes,
+                    &owned,
+                    &self.sender.shutdown,
+                )
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot produce a batch's changelog records to {topic}: {e}")
+                })?;
+                let Some(q) = q else {
+                    self.stopped = true;
+                    return Ok(false);
+                };
+                queued = Some(q);
+            }
+            fenced = crate::changelog::fence::owned_part(&then.write, &then.owners, &owned);
+        }
         if let Some(w) = self.writing.take() {
             let waited = Instant::now();
             if !finish(shared, consumer, &mut self.unwritten, w).await? {
@@ -69,10 +103,30 @@ impl Landing {
                 .with_label_values(&["write_wait"])
                 .observe(waited.elapsed().as_secs_f64());
         }
-        let then = landed.sent.then;
+        let mut write = then.write;
+        if queued.is_some() || fenced.is_some() {
+            let mut part = fenced.unwrap_or_else(|| (*write).clone());
+            if let (Some(q), Some(topic)) = (queued, &self.changelog) {
+                let n = q.len() as u64;
+                let checkpoint = q.acknowledged().await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "Kafka did not take a batch's changelog records ({topic}): {e}; the \
+                         batch runs again after a restart"
+                    )
+                })?;
+                shared.metrics.changelog_records.inc_by(n);
+                part.offsets
+                    .extend(checkpoint.into_iter().map(|(partition, next)| Offset {
+                        topic: topic.clone(),
+                        partition,
+                        next,
+                    }));
+            }
+            write = Arc::new(part);
+        }
         self.writing = Some(start_write(
             shared,
-            then.write,
+            write,
             then.topics,
             &self.sender.shutdown,
         ));
@@ -227,7 +281,15 @@ pub(super) async fn finish(
             .with_label_values(&[t.as_str()])
             .inc();
     }
-    commit(consumer, &w.write.offsets);
+    // The input topics' offsets only: the changelog checkpoint is the store's own.
+    let inputs: Vec<Offset> = w
+        .write
+        .offsets
+        .iter()
+        .filter(|o| shared.config.inputs.iter().any(|i| i.topic == o.topic))
+        .cloned()
+        .collect();
+    commit(consumer, &inputs);
     Ok(true)
 }
 

@@ -37,6 +37,7 @@ mod intake;
 mod landing;
 mod partitions;
 mod readiness;
+mod restoring;
 
 pub use clients::{clients, producer, Context};
 pub use intake::{collect, BATCH_GAP};
@@ -47,7 +48,7 @@ use crate::clock::{wall_now, Clock};
 use crate::config::{Config, Encoding};
 use crate::dead_letters::DeadLetter;
 use crate::metrics::Metrics;
-use crate::processor::{run_batch, Output, Prefetched, Unwritten, Work};
+use crate::processor::{run_batch_logged, Output, Prefetched, Unwritten, Work};
 use crate::sending::{InFlight, Sender, Sent};
 use clients::probe_client_config;
 use intake::{prepare, Decoders};
@@ -82,6 +83,8 @@ pub struct Shared {
     pub progress: Progress,
     /// The customers whose processing failed.
     pub quarantine: crate::quarantine::Quarantine,
+    /// The events restored states hold already (see [`crate::changelog::guards`]).
+    pub guards: Arc<crate::changelog::guards::Guards>,
     /// Set by SIGHUP: reload the journeys between batches.
     pub reload: AtomicBool,
 }
@@ -154,7 +157,30 @@ pub fn reload(shared: &Shared) {
 
 /// Runs the service loop until `shutdown`.
 pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let changelog = shared.config.changelog_topic();
+    if let Some(topic) = &changelog {
+        // Until the broker answers and the inputs exist; a wrong changelog stops the start.
+        loop {
+            let client = probe_client_config(&shared.config);
+            let checked = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                r = crate::changelog::topic::ensure(&shared.config, &client, topic) => r,
+            };
+            match checked {
+                Ok(_) => break,
+                Err(error) if error.is_transient() => {
+                    tracing::warn!(%error, "Cannot check the changelog topic yet; trying again in 2 s.");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    }
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
     let (consumer, producer) = clients(&shared)?;
+    let mut restores = restoring::Restores::new(changelog.clone());
     let partitions = shared.partitions.clone();
     let stop_probes = Arc::new(AtomicBool::new(false));
     let probes =
@@ -181,6 +207,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         sending: InFlight::new(),
         writing: None,
         unwritten: Unwritten::none(),
+        changelog: changelog.clone(),
         stopped: false,
     };
     let mut timers_backlogged = false;
@@ -216,6 +243,15 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         let (msgs, _idle) = collect(&consumer, &shared.config, first_wait).await;
         let collected = collecting.elapsed();
         partitions.consumed(&msgs);
+        // Partitions assigned since the last loop are restored beside it; those restored
+        // resume once the batches under way have landed.
+        restores.start(&shared);
+        if restores.any_done() {
+            if !past.drain(&shared, &consumer).await? {
+                break;
+            }
+            restores.finish(&shared, &consumer);
+        }
         let mut begun = false;
         // Timers are read once a partition has been read to its head (each timer then waits
         // for its own partition: see `Partitions::fires`).
@@ -354,8 +390,16 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 prepared.consumed.clone(),
                 reading.clone(),
             );
+            let logged = changelog.is_some();
             let out = tokio::task::spawn_blocking(move || {
-                run_batch(&engine, s.store.as_ref(), &unwritten, &work, &consumed)
+                run_batch_logged(
+                    &engine,
+                    s.store.as_ref(),
+                    &unwritten,
+                    &work,
+                    &consumed,
+                    logged,
+                )
             })
             .await?;
             match out {
@@ -395,7 +439,10 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             write,
             tally,
             quarantined,
+            owners,
+            changes,
         } = out;
+        shared.guards.passed(&prepared.consumed);
         quarantine(&shared, quarantined, &mut prepared);
         if !shared.quarantine.is_empty() {
             shared
@@ -430,6 +477,8 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 dead: prepared.dead,
                 then: Handover {
                     write,
+                    owners,
+                    changes,
                     topics: prepared.topics,
                     tally,
                     timestamps: prepared.timestamps,
@@ -438,6 +487,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             },
         );
     }
+    restores.stop();
     past.drain(&shared, &consumer).await?;
     tracing::info!("Stopping: flushing the producer.");
     let _ = producer.flush(Duration::from_secs(10));

@@ -34,6 +34,20 @@ pub struct Partitions {
     /// Whether the group has given this process an assignment (possibly empty) that still
     /// holds.
     assigned: AtomicBool,
+    /// The partition numbers assigned whose customers are not restored from the changelog
+    /// yet: paused, their timers wait, their batches in flight write nothing of them.
+    restoring: Mutex<BTreeMap<i32, Restoring>>,
+}
+
+/// Where a partition's restore is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Restoring {
+    /// Assigned, the restore not started.
+    Pending,
+    /// Under way.
+    Running,
+    /// Stopped with this error: the partition stays paused.
+    Failed(String),
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -112,12 +126,79 @@ impl Partitions {
         for el in tpl.elements() {
             m.remove(&(el.topic().to_owned(), el.partition()));
         }
+        let mut r = self.restores();
+        r.retain(|p, _| m.keys().any(|(_, q)| q == p));
     }
 
     /// Gives up every partition: the assignment was lost.
     pub fn clear(&self) {
         self.lock().clear();
+        self.restores().clear();
         self.assigned.store(false, Ordering::SeqCst);
+    }
+
+    fn restores(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, Restoring>> {
+        self.restoring
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks partition numbers as waiting for their restore.
+    pub fn to_restore(&self, numbers: impl IntoIterator<Item = i32>) {
+        let mut r = self.restores();
+        for p in numbers {
+            r.insert(p, Restoring::Pending);
+        }
+    }
+
+    /// The partitions waiting for their restore, marked as under way.
+    pub fn start_restores(&self) -> Vec<i32> {
+        let mut r = self.restores();
+        r.iter_mut()
+            .filter(|(_, s)| **s == Restoring::Pending)
+            .map(|(p, s)| {
+                *s = Restoring::Running;
+                *p
+            })
+            .collect()
+    }
+
+    /// Whether partition number `p` is assigned and its restore under way (not failed).
+    pub fn restore_running(&self, p: i32) -> bool {
+        self.restores().get(&p) == Some(&Restoring::Running)
+    }
+
+    /// Records that partition `p`'s restore stopped with `error`.
+    pub fn restore_failed(&self, p: i32, error: String) {
+        if let Some(s) = self.restores().get_mut(&p) {
+            *s = Restoring::Failed(error);
+        }
+    }
+
+    /// Partition `p` is restored and reading resumes at `resume` (per input topic): its
+    /// backlog is counted from there.
+    pub fn restored(&self, p: i32, resume: &[(String, i64)]) {
+        self.restores().remove(&p);
+        let mut m = self.lock();
+        for ((topic, q), part) in m.iter_mut() {
+            if *q == p {
+                *part = PartitionRead {
+                    next: resume.iter().find(|(t, _)| t == topic).map(|(_, n)| *n),
+                    ..PartitionRead::default()
+                };
+            }
+        }
+    }
+
+    /// Whether partition number `p` is this process's to write: assigned and restored.
+    pub fn owns(&self, p: i32) -> bool {
+        let restoring = self.restores().contains_key(&p);
+        !restoring && self.lock().keys().any(|(_, q)| *q == p)
+    }
+
+    /// Whether any partition waits for, or is under, a restore.
+    pub fn any_restoring(&self) -> bool {
+        !self.restores().is_empty()
     }
 
     /// Advances the positions and watermarks past the messages just consumed.
@@ -168,6 +249,21 @@ impl Partitions {
     pub fn caught_up(&self) -> Result<(), String> {
         if !self.assigned.load(Ordering::SeqCst) {
             return Err("no partitions assigned yet: joining the consumer group".to_owned());
+        }
+        {
+            let r = self.restores();
+            if let Some((p, Restoring::Failed(error))) =
+                r.iter().find(|(_, s)| matches!(s, Restoring::Failed(_)))
+            {
+                return Err(format!("the restore of partition {p} failed: {error}"));
+            }
+            if !r.is_empty() {
+                let list: Vec<String> = r.keys().map(i32::to_string).collect();
+                return Err(format!(
+                    "restoring partitions {} from the changelog",
+                    list.join(", ")
+                ));
+            }
         }
         let m = self.lock();
         let behind: Vec<String> = m
@@ -274,6 +370,9 @@ impl Partitions {
     /// Whether a timer of partition number `p` due at `due` may fire: every input topic's
     /// partition `p` assigned here is read to its head and past `due`, and there is one.
     pub fn fires(&self, p: i32, due: Millis) -> bool {
+        if self.restores().contains_key(&p) {
+            return false;
+        }
         let m = self.lock();
         let mut parts = m.iter().filter(|((_, q), _)| *q == p).peekable();
         parts.peek().is_some() && parts.all(|(_, part)| part.at_head && part.watermark >= due)

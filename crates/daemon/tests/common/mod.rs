@@ -51,15 +51,18 @@ impl Rig {
             ("touchpoints".into(), 2),
             ("touchpoints.dlq".into(), 1),
             ("actions.dlq".into(), 1),
-            ("json-in".into(), 1),
+            ("json-in".into(), 2),
         ];
         topics.extend(CHANNELS.iter().map(|c| (format!("actions.{c}"), 1)));
+        let group = unique("journeyd");
+        // The mock cluster cannot create topics for a client: the changelog is made here.
+        topics.push((format!("{group}.changelog"), 2));
         let cluster = Embedded::start(&topics).unwrap();
         Rig {
             cluster,
             dir,
             input: "touchpoints".into(),
-            group: unique("journeyd"),
+            group,
         }
     }
 

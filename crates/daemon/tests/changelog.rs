@@ -1,0 +1,335 @@
+//! The changelog on the in-process mock cluster with real RocksDB: customers move with their
+//! partitions between replicas (a replica on an empty volume takes over where another
+//! stopped), a revoked partition is no longer written, and bad changelogs are clear errors.
+
+mod common;
+
+use common::*;
+use journeyd_engine::Engine;
+use journeyd_journey::load_dir;
+use journeyd_simulator::Simulator;
+use journeyd_types::{Action, Event};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::FutureRecord;
+use rdkafka::ClientConfig;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the simulator sends for `events`, by action id, with the time advanced to `until`.
+fn simulated(rig: &Rig, events: &[Event], until: i64) -> BTreeMap<String, Action> {
+    let engine = Arc::new(Engine::new(load_dir(&rig.journeys_dir()).unwrap().catalog));
+    let mut sim = Simulator::new(engine);
+    let mut out = BTreeMap::new();
+    let mut sorted = events.to_vec();
+    sorted.sort_by_key(|e| e.occurred_at);
+    for e in &sorted {
+        for x in sim.push(e).unwrap() {
+            out.insert(x.action.action_id.clone(), x.action);
+        }
+    }
+    for x in sim.advance_to(until) {
+        out.insert(x.action.action_id.clone(), x.action);
+    }
+    out
+}
+
+/// The changelog topic's records: (partition, key).
+fn changelog_keys(rig: &Rig) -> Vec<(i32, Vec<u8>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", rig.cluster.bootstrap_servers())
+        .set("group.id", unique("changelog-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer
+        .subscribe(&[&format!("{}.changelog", rig.group)])
+        .unwrap();
+    let mut out = Vec::new();
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let mut quiet = 0;
+    while std::time::Instant::now() < until && quiet < 10 {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                quiet = 0;
+                out.push((m.partition(), m.key().unwrap_or_default().to_vec()));
+            }
+            _ if !out.is_empty() => quiet += 1,
+            _ => {}
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_on_an_empty_volume_takes_over_the_customers_where_another_stopped() {
+    let rig = Rig::new(&[("welcome.yaml", &welcome("10s"))]);
+    let first = rig.config();
+    let running = rig.start(first.clone());
+    running.until_ready().await;
+    let t = now();
+    let mut events = Vec::new();
+    for i in 0..30 {
+        let c = format!("m{i}");
+        events.push(event(&format!("{c}-s"), &c, "signup", Some("web"), t));
+        if i % 3 == 0 {
+            events.push(event(
+                &format!("{c}-o"),
+                &c,
+                "app_opened",
+                Some("app"),
+                t + 1,
+            ));
+        }
+    }
+    rig.publish(&events).await;
+    let mut reader = rig.reader();
+    reader
+        .until(
+            "the welcome emails and the cancels",
+            Duration::from_secs(30),
+            |r| r.actions.len() >= 40,
+        )
+        .await;
+    running.stop().await;
+    assert!(now() < t + 10_000, "stopped while every customer waits");
+    let keys = changelog_keys(&rig);
+    assert!(
+        keys.iter()
+            .filter(|(_, k)| k.first() == Some(&b'c'))
+            .count()
+            >= 30,
+        "every customer's state is in the changelog: {} records",
+        keys.len()
+    );
+
+    // Another replica, on an empty volume, in the same group: it restores the customers and
+    // their timers, and the waits end there.
+    let mut second = rig.config();
+    second.store.path = rig.dir.path().join("another-volume");
+    let running = rig.start(second);
+    running.until_ready().await;
+    let restored = running.shared.metrics.restored_records.get();
+    assert!(restored >= 30, "restored {restored} records");
+    // Customers who come back after the move: their state came with them.
+    let later = now();
+    let more = vec![
+        event("m1-o", "m1", "app_opened", Some("app"), later),
+        event("m2-x", "m2", "account_closed", None, later),
+    ];
+    rig.publish(&more).await;
+    events.extend(more);
+    let expected = simulated(&rig, &events, t + 60_000);
+    reader
+        .until(
+            "every action the simulator sends",
+            Duration::from_secs(30),
+            |r| {
+                let got: std::collections::BTreeSet<&str> =
+                    r.actions.iter().map(|a| a.action_id.as_str()).collect();
+                expected.keys().all(|k| got.contains(k.as_str()))
+            },
+        )
+        .await;
+    reader.settle(Duration::from_millis(800)).await;
+    for a in &reader.actions {
+        let want = expected
+            .get(&a.action_id)
+            .unwrap_or_else(|| panic!("an action the simulator does not send: {a:#?}"));
+        assert_eq!(a, want);
+    }
+    assert_eq!(
+        reader.actions.len(),
+        expected.len(),
+        "a clean handover sends nothing twice"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_changelog_record_stops_that_partitions_restore_naming_where_it_is() {
+    let rig = Rig::new(&[("welcome.yaml", &welcome("4s"))]);
+    let topic = format!("{}.changelog", rig.group);
+    let p = rig.producer();
+    p.send(
+        FutureRecord::to(&topic)
+            .partition(1)
+            .key(b"cbroken".as_slice())
+            .payload(b"\x01\xff\xff".as_slice()),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let running = rig.start(rig.config());
+    let start = std::time::Instant::now();
+    let why = loop {
+        match running.shared.readiness() {
+            Err(why) if why.contains("failed") => break why,
+            _ => {}
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no restore failure reported"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(why.contains("partition 1"), "{why}");
+    assert!(why.contains(&format!("{topic} [1] offset 0")), "{why}");
+    assert!(why.contains("does not decode"), "{why}");
+    // The other partition flows: a customer whose events are on partition 0 is served.
+    let mut reader = rig.reader();
+    let t = now();
+    let mut sent = 0;
+    for i in 0..20 {
+        let c = format!("k{i}");
+        rig.publish(&[event(&format!("{c}-s"), &c, "signup", None, t)])
+            .await;
+        sent += 1;
+    }
+    reader
+        .until("some welcome emails", Duration::from_secs(20), |r| {
+            !r.actions.is_empty()
+        })
+        .await;
+    reader.settle(Duration::from_millis(500)).await;
+    assert!(
+        reader.actions.len() < sent,
+        "partition 1's customers wait: {} of {sent}",
+        reader.actions.len()
+    );
+    running.shutdown.cancel();
+    let _ = running.task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_changelog_the_broker_cannot_create_and_a_wrong_partition_count_stop_the_start() {
+    let rig = Rig::new(&[("welcome.yaml", &welcome("4s"))]);
+    // The mock cluster cannot create topics for a client.
+    let mut config = rig.config();
+    config.store.changelog_topic = "not-there.changelog".into();
+    let running = rig.start(config);
+    let error = running.task.await.unwrap().unwrap_err().to_string();
+    drop(running.shared);
+    assert!(
+        error.contains("not-there.changelog does not exist"),
+        "{error}"
+    );
+    assert!(error.contains("cleanup.policy=compact"), "{error}");
+    assert!(error.contains("2 partitions"), "{error}");
+
+    rig.cluster.create_topic("three.changelog", 3).unwrap();
+    let mut config = rig.config();
+    config.store.changelog_topic = "three.changelog".into();
+    let running = rig.start(config);
+    let error = running.task.await.unwrap().unwrap_err().to_string();
+    assert!(
+        error.contains("three.changelog has 3 partitions but the input topics have 2"),
+        "{error}"
+    );
+}
+
+/// The partition numbers `running` owns (assigned and restored).
+fn owned(running: &Running) -> Vec<i32> {
+    (0..2)
+        .filter(|p| running.shared.partitions.owns(*p))
+        .collect()
+}
+
+/// The offsets `running`'s store holds for partition `p`: the input topic's and the
+/// changelog's checkpoint.
+fn stored_at(running: &Running, p: i32) -> Vec<(String, i64)> {
+    running
+        .shared
+        .store
+        .offsets()
+        .unwrap()
+        .into_iter()
+        .filter(|o| o.partition == p)
+        .map(|o| (o.topic, o.next))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_partition_is_no_longer_fired_or_written_by_its_old_owner() {
+    let rig = Rig::new(&[("welcome.yaml", &welcome("12s"))]);
+    let a = rig.start(rig.config());
+    a.until_ready().await;
+    let t = now();
+    let mut events: Vec<Event> = (0..20)
+        .map(|i| event(&format!("v{i}-s"), &format!("v{i}"), "signup", None, t))
+        .collect();
+    rig.publish(&events).await;
+    let mut reader = rig.reader();
+    reader
+        .until("the welcome emails", Duration::from_secs(30), |r| {
+            r.actions.len() >= 20
+        })
+        .await;
+    // A second replica joins: one partition moves to it, with its customers and their waits.
+    let mut config = rig.config();
+    config.store.path = rig.dir.path().join("b-volume");
+    let b = rig.start(config);
+    let start = std::time::Instant::now();
+    let moved = loop {
+        let (on_a, on_b) = (owned(&a), owned(&b));
+        if on_a.len() == 1 && on_b.len() == 1 && on_a != on_b {
+            break on_b[0];
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no split: a owns {on_a:?}, b owns {on_b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(now() < t + 12_000, "the split came before the waits end");
+    let a_had = stored_at(&a, moved);
+    assert!(
+        !a_had.is_empty(),
+        "a wrote partition {moved} while it owned it"
+    );
+    // Every customer opens the app: the moved partition's events are b's now.
+    let opened: Vec<Event> = (0..20)
+        .map(|i| {
+            let c = format!("v{i}");
+            event(&format!("{c}-o"), &c, "app_opened", Some("app"), now())
+        })
+        .collect();
+    rig.publish(&opened).await;
+    events.extend(opened);
+    let expected = simulated(&rig, &events, t + 60_000);
+    reader
+        .until(
+            "every action the simulator sends",
+            Duration::from_secs(40),
+            |r| {
+                let got: std::collections::BTreeSet<&str> =
+                    r.actions.iter().map(|a| a.action_id.as_str()).collect();
+                expected.keys().all(|k| got.contains(k.as_str()))
+            },
+        )
+        .await;
+    reader.settle(Duration::from_millis(800)).await;
+    for x in &reader.actions {
+        let want = expected
+            .get(&x.action_id)
+            .unwrap_or_else(|| panic!("an action the simulator does not send: {x:#?}"));
+        assert_eq!(x, want);
+    }
+    assert_eq!(
+        reader.actions.len(),
+        expected.len(),
+        "each timer fired once: the old owner fires none of the moved partition's"
+    );
+    assert_eq!(
+        stored_at(&a, moved),
+        a_had,
+        "the old owner wrote nothing of partition {moved} since it was revoked"
+    );
+    assert!(
+        b.shared.metrics.restored_records.get() > 0,
+        "b restored the moved customers"
+    );
+    b.stop().await;
+    a.stop().await;
+}
