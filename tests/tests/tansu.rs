@@ -566,3 +566,75 @@ async fn broker_outage(in_flight: usize) {
         "SIGTERM stops cleanly"
     );
 }
+
+/// A replica of the multi-replica test: its own folder, volume and HTTP port.
+fn replica(world: &World, name: &str) -> (Journeyd, std::path::PathBuf) {
+    let dir = world.dir.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let settings = Settings {
+        store: dir.join("store"),
+        http_port: http_port(),
+        ..world.settings.clone()
+    };
+    (Journeyd::start(&dir, &settings), dir.join("store"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customers_move_with_their_partitions_between_replicas() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let world = World::new(false, 1);
+    // Three replicas in one group share the four partitions.
+    let (mut a, _) = replica(&world, "a");
+    let (mut b, b_store) = replica(&world, "b");
+    let (mut c, _) = replica(&world, "c");
+    for j in [&mut a, &mut b, &mut c] {
+        j.wait_ready(Duration::from_secs(60));
+    }
+    let events = scenario::plan("move", 2000, now_ms() + 500, 24_000, 0x5eed_0015);
+    let expected = scenario::expected(&events);
+    print_summary("moving partitions", &expected);
+    let publisher = world.publisher();
+    // During the load: a is SIGKILLed and never comes back (its partitions move once its
+    // session times out), d joins (partitions move to it), and b restarts on an empty volume
+    // (its partitions come back to it, or go elsewhere, with their customers).
+    let mut d: Option<Journeyd> = None;
+    let mut step = 0;
+    play(&publisher, &events, |elapsed| match step {
+        0 if elapsed >= 4_000 => {
+            a.kill();
+            step = 1;
+        }
+        1 if elapsed >= 12_000 => {
+            d = Some(replica(&world, "d").0);
+            step = 2;
+        }
+        2 if elapsed >= 17_000 => {
+            assert!(b.terminate(Duration::from_secs(30)).success());
+            std::fs::remove_dir_all(&b_store).unwrap();
+            b.spawn();
+            step = 3;
+        }
+        _ => {}
+    })
+    .await;
+    assert_eq!(step, 3, "every move happened during the load");
+    let mut reader = world.reader();
+    wait_for_all(&mut reader, &expected, &events, &b);
+    let duplicates = scenario::check(&expected, &reader.actions);
+    let d = d.expect("d joined");
+    let restored: f64 = [&b, &c, &d]
+        .iter()
+        .filter_map(|j| j.metric("journeyd_restored_records_total", &[]))
+        .sum();
+    println!(
+        "{} events over 3 replicas, one killed, one joined, one restarted empty: {} actions, \
+         {duplicates} duplicates (exact repeats), {restored} changelog records restored",
+        events.len(),
+        reader.actions.len()
+    );
+    assert!(restored > 0.0, "partitions moved with their customers");
+    assert!(reader.dead.is_empty(), "no dead letters: {:?}", reader.dead);
+    for mut j in [b, c, d] {
+        assert!(j.terminate(Duration::from_secs(30)).success());
+    }
+}
