@@ -489,6 +489,10 @@ fn exported_metrics() -> BTreeMap<String, MetricInfo> {
         (&m.customers, false),
         (&m.quarantined, false),
         (&m.quarantined_now, false),
+        (&m.restored_records, false),
+        (&m.restore_remaining, false),
+        (&m.changelog_records, false),
+        (&m.events_already_applied, false),
     ]);
     for (c, histogram) in collectors {
         for d in c.desc() {

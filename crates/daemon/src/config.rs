@@ -358,6 +358,17 @@ impl Config {
         if self.inputs.is_empty() {
             return bad("at least one [[inputs]] topic is needed");
         }
+        if self.store.changelog && self.inputs.len() > 1 {
+            if let Some(s) = self.kafka.get("partition.assignment.strategy") {
+                if s.trim() != "range" {
+                    return bad(
+                        "with the changelog on and several input topics, partition p of every \
+                         input topic must go to the same replica: kafka.\"partition.assignment.strategy\" \
+                         must be \"range\" (the default then), or store.changelog = false",
+                    );
+                }
+            }
+        }
         if !self.outputs.actions_topic.contains("{channel}") {
             return bad("outputs.actions_topic must contain {channel}");
         }

@@ -8,6 +8,7 @@ use common::*;
 use journeyd_engine::Engine;
 use journeyd_journey::load_dir;
 use journeyd_simulator::Simulator;
+use journeyd_store::Store as _;
 use journeyd_types::{Action, Event};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -332,4 +333,120 @@ async fn a_revoked_partition_is_no_longer_fired_or_written_by_its_old_owner() {
     );
     b.stop().await;
     a.stop().await;
+}
+
+/// Produces changelog records (key, value) to partition 0 of `topic`, in order.
+async fn produce_records(rig: &Rig, topic: &str, records: &[(Vec<u8>, Option<Vec<u8>>)]) {
+    let p = rig.producer();
+    for (k, v) in records {
+        let mut r = FutureRecord::<[u8], [u8]>::to(topic)
+            .partition(0)
+            .key(k.as_slice());
+        if let Some(v) = v {
+            r = r.payload(v.as_slice());
+        }
+        p.send(r, Duration::from_secs(5)).await.unwrap();
+    }
+}
+
+fn customer(applied: i64, wake: Option<i64>) -> Option<Vec<u8>> {
+    use journeyd::changelog::record::{encode_customer, CustomerRecord};
+    Some(encode_customer(&CustomerRecord {
+        state: journeyd_engine::CustomerState::default().to_bytes(),
+        wake,
+        history: Vec::new(),
+        applied: vec![("touchpoints".into(), applied)],
+    }))
+}
+
+fn restore_into(
+    rig: &Rig,
+    store: &dyn journeyd_store::Store,
+    topic: &str,
+) -> Result<journeyd::changelog::restore::Restored, journeyd::changelog::restore::RestoreError> {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", rig.cluster.bootstrap_servers());
+    journeyd::changelog::restore::restore(
+        &client,
+        store,
+        topic,
+        0,
+        10,
+        &std::sync::atomic::AtomicBool::new(false),
+        &|_, _| {},
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_keeps_the_guards_of_a_half_landed_batch_across_restarts() {
+    use journeyd::changelog::record::{customer_key, encode_position, position_key};
+    let rig = Rig::new(&[("welcome.yaml", &welcome("4s"))]);
+    let topic = "guards.changelog";
+    rig.cluster.create_topic(topic, 1).unwrap();
+    // A landed batch (c1 applied offset 4, then the position 5), a later position from an
+    // owner that lost the partition and wrote on (3: older), then the first customer of a
+    // batch whose position never came (c2 applied offset 9).
+    produce_records(
+        &rig,
+        topic,
+        &[
+            (customer_key("c1"), customer(4, Some(1_000))),
+            (position_key("touchpoints"), Some(encode_position(5))),
+            (position_key("touchpoints"), Some(encode_position(3))),
+            (customer_key("c2"), customer(9, Some(2_000))),
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        journeyd_store_rocksdb::RocksStore::open(&dir.path().join("store"), &Default::default())
+            .unwrap();
+    let first = restore_into(&rig, &store, topic).unwrap();
+    assert_eq!(first.records, 4);
+    assert_eq!(
+        first.resume,
+        [("touchpoints".to_owned(), 5)],
+        "positions only grow"
+    );
+    assert_eq!(
+        first.applied.get("c2"),
+        Some(&vec![("touchpoints".to_owned(), 9)]),
+        "c2's state holds events up to 9, past the position"
+    );
+    assert!(!first.applied.contains_key("c1"), "c1's are before it");
+    assert_eq!(first.floor, Some(3), "the record behind c2's guard");
+    assert_eq!(store.pending_timers(), 2, "both timers restored");
+    let checkpoint = |store: &dyn journeyd_store::Store| {
+        store
+            .offsets()
+            .unwrap()
+            .into_iter()
+            .find(|o| o.topic == topic)
+            .map(|o| o.next)
+    };
+    assert_eq!(
+        checkpoint(&store),
+        Some(3),
+        "the checkpoint stays before the record behind a guard"
+    );
+    // A restart before reading passes the guard: the restore finds it again.
+    let again = restore_into(&rig, &store, topic).unwrap();
+    assert_eq!(again.records, 1);
+    assert_eq!(again.applied.get("c2"), first.applied.get("c2"));
+    assert_eq!(again.resume, first.resume);
+
+    // A checkpoint past the end of the partition (the changelog was made again): an error
+    // that says so, not a silent read of nothing.
+    store
+        .write(&journeyd_store::WriteSet {
+            offsets: vec![journeyd_store::Offset {
+                topic: topic.into(),
+                partition: 0,
+                next: 100,
+            }],
+            ..Default::default()
+        })
+        .unwrap();
+    let error = restore_into(&rig, &store, topic).unwrap_err().to_string();
+    assert!(error.contains("up to offset 100, past the end"), "{error}");
 }

@@ -15,25 +15,44 @@ pub type Applied = HashMap<String, Vec<(String, i64)>>;
 #[derive(Debug, Default)]
 pub struct Guards {
     any: AtomicBool,
-    by_partition: Mutex<BTreeMap<i32, Applied>>,
+    by_partition: Mutex<BTreeMap<i32, PartitionGuards>>,
+}
+
+/// One partition's guards.
+#[derive(Debug, Default)]
+struct PartitionGuards {
+    applied: Applied,
+    /// The changelog offset of the first record behind them: the local checkpoint of the
+    /// partition stays at most there while they last, so that a restart finds them again.
+    floor: Option<i64>,
 }
 
 impl Guards {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, Applied>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<i32, PartitionGuards>> {
         self.by_partition
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sets the guards of a partition just restored (replacing any it had).
-    pub fn set(&self, partition: i32, applied: Applied) {
+    /// Sets the guards of a partition just restored (replacing any it had), and the
+    /// changelog offset of the first record behind them.
+    pub fn set(&self, partition: i32, applied: Applied, floor: Option<i64>) {
         let mut m = self.lock();
         if applied.is_empty() {
             m.remove(&partition);
         } else {
-            m.insert(partition, applied);
+            m.insert(partition, PartitionGuards { applied, floor });
         }
         self.any.store(!m.is_empty(), Ordering::SeqCst);
+    }
+
+    /// The highest changelog checkpoint partition `partition` may store while its guards
+    /// last.
+    pub fn floor(&self, partition: i32) -> Option<i64> {
+        if !self.any.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.lock().get(&partition).and_then(|g| g.floor)
     }
 
     /// Forgets a partition's guards (it was revoked).
@@ -51,7 +70,7 @@ impl Guards {
         }
         self.lock()
             .get(&partition)
-            .and_then(|a| a.get(customer))
+            .and_then(|g| g.applied.get(customer))
             .is_some_and(|topics| topics.iter().any(|(t, o)| t == topic && offset <= *o))
     }
 
@@ -68,8 +87,8 @@ impl Guards {
             *e = (*e).max(p.offset);
         }
         let mut m = self.lock();
-        for (partition, applied) in m.iter_mut() {
-            applied.retain(|_, topics| {
+        for (partition, g) in m.iter_mut() {
+            g.applied.retain(|_, topics| {
                 topics.retain(|(t, o)| {
                     read.get(&(*partition, t.as_str()))
                         .is_none_or(|last| last < o)
@@ -77,13 +96,13 @@ impl Guards {
                 !topics.is_empty()
             });
         }
-        m.retain(|_, a| !a.is_empty());
+        m.retain(|_, g| !g.applied.is_empty());
         self.any.store(!m.is_empty(), Ordering::SeqCst);
     }
 
     /// How many customers have a guard.
     pub fn len(&self) -> usize {
-        self.lock().values().map(HashMap::len).sum()
+        self.lock().values().map(|g| g.applied.len()).sum()
     }
 
     /// Whether no customer has a guard.
@@ -111,7 +130,10 @@ mod tests {
         g.set(
             0,
             Applied::from([("c1".into(), vec![("t".into(), 7), ("u".into(), 2)])]),
+            Some(40),
         );
+        assert_eq!(g.floor(0), Some(40));
+        assert_eq!(g.floor(1), None);
         assert!(g.applied("c1", "t", 0, 5));
         assert!(g.applied("c1", "t", 0, 7));
         assert!(!g.applied("c1", "t", 0, 8), "a later event is new");
@@ -125,7 +147,12 @@ mod tests {
         assert!(!g.is_empty(), "another partition's reading passes nothing");
         g.passed(&[at("u", 0, 3)]);
         assert!(g.is_empty());
-        g.set(3, Applied::from([("c".into(), vec![("t".into(), 1)])]));
+        assert_eq!(g.floor(0), None, "the floor goes with the last guard");
+        g.set(
+            3,
+            Applied::from([("c".into(), vec![("t".into(), 1)])]),
+            None,
+        );
         g.forget(3);
         assert!(g.is_empty());
     }

@@ -71,9 +71,56 @@ pub enum RestoreError {
         /// What the store said.
         source: journeyd_store::Error,
     },
+    /// The end the broker reported was not reached: nothing more came (a leader moving, a
+    /// broker away). Tried again.
+    #[error(
+        "cannot restore partition {partition}: {topic} [{partition}] ends at {end} by the \
+         broker's account, but nothing past offset {read_to} came; trying again"
+    )]
+    Incomplete {
+        /// The changelog topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The end the broker reported.
+        end: i64,
+        /// How far the restore read.
+        read_to: i64,
+    },
+    /// The local checkpoint is past the changelog's end.
+    #[error(
+        "cannot restore partition {partition}: the local store says it holds {topic} \
+         [{partition}] up to offset {checkpoint}, past the end of that partition ({source}): \
+         the changelog was deleted and created again, or the data directory belongs to another \
+         deployment. Move the data directory away to restore from the changelog alone"
+    )]
+    PastTheEnd {
+        /// The changelog topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// The local checkpoint.
+        checkpoint: i64,
+        /// What the broker said.
+        source: rdkafka::error::KafkaError,
+    },
     /// The service is stopping, or the partition was revoked meanwhile.
     #[error("the restore of partition {0} was stopped")]
     Stopped(i32),
+}
+
+impl RestoreError {
+    /// Whether trying the restore again may succeed: Kafka trouble, a broker that did not
+    /// give what it reported, a store that may recover.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RestoreError::Kafka { .. } | RestoreError::Incomplete { .. } => true,
+            RestoreError::Store { source, .. } => source.is_transient(),
+            RestoreError::Undecodable { .. }
+            | RestoreError::PastTheEnd { .. }
+            | RestoreError::Stopped(_) => false,
+        }
+    }
 }
 
 /// What a restore found.
@@ -86,6 +133,10 @@ pub struct Restored {
     pub resume: Vec<(String, i64)>,
     /// The customers whose restored state holds events after their topic's resume position.
     pub applied: Applied,
+    /// The changelog offset of the first record whose guard is in `applied`: the local store
+    /// checkpoint stays at most there until reading passes the guards, so that a restart
+    /// reads those records again and finds the guards again.
+    pub floor: Option<i64>,
     /// The records read.
     pub records: u64,
     /// The first offset read and the end.
@@ -124,6 +175,8 @@ pub fn restore(
     let mut client = client.clone();
     client.set("enable.auto.commit", "false");
     client.set("enable.partition.eof", "false");
+    // Never read from elsewhere than asked: a checkpoint past the end is an error.
+    client.set("auto.offset.reset", "error");
     // A broker that holds a fetch for its whole wait (tansu, the mock cluster) would make
     // every poll of the quiet end cost the default 500 ms.
     client.set("fetch.wait.max.ms", "50");
@@ -143,12 +196,11 @@ pub fn restore(
         ..Restored::default()
     };
     // Where each input topic resumes: the store's positions, then each position read.
-    let mut resume: HashMap<String, i64> = stored
+    let resume: HashMap<String, i64> = stored
         .iter()
         .filter(|o| o.partition == partition && o.topic != topic)
         .map(|o| (o.topic.clone(), o.next))
         .collect();
-    let mut pending: Applied = Applied::new();
     // Read to the end the broker gave, and on until the partition is quiet: a broker may
     // report less than it has (tansu 0.6 reports the last batch's first offset + 1), and a
     // checkpoint past that end means there is more.
@@ -157,8 +209,79 @@ pub fn restore(
     tpl.add_partition_offset(topic, partition, KafkaOffset::Offset(from))
         .map_err(kafka)?;
     consumer.assign(&tpl).map_err(kafka)?;
+    // Reading and decoding here, the store writes on a thread beside (chunk by chunk, in
+    // order): each takes about half of the time.
+    let (chunks, applying) = std::sync::mpsc::sync_channel::<(Vec<(i64, Record)>, i64)>(2);
+    let (read, applied) = std::thread::scope(|scope| {
+        let applier = scope.spawn(move || {
+            let mut resume = resume;
+            let mut pending = Pending::default();
+            for (chunk, next) in applying {
+                apply_chunk(
+                    store,
+                    topic,
+                    partition,
+                    history_limit,
+                    chunk,
+                    next,
+                    &mut resume,
+                    &mut pending,
+                )?;
+            }
+            Ok::<_, journeyd_store::Error>((resume, pending))
+        });
+        let read = read_to_end(
+            &consumer, topic, partition, from, end, stop, progress, &chunks,
+        );
+        drop(chunks);
+        let applied = applier
+            .join()
+            .expect("a restore's store writes do not panic");
+        (read, applied)
+    });
+    // A store error stopped the reading too: it is the cause.
+    let (resume, mut pending) =
+        applied.map_err(|source| RestoreError::Store { partition, source })?;
+    let (records, next) = read?;
+    restored.records = records;
+    restored.to = next;
+    // A customer's guard matters only past where their topic resumes.
+    pending.applied.retain(|_, topics| {
+        topics.retain(|(t, o)| resume.get(t).is_none_or(|next| o >= next));
+        !topics.is_empty()
+    });
+    pending.forget_unguarded();
+    restored.floor = pending.floor();
+    restored.applied = pending.applied;
+    let mut resume: Vec<(String, i64)> = resume.into_iter().collect();
+    resume.sort();
+    restored.resume = resume;
+    Ok(restored)
+}
+
+/// Reads the partition from `from` to `end` and on until it is quiet, decoding each record
+/// and handing them on in chunks of [`CHUNK`] (with the offset after the chunk). Returns the
+/// records read and the offset after the last one. Stops early when the receiver is gone (its
+/// store write failed).
+#[allow(clippy::too_many_arguments)]
+fn read_to_end(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    end: i64,
+    stop: &AtomicBool,
+    progress: Progress<'_>,
+    chunks: &std::sync::mpsc::SyncSender<(Vec<(i64, Record)>, i64)>,
+) -> Result<(u64, i64), RestoreError> {
+    let kafka = |source| RestoreError::Kafka {
+        topic: topic.to_owned(),
+        partition,
+        source,
+    };
     let mut chunk: Vec<(i64, Record)> = Vec::with_capacity(CHUNK);
     let mut next = from;
+    let mut records = 0u64;
     let mut last_report = Instant::now();
     let mut quiet = 0;
     while next < end || quiet < QUIET_POLLS {
@@ -169,18 +292,27 @@ pub fn restore(
         let idle = polled.is_none();
         match polled {
             None if quiet >= GIVE_UP_POLLS => {
-                // Nothing comes, though the broker's end is further: it reported more than
-                // it has (or the rest is not readable yet). What was read is all there is.
-                tracing::warn!(
-                    topic,
+                // Nothing comes, though the broker's end is further. A part of a compacted
+                // log is not a consistent state: never stop short of the end.
+                return Err(RestoreError::Incomplete {
+                    topic: topic.to_owned(),
                     partition,
-                    reported_end = end,
-                    read_to = next,
-                    "The changelog partition's end as the broker reported it was not reached: nothing more came."
-                );
-                break;
+                    end,
+                    read_to: next,
+                });
             }
             None => quiet += 1,
+            Some(Err(rdkafka::error::KafkaError::MessageConsumption(
+                code @ (rdkafka::types::RDKafkaErrorCode::AutoOffsetReset
+                | rdkafka::types::RDKafkaErrorCode::OffsetOutOfRange),
+            ))) => {
+                return Err(RestoreError::PastTheEnd {
+                    topic: topic.to_owned(),
+                    partition,
+                    checkpoint: from,
+                    source: rdkafka::error::KafkaError::MessageConsumption(code),
+                })
+            }
             Some(Err(e)) => return Err(kafka(e)),
             Some(Ok(m)) => {
                 quiet = 0;
@@ -198,42 +330,26 @@ pub fn restore(
             }
         }
         if chunk.len() >= CHUNK || (idle && !chunk.is_empty()) {
-            restored.records += chunk.len() as u64;
-            apply_chunk(
-                store,
-                topic,
-                partition,
-                history_limit,
-                std::mem::take(&mut chunk),
-                next,
-                &mut resume,
-                &mut pending,
-            )
-            .map_err(|source| RestoreError::Store { partition, source })?;
-            progress(restored.records, (end - next).max(0) as u64);
+            records += chunk.len() as u64;
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+            if chunks.send((full, next)).is_err() {
+                // The store write failed: the caller reports it.
+                return Ok((records, next));
+            }
+            progress(records, (end - next).max(0) as u64);
             if last_report.elapsed() > Duration::from_secs(5) {
                 last_report = Instant::now();
                 tracing::info!(
                     topic,
                     partition,
-                    read = restored.records,
+                    read = records,
                     left = end - next,
                     "Restoring a partition from the changelog."
                 );
             }
         }
     }
-    restored.to = next;
-    // A customer's guard matters only past where their topic resumes.
-    pending.retain(|_, topics| {
-        topics.retain(|(t, o)| resume.get(t).is_none_or(|next| o >= next));
-        !topics.is_empty()
-    });
-    restored.applied = pending;
-    let mut resume: Vec<(String, i64)> = resume.into_iter().collect();
-    resume.sort();
-    restored.resume = resume;
-    Ok(restored)
+    Ok((records, next))
 }
 
 /// Applies a chunk of records in one store write: each customer's last record wins, their
@@ -247,7 +363,7 @@ fn apply_chunk(
     chunk: Vec<(i64, Record)>,
     next: i64,
     resume: &mut HashMap<String, i64>,
-    pending: &mut Applied,
+    pending: &mut Pending,
 ) -> Result<(), journeyd_store::Error> {
     // Each customer's final record in the chunk, and their history entries since their last
     // tombstone.
@@ -255,15 +371,18 @@ fn apply_chunk(
     let mut order: Vec<String> = Vec::new();
     let mut history: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
     let mut positions: Vec<Offset> = Vec::new();
-    for (_, r) in chunk {
+    for (offset, r) in chunk {
         match r {
             Record::Customer { id, record } => {
                 let h = history.entry(id.clone()).or_default();
                 match &record {
                     Some(rec) => {
                         h.extend(rec.history.iter().cloned());
+                        if !rec.applied.is_empty() {
+                            pending.behind(&id, offset);
+                        }
                         for (t, o) in &rec.applied {
-                            let topics = pending.entry(id.clone()).or_default();
+                            let topics = pending.applied.entry(id.clone()).or_default();
                             match topics.iter_mut().find(|(x, _)| x == t) {
                                 Some(e) => e.1 = e.1.max(*o),
                                 None => topics.push((t.clone(), *o)),
@@ -272,7 +391,8 @@ fn apply_chunk(
                     }
                     None => {
                         h.clear();
-                        pending.remove(&id);
+                        pending.applied.remove(&id);
+                        pending.forget(&id);
                     }
                 }
                 if last.insert(id.clone(), record).is_none() {
@@ -281,11 +401,14 @@ fn apply_chunk(
             }
             Record::Position { topic: t, next: n } => {
                 // The records before it hold every event before `n`: their guards for this
-                // topic go.
-                for topics in pending.values_mut() {
+                // topic go. Positions only grow: an older one (from an owner that lost the
+                // partition and wrote on) does not take reading back.
+                for topics in pending.applied.values_mut() {
                     topics.retain(|(x, o)| x != &t || *o >= n);
                 }
-                pending.retain(|_, topics| !topics.is_empty());
+                pending.applied.retain(|_, topics| !topics.is_empty());
+                pending.forget_unguarded();
+                let n = resume.get(&t).map_or(n, |r| (*r).max(n));
                 resume.insert(t.clone(), n);
                 positions.retain(|o| o.topic != t);
                 positions.push(Offset {
@@ -302,6 +425,8 @@ fn apply_chunk(
         history_limit,
         ..WriteSet::default()
     };
+    // Each customer was read just now: the store need not look again to keep its count.
+    set.customers_existed = Some(before.iter().map(Option::is_some).collect());
     for (id, old) in order.iter().zip(before) {
         let old_wake: Option<Millis> = old
             .as_deref()
@@ -327,10 +452,68 @@ fn apply_chunk(
         }
     }
     set.offsets = positions;
+    // Not past a record whose guard is still needed: a restart reads it again.
     set.offsets.push(Offset {
         topic: topic.to_owned(),
         partition,
-        next,
+        next: pending.floor().map_or(next, |f| f.min(next)),
     });
     store.write(&set)
+}
+
+/// The guards a restore has found so far.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Per customer, per input topic: the last event offset their record applied.
+    applied: Applied,
+    /// Per customer with a guard: the changelog offset of the first record behind it.
+    since: HashMap<String, i64>,
+    /// How many customers' guards go back to each changelog offset (its first key is the
+    /// floor).
+    offsets: std::collections::BTreeMap<i64, usize>,
+}
+
+impl Pending {
+    /// Notes that customer `id`'s guard goes back to the record at `offset` (if it goes back
+    /// to none yet).
+    fn behind(&mut self, id: &str, offset: i64) {
+        if !self.since.contains_key(id) {
+            self.since.insert(id.to_owned(), offset);
+            *self.offsets.entry(offset).or_default() += 1;
+        }
+    }
+
+    /// Forgets what customer `id`'s guard went back to.
+    fn forget(&mut self, id: &str) {
+        if let Some(offset) = self.since.remove(id) {
+            if let std::collections::btree_map::Entry::Occupied(mut e) = self.offsets.entry(offset)
+            {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+    }
+
+    /// Forgets what the customers without a guard any more went back to.
+    fn forget_unguarded(&mut self) {
+        if self.since.len() == self.applied.len() {
+            return;
+        }
+        let gone: Vec<String> = self
+            .since
+            .keys()
+            .filter(|id| !self.applied.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.forget(&id);
+        }
+    }
+
+    /// The changelog offset of the first record behind a guard.
+    fn floor(&self) -> Option<i64> {
+        self.offsets.keys().next().copied()
+    }
 }

@@ -175,7 +175,9 @@ impl ConsumerContext for Context {
                         self.guards.forget(el.partition());
                     }
                 }
-                if let Some(producer) = &self.changelog_producer {
+                if let (Some(producer), false) =
+                    (&self.changelog_producer, consumer.assignment_lost())
+                {
                     // The changelog records queued for them reach Kafka before the partitions
                     // go: their next owner restores up to the end it sees. Records of batches
                     // landing later leave them out (see `changelog::fence`).

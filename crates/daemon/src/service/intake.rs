@@ -149,7 +149,13 @@ pub(super) fn prepare(
     let config = &shared.config;
     let mut p = Prepared::default();
     let future_limit = shared.clock.now() + (config.processing.max_future_skew_secs as i64) * 1000;
+    // A partition being restored is read again from its restored position: anything of it
+    // that came (a pause that did not hold) is left unconsumed.
+    let restoring = shared.partitions.any_restoring();
     for m in msgs {
+        if restoring && !shared.partitions.owns(m.partition()) {
+            continue;
+        }
         p.consumed.push(Position {
             topic: m.topic().to_owned(),
             partition: m.partition(),

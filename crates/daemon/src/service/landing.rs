@@ -67,7 +67,9 @@ impl Landing {
         // The changelog records go after the actions are acknowledged (a record in the
         // changelog means its batch's actions are in Kafka), queued now and acknowledged
         // before the write; the partitions no longer this replica's are left out, of both.
-        let owned = |p: i32| shared.partitions.owns(p);
+        // A lost assignment (the group moved on without this member) owns nothing.
+        let lost = consumer.assignment_lost();
+        let owned = |p: i32| !lost && shared.partitions.owns(p);
         let mut queued = None;
         let mut fenced = None;
         if let Some(topic) = &self.changelog {
@@ -115,11 +117,12 @@ impl Landing {
                     )
                 })?;
                 shared.metrics.changelog_records.inc_by(n);
+                // Not past the records behind a restore's guards that are still needed.
                 part.offsets
                     .extend(checkpoint.into_iter().map(|(partition, next)| Offset {
                         topic: topic.clone(),
                         partition,
-                        next,
+                        next: shared.guards.floor(partition).map_or(next, |f| f.min(next)),
                     }));
             }
             write = Arc::new(part);

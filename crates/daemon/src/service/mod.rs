@@ -243,8 +243,12 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         let (msgs, _idle) = collect(&consumer, &shared.config, first_wait).await;
         let collected = collecting.elapsed();
         partitions.consumed(&msgs);
-        // Partitions assigned since the last loop are restored beside it; those restored
-        // resume once the batches under way have landed.
+        // Partitions assigned since the last loop are restored beside it (once the batches
+        // under way have landed: a write in flight must not land in the middle of a restore);
+        // those restored resume once the batches under way have landed.
+        if partitions.any_pending() && !past.drain(&shared, &consumer).await? {
+            break;
+        }
         restores.start(&shared);
         if restores.any_done() {
             if !past.drain(&shared, &consumer).await? {
@@ -449,7 +453,18 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 .quarantine
                 .lift(write.customers.iter().map(|(c, _)| c.as_str()));
         }
-        consumer.context().processed(&write.offsets);
+        if changelog.is_some() {
+            // Not those of partitions revoked meanwhile: the batch writes nothing of them.
+            let owned: Vec<journeyd_store::Offset> = write
+                .offsets
+                .iter()
+                .filter(|o| partitions.owns(o.partition))
+                .cloned()
+                .collect();
+            consumer.context().processed(&owned);
+        } else {
+            consumer.context().processed(&write.offsets);
+        }
         let write = Arc::new(write);
         past.unwritten.push(write.clone());
         prefetched = prefetch.map(|task| (task, write.clone()));

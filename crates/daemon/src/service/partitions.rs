@@ -196,6 +196,11 @@ impl Partitions {
         !restoring && self.lock().keys().any(|(_, q)| *q == p)
     }
 
+    /// Whether any partition waits for its restore to start.
+    pub fn any_pending(&self) -> bool {
+        self.restores().values().any(|s| *s == Restoring::Pending)
+    }
+
     /// Whether any partition waits for, or is under, a restore.
     pub fn any_restoring(&self) -> bool {
         !self.restores().is_empty()

@@ -17,6 +17,28 @@ use std::time::{Duration, Instant};
 
 type Done = (i32, Result<Restored, RestoreError>, Duration);
 
+/// How long a restore that failed for a reason that may pass waits before it is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Seeks each input topic's partition of a restore to where it resumes.
+fn seek(
+    shared: &Shared,
+    consumer: &StreamConsumer<Context>,
+    r: &Restored,
+) -> Result<(), rdkafka::error::KafkaError> {
+    for input in &shared.config.inputs {
+        if let Some((_, next)) = r.resume.iter().find(|(t, _)| *t == input.topic) {
+            consumer.seek(
+                &input.topic,
+                r.partition,
+                KafkaOffset::Offset(*next),
+                Duration::from_secs(10),
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// The restores under way and those done, not yet applied.
 pub(super) struct Restores {
     topic: Option<String>,
@@ -25,6 +47,9 @@ pub(super) struct Restores {
     sender: Sender<Done>,
     receiver: Receiver<Done>,
     done: Vec<Done>,
+    /// Restores applied whose input partitions could not be sought yet (librdkafka refuses a
+    /// seek until the partition's fetcher has started): tried again each loop.
+    seeking: Vec<Restored>,
     /// Records left per restore under way (the gauge is their sum).
     left: Arc<Mutex<HashMap<i32, u64>>>,
 }
@@ -39,6 +64,7 @@ impl Restores {
             sender,
             receiver,
             done: Vec::new(),
+            seeking: Vec::new(),
             left: Arc::default(),
         }
     }
@@ -100,6 +126,10 @@ impl Restores {
                             .restore_remaining
                             .set(l.values().sum::<u64>() as i64);
                     }
+                    if result.as_ref().is_err_and(RestoreError::is_retryable) {
+                        // Not at once again.
+                        std::thread::sleep(RETRY_AFTER);
+                    }
                     let _ = sender.send((p, result, started.elapsed()));
                 })
                 .expect("a thread for a restore");
@@ -112,7 +142,7 @@ impl Restores {
             self.running.remove(&d.0);
             self.done.push(d);
         }
-        !self.done.is_empty()
+        !self.done.is_empty() || !self.seeking.is_empty()
     }
 
     /// Applies the restores that ended (call it once no batch under way can write their
@@ -136,32 +166,45 @@ impl Restores {
                         records_per_second = rate.round(),
                         resume = ?r.resume,
                         already_applied = r.applied.len(),
-                        "Partition restored from the changelog; reading it."
+                        "Partition restored from the changelog."
                     );
-                    shared.guards.set(p, r.applied);
-                    let mut tpl = TopicPartitionList::new();
-                    for input in &shared.config.inputs {
-                        let _ = tpl.add_partition(&input.topic, p);
-                        if let Some((_, next)) = r.resume.iter().find(|(t, _)| *t == input.topic) {
-                            if let Err(error) = consumer.seek(
-                                &input.topic,
-                                p,
-                                KafkaOffset::Offset(*next),
-                                Duration::from_secs(10),
-                            ) {
-                                tracing::error!(%error, topic = input.topic, partition = p, offset = next, "Cannot seek a restored partition to its position.");
-                            }
-                        }
-                    }
-                    shared.partitions.restored(p, &r.resume);
-                    if let Err(error) = consumer.resume(&tpl) {
-                        tracing::error!(%error, partition = p, "Cannot resume a restored partition.");
-                    }
+                    self.seeking.push(r);
                 }
                 Err(RestoreError::Stopped(_)) => {}
+                Err(error) if error.is_retryable() => {
+                    tracing::warn!(partition = p, %error, "Restoring a partition failed; trying again.");
+                    shared.partitions.to_restore([p]);
+                }
                 Err(error) => {
                     tracing::error!(partition = p, %error, "Restoring a partition failed: it stays paused.");
                     shared.partitions.restore_failed(p, error.to_string());
+                }
+            }
+        }
+        let seeking = std::mem::take(&mut self.seeking);
+        for r in seeking {
+            let p = r.partition;
+            if !shared.partitions.restore_running(p) {
+                continue;
+            }
+            if let Err(error) = seek(shared, consumer, &r) {
+                // Paused still, and restoring: the next loop tries again.
+                tracing::debug!(%error, partition = p, "Cannot seek a restored partition yet; trying again.");
+                self.seeking.push(r);
+                continue;
+            }
+            let mut tpl = TopicPartitionList::new();
+            for input in &shared.config.inputs {
+                let _ = tpl.add_partition(&input.topic, p);
+            }
+            shared.guards.set(p, r.applied, r.floor);
+            shared.partitions.restored(p, &r.resume);
+            match consumer.resume(&tpl) {
+                Ok(()) => {
+                    tracing::info!(partition = p, resume = ?r.resume, "Restored partition sought to its position; reading it.")
+                }
+                Err(error) => {
+                    tracing::error!(%error, partition = p, "Cannot resume a restored partition.")
                 }
             }
         }
