@@ -200,6 +200,11 @@ impl Journeyd {
         http_get(self.http_port, path)
     }
 
+    /// Whether `/readyz` answers 200 now.
+    pub fn ready(&self) -> bool {
+        self.get("/readyz").is_some_and(|(status, _)| status == 200)
+    }
+
     /// Waits until `/readyz` answers 200 (consumption caught up).
     pub fn wait_ready(&mut self, within: Duration) {
         let start = Instant::now();

@@ -191,12 +191,26 @@ async fn random_sigkills(in_flight: usize) {
     kills.sort();
     let mut down_until: Option<i64> = None;
     let mut in_flight_kills = 0;
+    // When the last start has not been ready for this long.
+    let mut unready_since: Option<i64> = None;
     let publisher = world.publisher();
     play(&publisher, &events, |elapsed| {
         if let Some(until) = down_until {
             if elapsed >= until {
                 journeyd.spawn();
                 down_until = None;
+                unready_since = Some(elapsed);
+            }
+        } else if unready_since.is_some_and(|t| elapsed - t > 10_000) {
+            // tansu 0.6 can make a member that rejoins within the session timeout the
+            // group's leader with no partitions, and leave it so: restart it cleanly (it
+            // leaves the group), as the killed members have timed out by now.
+            if journeyd.ready() {
+                unready_since = None;
+            } else {
+                assert!(journeyd.terminate(Duration::from_secs(30)).success());
+                journeyd.spawn();
+                unready_since = Some(elapsed);
             }
         } else if kills.first().is_some_and(|k| elapsed >= *k) {
             kills.remove(0);

@@ -36,6 +36,30 @@ fn simulated(rig: &Rig, events: &[Event], until: i64) -> BTreeMap<String, Action
     out
 }
 
+/// Reads until every action in `expected` came, and a while after; then checks that each
+/// action that came is the simulator's and none came twice (`why` says why none may).
+async fn exactly(reader: &mut Reader, expected: &BTreeMap<String, Action>, why: &str) {
+    reader
+        .until(
+            "every action the simulator sends",
+            Duration::from_secs(40),
+            |r| {
+                let got: std::collections::BTreeSet<&str> =
+                    r.actions.iter().map(|a| a.action_id.as_str()).collect();
+                expected.keys().all(|k| got.contains(k.as_str()))
+            },
+        )
+        .await;
+    reader.settle(Duration::from_millis(800)).await;
+    for a in &reader.actions {
+        let want = expected
+            .get(&a.action_id)
+            .unwrap_or_else(|| panic!("an action the simulator does not send: {a:#?}"));
+        assert_eq!(a, want);
+    }
+    assert_eq!(reader.actions.len(), expected.len(), "{why}");
+}
+
 /// The changelog topic's records: (partition, key).
 fn changelog_keys(rig: &Rig) -> Vec<(i32, Vec<u8>)> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -122,29 +146,12 @@ async fn a_replica_on_an_empty_volume_takes_over_the_customers_where_another_sto
     rig.publish(&more).await;
     events.extend(more);
     let expected = simulated(&rig, &events, t + 60_000);
-    reader
-        .until(
-            "every action the simulator sends",
-            Duration::from_secs(30),
-            |r| {
-                let got: std::collections::BTreeSet<&str> =
-                    r.actions.iter().map(|a| a.action_id.as_str()).collect();
-                expected.keys().all(|k| got.contains(k.as_str()))
-            },
-        )
-        .await;
-    reader.settle(Duration::from_millis(800)).await;
-    for a in &reader.actions {
-        let want = expected
-            .get(&a.action_id)
-            .unwrap_or_else(|| panic!("an action the simulator does not send: {a:#?}"));
-        assert_eq!(a, want);
-    }
-    assert_eq!(
-        reader.actions.len(),
-        expected.len(),
-        "a clean handover sends nothing twice"
-    );
+    exactly(
+        &mut reader,
+        &expected,
+        "a clean handover sends nothing twice",
+    )
+    .await;
     running.stop().await;
 }
 
@@ -299,29 +306,12 @@ async fn a_revoked_partition_is_no_longer_fired_or_written_by_its_old_owner() {
     rig.publish(&opened).await;
     events.extend(opened);
     let expected = simulated(&rig, &events, t + 60_000);
-    reader
-        .until(
-            "every action the simulator sends",
-            Duration::from_secs(40),
-            |r| {
-                let got: std::collections::BTreeSet<&str> =
-                    r.actions.iter().map(|a| a.action_id.as_str()).collect();
-                expected.keys().all(|k| got.contains(k.as_str()))
-            },
-        )
-        .await;
-    reader.settle(Duration::from_millis(800)).await;
-    for x in &reader.actions {
-        let want = expected
-            .get(&x.action_id)
-            .unwrap_or_else(|| panic!("an action the simulator does not send: {x:#?}"));
-        assert_eq!(x, want);
-    }
-    assert_eq!(
-        reader.actions.len(),
-        expected.len(),
-        "each timer fired once: the old owner fires none of the moved partition's"
-    );
+    exactly(
+        &mut reader,
+        &expected,
+        "each timer fired once: the old owner fires none of the moved partition's",
+    )
+    .await;
     assert_eq!(
         stored_at(&a, moved),
         a_had,
