@@ -214,9 +214,6 @@ async fn random_sigkills(in_flight: usize) {
             }
         } else if kills.first().is_some_and(|k| elapsed >= *k) {
             kills.remove(0);
-            if std::env::var("DEBUG_KILLS").is_ok() {
-                println!("kill at {elapsed} ms, wall {}", now_ms());
-            }
             // Patience for a batch: a member restarted within the session timeout gets its
             // partitions from tansu 0.6 only once the killed one has timed out (6 s), and
             // restores them from the changelog before it reads them.
@@ -242,18 +239,6 @@ async fn random_sigkills(in_flight: usize) {
         reader.actions.len(),
         duplicates
     );
-    if std::env::var("DEBUG_KILLS").is_ok() {
-        for l in journeyd.log().lines().filter(|l| {
-            l.contains("Consuming")
-                || l.contains("restored")
-                || l.contains("assigned")
-                || l.contains("revoked")
-                || l.contains("Caught up")
-                || l.contains("Journeys loaded")
-        }) {
-            println!("{}", &l[..l.len().min(300)]);
-        }
-    }
     assert!(journeyd.starts >= 4, "journeyd was killed and restarted");
     // Not all: a kill that comes while tansu 0.6 leaves the restarted member without
     // partitions (see above) finds no batch to hit.

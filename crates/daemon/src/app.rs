@@ -79,6 +79,19 @@ pub fn channels(engine: &Engine) -> Vec<String> {
     channels
 }
 
+/// For unit tests: the default configuration with its store and (empty) journeys folder in
+/// `dir`, and the shared state opened on it.
+#[cfg(test)]
+pub(crate) fn for_tests(dir: &std::path::Path) -> (Config, Arc<Shared>) {
+    let mut config = Config::default();
+    config.store.path = dir.join("store");
+    config.journeys.dir = dir.join("journeys");
+    std::fs::create_dir_all(&config.journeys.dir).unwrap();
+    let opened = open(&config).unwrap();
+    let shared = shared(config.clone(), opened).unwrap();
+    (config, shared)
+}
+
 /// Builds the state the service loop, the HTTP endpoint and the signal handlers share.
 pub fn shared(config: Config, opened: Opened) -> Result<Arc<Shared>> {
     Ok(Arc::new(Shared {

@@ -4,7 +4,7 @@
 //! assignment, restored from there.
 
 use journeyd_store::WriteSet;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 /// The part of `write` this replica may still make, when some of it belongs to partitions
 /// `owned` refuses: without their customers (state, timers, history) and input positions.
@@ -15,6 +15,10 @@ pub fn owned_part(
     owners: &[Option<i32>],
     owned: &dyn Fn(i32) -> bool,
 ) -> Option<WriteSet> {
+    // `owned` is asked once per partition (it takes locks): a batch names few partitions
+    // and many customers.
+    let mut verdicts: BTreeMap<i32, bool> = BTreeMap::new();
+    let mut owned = |p: i32| *verdicts.entry(p).or_insert_with(|| owned(p));
     let mut gone: HashSet<&str> = HashSet::new();
     for ((id, _), owner) in write.customers.iter().zip(owners) {
         if owner.is_some_and(|p| !owned(p)) {

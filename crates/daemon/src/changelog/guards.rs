@@ -100,11 +100,6 @@ impl Guards {
         self.any.store(!m.is_empty(), Ordering::SeqCst);
     }
 
-    /// How many customers have a guard.
-    pub fn len(&self) -> usize {
-        self.lock().values().map(|g| g.applied.len()).sum()
-    }
-
     /// Whether no customer has a guard.
     pub fn is_empty(&self) -> bool {
         !self.any.load(Ordering::SeqCst)

@@ -123,6 +123,18 @@ impl RestoreError {
     }
 }
 
+/// Wraps a client error of the restore of `topic` [`partition`].
+fn kafka_error(
+    topic: &str,
+    partition: i32,
+) -> impl Fn(rdkafka::error::KafkaError) -> RestoreError + Copy + '_ {
+    move |source| RestoreError::Kafka {
+        topic: topic.to_owned(),
+        partition,
+        source,
+    }
+}
+
 /// What a restore found.
 #[derive(Debug, Default)]
 pub struct Restored {
@@ -139,9 +151,9 @@ pub struct Restored {
     pub floor: Option<i64>,
     /// The records read.
     pub records: u64,
-    /// The first offset read and the end.
+    /// The first offset read.
     pub from: i64,
-    /// The end of the changelog partition when the restore began.
+    /// How far it read: the offset after the last record.
     pub to: i64,
 }
 
@@ -160,11 +172,7 @@ pub fn restore(
     stop: &AtomicBool,
     progress: Progress<'_>,
 ) -> Result<Restored, RestoreError> {
-    let kafka = |source| RestoreError::Kafka {
-        topic: topic.to_owned(),
-        partition,
-        source,
-    };
+    let kafka = kafka_error(topic, partition);
     let stored = store
         .offsets()
         .map_err(|source| RestoreError::Store { partition, source })?;
@@ -192,7 +200,6 @@ pub fn restore(
     let mut restored = Restored {
         partition,
         from,
-        to: high,
         ..Restored::default()
     };
     // Where each input topic resumes: the store's positions, then each position read.
@@ -274,11 +281,7 @@ fn read_to_end(
     progress: Progress<'_>,
     chunks: &std::sync::mpsc::SyncSender<(Vec<(i64, Record)>, i64)>,
 ) -> Result<(u64, i64), RestoreError> {
-    let kafka = |source| RestoreError::Kafka {
-        topic: topic.to_owned(),
-        partition,
-        source,
-    };
+    let kafka = kafka_error(topic, partition);
     let mut chunk: Vec<(i64, Record)> = Vec::with_capacity(CHUNK);
     let mut next = from;
     let mut records = 0u64;

@@ -84,6 +84,17 @@ pub(super) struct Prepared {
     pub(super) states: Option<WriteSet>,
 }
 
+impl Prepared {
+    /// Sends a message to the dead-letter topic, with the reason and what is wrong.
+    fn reject(&mut self, message: OwnedMessage, reason: &'static str, error: String) {
+        self.dead.push(DeadLetter {
+            message,
+            reason,
+            error,
+        });
+    }
+}
+
 /// Collects one batch of messages: waits up to `first_wait` for the first, then takes more
 /// while they keep coming (a gap of [`BATCH_GAP`] closes the batch), for at most
 /// `processing.batch_linger_ms` and `processing.batch_max_messages`. Returns them and whether
@@ -169,11 +180,7 @@ pub(super) fn prepare(
                 payload.len(),
                 config.processing.max_event_bytes
             );
-            p.dead.push(DeadLetter {
-                message: m,
-                reason: "oversized",
-                error,
-            });
+            p.reject(m, "oversized", error);
             continue;
         }
         let decoder = decoders.for_topic(m.topic());
@@ -190,14 +197,7 @@ pub(super) fn prepare(
             }
         };
         match decoded {
-            Err(e) => {
-                let reason = e.reason();
-                p.dead.push(DeadLetter {
-                    message: m,
-                    reason,
-                    error: e.to_string(),
-                });
-            }
+            Err(e) => p.reject(m, e.reason(), e.to_string()),
             Ok(event) => {
                 if let Some(key) = m.key() {
                     if key != event.customer_id.as_bytes() {
@@ -206,11 +206,7 @@ pub(super) fn prepare(
                             String::from_utf8_lossy(key),
                             event.customer_id
                         );
-                        p.dead.push(DeadLetter {
-                            message: m,
-                            reason: "key_mismatch",
-                            error,
-                        });
+                        p.reject(m, "key_mismatch", error);
                         continue;
                     }
                 }
@@ -220,11 +216,7 @@ pub(super) fn prepare(
                         journeyd_types::time::format_rfc3339(event.occurred_at),
                         config.processing.max_future_skew_secs
                     );
-                    p.dead.push(DeadLetter {
-                        message: m,
-                        reason: "occurred_at_in_future",
-                        error,
-                    });
+                    p.reject(m, "occurred_at_in_future", error);
                     continue;
                 }
                 if shared

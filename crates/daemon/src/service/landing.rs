@@ -313,18 +313,12 @@ pub(super) fn commit(consumer: &StreamConsumer<Context>, offsets: &[Offset]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
     use std::time::Duration;
 
     #[tokio::test]
     async fn a_write_that_retrying_cannot_help_ends_with_its_error() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.store.path = dir.path().join("store");
-        config.journeys.dir = dir.path().join("journeys");
-        std::fs::create_dir_all(&config.journeys.dir).unwrap();
-        let opened = crate::app::open(&config).unwrap();
-        let shared = crate::app::shared(config, opened).unwrap();
+        let (_, shared) = crate::app::for_tests(dir.path());
         // A topic name too long for the store's offset keys: refused before anything is written.
         let invalid = WriteSet {
             offsets: vec![Offset {

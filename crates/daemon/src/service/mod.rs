@@ -453,18 +453,15 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 .quarantine
                 .lift(write.customers.iter().map(|(c, _)| c.as_str()));
         }
-        if changelog.is_some() {
-            // Not those of partitions revoked meanwhile: the batch writes nothing of them.
-            let owned: Vec<journeyd_store::Offset> = write
-                .offsets
-                .iter()
-                .filter(|o| partitions.owns(o.partition))
-                .cloned()
-                .collect();
-            consumer.context().processed(&owned);
-        } else {
-            consumer.context().processed(&write.offsets);
-        }
+        // With the changelog, not those of partitions revoked meanwhile: the batch writes
+        // nothing of them.
+        let owned: Vec<journeyd_store::Offset> = write
+            .offsets
+            .iter()
+            .filter(|o| changelog.is_none() || partitions.owns(o.partition))
+            .cloned()
+            .collect();
+        consumer.context().processed(&owned);
         let write = Arc::new(write);
         past.unwritten.push(write.clone());
         prefetched = prefetch.map(|task| (task, write.clone()));
@@ -577,12 +574,7 @@ mod tests {
     #[test]
     fn a_reload_swaps_the_engine_even_after_a_panic_poisoned_its_lock() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.store.path = dir.path().join("store");
-        config.journeys.dir = dir.path().join("journeys");
-        std::fs::create_dir_all(&config.journeys.dir).unwrap();
-        let opened = crate::app::open(&config).unwrap();
-        let shared = crate::app::shared(config.clone(), opened).unwrap();
+        let (config, shared) = crate::app::for_tests(dir.path());
         assert!(shared.engine().journeys().is_empty());
         // A thread panics while it holds the engine's lock.
         let s = shared.clone();

@@ -398,15 +398,7 @@ mod tests {
     }
 
     fn msg(topic: &str, partition: i32, ts: Millis) -> OwnedMessage {
-        OwnedMessage::new(
-            None,
-            None,
-            topic.to_owned(),
-            Timestamp::CreateTime(ts),
-            partition,
-            0,
-            None,
-        )
+        msg_at(topic, partition, 0, ts)
     }
 
     fn at_head(o: &Partitions, topic: &str, p: i32) {
