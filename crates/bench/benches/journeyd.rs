@@ -25,7 +25,7 @@
 
 use journeyd_bench::kafka_row::{self, Cluster, ClusterFactory, Mock, Tansu};
 use journeyd_bench::table::{Row, Table};
-use journeyd_bench::{engine_row, restore_row, rocks_row, scale_row};
+use journeyd_bench::{engine_row, latency_row, restore_row, rocks_row, scale_row};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -223,7 +223,7 @@ fn main() {
                 eprintln!("journeyd bench: latency, {kind} ({latency_secs} s)");
                 let rows = runtime.block_on(async {
                     let cluster = new_cluster()?;
-                    kafka_row::latency_rows(kind, cluster.as_ref(), max, latency_secs).await
+                    latency_row::latency_rows(kind, cluster.as_ref(), max, latency_secs).await
                 });
                 table.extend(rows.unwrap_or_else(|e| vec![Row::error(name, &e)]));
                 timed(&format!("latency, {kind}"), t);

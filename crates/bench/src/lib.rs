@@ -9,6 +9,7 @@
 
 pub mod engine_row;
 pub mod kafka_row;
+pub mod latency_row;
 pub mod raw_firing;
 pub mod restore_row;
 pub mod rocks_row;
