@@ -19,21 +19,39 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// Its `client.id`.
+    pub const CLIENT_ID: &'static str = "journeyd-e2e-publisher";
+
     /// A producer that waits for every acknowledgement and retries through outages.
     pub fn new(bootstrap: &str, topic: &str) -> Publisher {
-        let producer = ClientConfig::new()
+        let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
+            .set("client.id", Publisher::CLIENT_ID)
+            // Back soon after an outage: the events due then must not be late.
+            .set("reconnect.backoff.ms", "20")
+            .set("reconnect.backoff.max.ms", "200")
             .set("linger.ms", "2")
+            // One record per record batch: tansu 0.6 answers a fetch from an offset inside
+            // a batch with the batches after it, so a consumer that resumes mid-batch (as
+            // journeyd does after a crash, at the offset after its last write) would never
+            // see the rest of that batch. Kafka sends the whole batch and the client skips.
+            .set("batch.num.messages", "1")
             .set("acks", "all")
             .set("message.timeout.ms", "120000")
-            // One request in flight: retries through an outage keep each partition's order.
-            .set("max.in.flight.requests.per.connection", "1")
-            .set("enable.idempotence", "false")
+            // Idempotent: five requests in flight, and retries through an outage still keep
+            // each partition's order.
+            .set("enable.idempotence", "true")
             // Room for the oversized messages of the poison tests (librdkafka's default
             // refuses anything over 1,000,000 bytes before the broker sees it).
             .set("message.max.bytes", "4000000")
             .create()
             .expect("a producer");
+        // Connected (and, being idempotent, given its producer id) before the first event
+        // is due, so that one is not late.
+        producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("the input topic's metadata");
         Publisher {
             producer,
             topic: topic.to_owned(),
@@ -109,6 +127,8 @@ pub struct Reader {
     pub actions: Vec<Action>,
     /// Dead letters in arrival order.
     pub dead: Vec<Dead>,
+    /// Where each action was read: (topic, partition, offset), in arrival order.
+    pub read_at: Vec<(String, i32, i64)>,
 }
 
 impl Reader {
@@ -139,12 +159,18 @@ impl Reader {
             dlq: dlq.to_owned(),
             actions: Vec::new(),
             dead: Vec::new(),
+            read_at: Vec::new(),
         }
     }
 
     fn poll_once(&mut self, wait: Duration) {
-        let Some(Ok(m)) = self.consumer.poll(wait) else {
-            return;
+        let m = match self.consumer.poll(wait) {
+            None => return,
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                eprintln!("reader: {e}");
+                return;
+            }
         };
         let payload = m.payload().unwrap_or_default().to_vec();
         if m.topic() == self.dlq {
@@ -171,6 +197,8 @@ impl Reader {
                 "actions are keyed by customer"
             );
             self.actions.push(a);
+            self.read_at
+                .push((m.topic().to_owned(), m.partition(), m.offset()));
         }
     }
 

@@ -46,6 +46,8 @@ pub struct Settings {
     pub batches_in_flight: usize,
     /// `processing.max_event_bytes`; `None` leaves journeyd's default.
     pub max_event_bytes: Option<usize>,
+    /// `session.timeout.ms`: how long the group waits for a member that stopped answering.
+    pub session_timeout_ms: u32,
 }
 
 impl Settings {
@@ -53,9 +55,9 @@ impl Settings {
     pub fn toml(&self) -> String {
         let mut t = format!(
             "[journeys]\ndir = {:?}\n\n[kafka]\n\"bootstrap.servers\" = {:?}\n\"group.id\" = {:?}\n\
-             \"session.timeout.ms\" = \"6000\"\n\"reconnect.backoff.max.ms\" = \"500\"\n\n\
+             \"session.timeout.ms\" = \"{}\"\n\"reconnect.backoff.max.ms\" = \"500\"\n\n\
              [[inputs]]\ntopic = {:?}\nformat = \"avro\"\n",
-            self.journeys, self.bootstrap, self.group, self.input
+            self.journeys, self.bootstrap, self.group, self.session_timeout_ms, self.input
         );
         if let Some(json) = &self.json_input {
             t += &format!("\n[[inputs]]\ntopic = {json:?}\nformat = \"json\"\n");
@@ -63,7 +65,7 @@ impl Settings {
         t += &format!(
             "\n[store]\npath = {:?}\nblock_cache_mb = 8\n\n[processing]\nbatch_max_messages = 200\n\
              batch_linger_ms = 5\n{}batches_in_flight = {}\n\n[http]\nlisten = \"127.0.0.1:{}\"\n\n[log]\nformat = \"json\"\n\
-             level = \"info,journeyd::delivery=debug\"\n",
+             level = \"info,journeyd::delivery=debug,journeyd::intake=debug\"\n",
             self.store,
             self.max_event_bytes
                 .map_or(String::new(), |n| format!("max_event_bytes = {n}\n")),

@@ -1,7 +1,8 @@
 //! A TCP proxy in front of the broker, to take the network path down and bring it back: every
 //! open connection is closed and new ones are refused while it is cut. It can also hold the
 //! broker's answers back for a while, as a distant broker would: the crash tests use that to
-//! kill journeyd while a batch's actions are in the broker's log but not acknowledged.
+//! kill journeyd while a batch's actions are in the broker's log but not acknowledged; the
+//! clients named by [`Proxy::answer_promptly`] (the test's publisher) are answered at once.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,6 +18,7 @@ pub struct Proxy {
     generation: watch::Sender<u64>,
     connections: Arc<AtomicU64>,
     delay_ms: Arc<AtomicU64>,
+    prompt: Arc<std::sync::Mutex<Vec<String>>>,
     _thread: std::thread::JoinHandle<()>,
 }
 
@@ -27,17 +29,20 @@ impl Proxy {
         let (generation, rx) = watch::channel(0u64);
         let connections = Arc::new(AtomicU64::new(0));
         let delay_ms = Arc::new(AtomicU64::new(0));
+        let prompt: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = {
             let up = up.clone();
             let connections = connections.clone();
             let delay_ms = delay_ms.clone();
+            let prompt = prompt.clone();
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .unwrap();
-                rt.block_on(serve(port, target, up, rx, connections, delay_ms, ready_tx));
+                let answers = Answers { delay_ms, prompt };
+                rt.block_on(serve(port, target, up, rx, connections, answers, ready_tx));
             })
         };
         ready_rx
@@ -49,6 +54,7 @@ impl Proxy {
             generation,
             connections,
             delay_ms,
+            prompt,
             _thread: thread,
         }
     }
@@ -74,10 +80,32 @@ impl Proxy {
         self.delay_ms.store(by.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// Answers the connections of clients with this `client.id` at once, whatever
+    /// [`Proxy::delay_answers`] says (from their next connection on).
+    pub fn answer_promptly(&self, client_id: &str) {
+        self.prompt.lock().unwrap().push(client_id.to_owned());
+    }
+
     /// Connections accepted so far.
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::SeqCst)
     }
+}
+
+/// How the broker's answers are held back.
+#[derive(Clone)]
+struct Answers {
+    delay_ms: Arc<AtomicU64>,
+    /// The `client.id`s answered at once.
+    prompt: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// The `client.id` in the header of the Kafka request at the start of `bytes`, once they hold
+/// it: size (4), api key (2), version (2), correlation id (4), then a length (2) and the id.
+fn client_id(bytes: &[u8]) -> Option<&[u8]> {
+    let len = i16::from_be_bytes(bytes.get(12..14)?.try_into().ok()?);
+    let len = usize::try_from(len).unwrap_or(0);
+    bytes.get(14..14 + len)
 }
 
 async fn serve(
@@ -86,7 +114,7 @@ async fn serve(
     up: Arc<AtomicBool>,
     generation: watch::Receiver<u64>,
     connections: Arc<AtomicU64>,
-    delay_ms: Arc<AtomicU64>,
+    answers: Answers,
     ready: std::sync::mpsc::Sender<()>,
 ) {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -105,7 +133,7 @@ async fn serve(
         }
         connections.fetch_add(1, Ordering::SeqCst);
         let target = target.clone();
-        let delay_ms = delay_ms.clone();
+        let answers = answers.clone();
         let mut generation = generation.clone();
         let at_start = *generation.borrow_and_update();
         tokio::spawn(async move {
@@ -115,9 +143,28 @@ async fn serve(
             let (mut cr, mut cw) = client.into_split();
             let (mut sr, mut sw) = server.into_split();
             let pipe = async {
+                // The first request names the client: forwarded once read.
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                let prompt = loop {
+                    if let Some(id) = client_id(&head) {
+                        let prompt = answers.prompt.lock().unwrap();
+                        break prompt.iter().any(|p| p.as_bytes() == id);
+                    }
+                    match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                };
+                if sw.write_all(&head).await.is_err() {
+                    return;
+                }
+                let none = AtomicU64::new(0);
+                let delay_ms = if prompt { &none } else { &*answers.delay_ms };
                 tokio::select! {
                     _ = tokio::io::copy(&mut cr, &mut sw) => {},
-                    _ = delayed_copy(&mut sr, &mut cw, &delay_ms) => {},
+                    _ = delayed_copy(&mut sr, &mut cw, delay_ms) => {},
                 }
             };
             let cut = async {

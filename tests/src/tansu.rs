@@ -2,7 +2,9 @@
 //! on loopback with in-memory storage.
 //!
 //! The binary comes from `TANSU_BIN`, else `$HOME/.cache/journeyd/tansu/bin/tansu` (where
-//! `scripts/setup-tansu.sh` installs it), else `tansu` on the `PATH`.
+//! `scripts/setup-tansu.sh` installs it), else `tansu` on the `PATH`. Its log goes to a
+//! temporary folder removed with it; with `JOURNEYD_E2E_KEEP` set, to
+//! `$TMPDIR/tansu-<port>.log`, kept. `TANSU_RUST_LOG` sets its level (default `warn`).
 
 use crate::free_port;
 use rdkafka::config::ClientConfig;
@@ -55,7 +57,10 @@ impl Broker {
     pub fn start_advertising(listen_port: u16, advertised_port: u16) -> Broker {
         let bin = binary().unwrap_or_else(|why| panic!("{why}"));
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("tansu.log");
+        let log = match std::env::var_os("JOURNEYD_E2E_KEEP") {
+            Some(_) => std::env::temp_dir().join(format!("tansu-{listen_port}.log")),
+            None => dir.path().join("tansu.log"),
+        };
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(&bin)
             .arg("broker")
@@ -67,7 +72,10 @@ impl Broker {
                 "--kafka-advertised-listener-url=tcp://127.0.0.1:{advertised_port}"
             ))
             .arg("--storage-engine=memory://tansu/")
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("TANSU_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(out.try_clone().unwrap())
             .spawn()

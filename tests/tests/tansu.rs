@@ -65,6 +65,7 @@ impl World {
             http_port: http_port(),
             batches_in_flight: in_flight,
             max_event_bytes: Some(2000),
+            session_timeout_ms: 6000,
         };
         World {
             broker,
@@ -89,10 +90,13 @@ impl World {
 }
 
 /// Publishes each event once the wall clock reaches its `occurred_at`, in ticks of 50 ms,
-/// calling `tick` with the time elapsed since `start` after each one.
-async fn play(publisher: &Publisher, events: &[Event], mut tick: impl FnMut(i64)) {
+/// calling `tick` with the time elapsed since the start after each one. Returns the most an
+/// event was late (ms): panics when one was more than a second late, as journeyd's timers
+/// then rightly fire before events that were due before them, and the simulator is no oracle.
+async fn play(publisher: &Publisher, events: &[Event], mut tick: impl FnMut(i64)) -> i64 {
     let start = now_ms();
     let mut next = 0;
+    let mut lag = 0;
     while next < events.len() {
         let now = now_ms();
         let due = events[next..]
@@ -101,11 +105,21 @@ async fn play(publisher: &Publisher, events: &[Event], mut tick: impl FnMut(i64)
             .count();
         if due > 0 {
             publisher.events(&events[next..next + due]).await;
+            let late = now_ms() - events[next].occurred_at;
+            if late > 200 {
+                eprintln!("late by {late} ms at event {next} of {}", events.len());
+            }
+            lag = lag.max(late);
             next += due;
         }
         tick(now_ms() - start);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(
+        lag < 1000,
+        "the publisher fell {lag} ms behind: the test is no longer comparable to the simulator"
+    );
+    lag
 }
 
 fn wait_for_all(
@@ -140,10 +154,54 @@ fn wait_for_all(
             .collect();
         let log = journeyd.log();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        // The whole log outlives the test's folder, for a post-mortem.
+        let kept = std::env::temp_dir().join(format!("journeyd-failed-{}.log", std::process::id()));
+        let _ = std::fs::write(&kept, &log);
+        let mut by_tp: BTreeMap<(String, i32), Vec<i64>> = BTreeMap::new();
+        for (t, p, o) in &reader.read_at {
+            by_tp.entry((t.clone(), *p)).or_default().push(*o);
+        }
+        for ((t, p), mut offs) in by_tp {
+            offs.sort();
+            let n = offs.len();
+            offs.dedup();
+            let gaps: Vec<_> = offs
+                .windows(2)
+                .filter(|w| w[1] != w[0] + 1)
+                .map(|w| (w[0], w[1]))
+                .collect();
+            eprintln!(
+                "{t}/{p}: {n} read, first {:?} last {:?}, gaps {gaps:?}",
+                offs.first(),
+                offs.last()
+            );
+        }
+        for a in reader
+            .actions
+            .iter()
+            .filter(|a| !expected.contains_key(&a.action_id))
+        {
+            eprintln!(
+                "unexpected: {} {:?} {}/{} on {} at {}",
+                a.customer_id, a.kind, a.journey, a.step, a.channel, a.created_at
+            );
+        }
+        let all: Vec<String> = missing
+            .iter()
+            .take(20)
+            .map(|a| {
+                format!(
+                    "{} {:?} {}/{} on {} at {}",
+                    a.customer_id, a.kind, a.journey, a.step, a.channel, a.created_at
+                )
+            })
+            .collect();
         panic!(
-            "{} of {} expected actions never arrived; the first: {first:#?}\nthat customer's events: {theirs:#?}\nwhat arrived for them: {arrived:#?}\njourneyd's last log lines (newest first):\n{}",
+            "{} of {} expected actions never arrived:\n{}\nthe first: {first:#?}\nthat customer's events: {theirs:#?}\nwhat arrived for them: {arrived:#?}\njourneyd's whole log: {}\nits last lines (newest first):\n{}",
             missing.len(),
             expected.len(),
+            all.join("\n"),
+            kept.display(),
             tail.join("\n")
         );
     }
@@ -176,75 +234,55 @@ async fn random_sigkills(in_flight: usize) {
     let world = World::new(true, in_flight);
     let mut journeyd = world.journeyd();
     journeyd.wait_ready(Duration::from_secs(60));
-    world
-        .proxy
-        .as_ref()
-        .unwrap()
-        .delay_answers(Duration::from_millis(80));
-    let events = scenario::plan("kill", 3000, now_ms() + 500, 15_000, 0x5eed_0001);
+    let proxy = world.proxy.as_ref().unwrap();
+    proxy.delay_answers(Duration::from_millis(80));
+    // Not the publisher's: its events must go out on time.
+    proxy.answer_promptly(Publisher::CLIENT_ID);
+    let events = scenario::plan("kill", 3000, now_ms() + 500, 56_000, 0x5eed_0001);
     let expected = scenario::expected(&events);
     print_summary("SIGKILL loop", &expected);
-    // Kill at random moments of the load (seeded, so a failure can be replayed), down for a
-    // random while each time.
-    let mut rng = Rng(0xdead_beef);
-    let mut kills: Vec<i64> = (0..5).map(|_| 1000 + rng.below(16_000) as i64).collect();
-    kills.sort();
-    let mut down_until: Option<i64> = None;
-    let mut in_flight_kills = 0;
-    // When the last start has not been ready for this long.
-    let mut unready_since: Option<i64> = None;
-    let publisher = world.publisher();
-    play(&publisher, &events, |elapsed| {
-        if let Some(until) = down_until {
-            if elapsed >= until {
-                journeyd.spawn();
-                down_until = None;
-                unready_since = Some(elapsed);
-            }
-        } else if unready_since.is_some_and(|t| elapsed - t > 10_000) {
-            // tansu 0.6 can make a member that rejoins within the session timeout the
-            // group's leader with no partitions, and leave it so: restart it cleanly (it
-            // leaves the group), as the killed members have timed out by now.
-            if journeyd.ready() {
-                unready_since = None;
-            } else {
-                assert!(journeyd.terminate(Duration::from_secs(30)).success());
-                journeyd.spawn();
-                unready_since = Some(elapsed);
-            }
-        } else if kills.first().is_some_and(|k| elapsed >= *k) {
-            kills.remove(0);
-            // Patience for a batch: a member restarted within the session timeout gets its
-            // partitions from tansu 0.6 only once the killed one has timed out (6 s), and
-            // restores them from the changelog before it reads them.
+    // Kills at random moments of the load (seeded, so a failure can be replayed), from a
+    // thread of their own: the publisher never waits for them. Each time journeyd stays down
+    // for longer than the session timeout: tansu 0.6 can make a member that rejoins within
+    // it the group's leader and leave it with no partitions.
+    const KILLS: u32 = 4;
+    let session = Duration::from_millis(world.settings.session_timeout_ms.into());
+    let killer = std::thread::spawn(move || {
+        let mut rng = Rng(0xdead_beef);
+        let mut in_flight_kills = 0;
+        for _ in 0..KILLS {
+            std::thread::sleep(Duration::from_millis(1000 + rng.below(3000)));
+            // A restarted member restores its partitions from the changelog and reads its
+            // backlog first: its first batch can take a few seconds.
             if journeyd
-                .kill_with_a_batch_in_flight(Duration::from_millis(20), Duration::from_secs(12))
+                .kill_with_a_batch_in_flight(Duration::from_millis(20), Duration::from_secs(15))
             {
                 in_flight_kills += 1;
             }
-            down_until = Some(elapsed + 200 + rng.below(1500) as i64);
+            std::thread::sleep(session + Duration::from_millis(500 + rng.below(1500)));
+            journeyd.spawn();
         }
-    })
-    .await;
-    if down_until.is_some() {
-        journeyd.spawn();
-    }
+        (journeyd, in_flight_kills)
+    });
+    let publisher = world.publisher();
+    let lag = play(&publisher, &events, |_| {}).await;
+    let (mut journeyd, in_flight_kills) = killer.join().expect("the kills");
     let mut reader = world.reader();
     wait_for_all(&mut reader, &expected, &events, &journeyd);
     let duplicates = scenario::check(&expected, &reader.actions);
     println!(
-        "{} events, journeyd started {} times: {} actions, {} of them duplicates (exact repeats)",
+        "{} events (published at most {lag} ms late), journeyd started {} times, \
+         {in_flight_kills} of its kills with a batch in flight: {} actions, {} of them \
+         duplicates (exact repeats)",
         events.len(),
         journeyd.starts,
         reader.actions.len(),
         duplicates
     );
-    assert!(journeyd.starts >= 4, "journeyd was killed and restarted");
-    // Not all: a kill that comes while tansu 0.6 leaves the restarted member without
-    // partitions (see above) finds no batch to hit.
-    assert!(
-        in_flight_kills >= 2,
-        "kills came with a batch in flight: {in_flight_kills} of 5"
+    assert_eq!(journeyd.starts, KILLS + 1);
+    assert_eq!(
+        in_flight_kills, KILLS,
+        "every kill came with a batch in flight"
     );
     assert!(
         duplicates >= 1,

@@ -242,6 +242,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         };
         let (msgs, _idle) = collect(&consumer, &shared.config, first_wait).await;
         let collected = collecting.elapsed();
+        intake::trace(&msgs, partitions.any_restoring());
         partitions.consumed(&msgs);
         // Partitions assigned since the last loop are restored beside it (once the batches
         // under way have landed: a write in flight must not land in the middle of a restore);
