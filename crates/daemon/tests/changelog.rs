@@ -341,8 +341,13 @@ async fn produce_records(rig: &Rig, topic: &str, records: &[(Vec<u8>, Option<Vec
 
 fn customer(applied: i64, wake: Option<i64>) -> Option<Vec<u8>> {
     use journeyd::changelog::record::{encode_customer, CustomerRecord};
+    // The state's own wake is the record's, as the processor writes them.
+    let state = journeyd_engine::CustomerState {
+        wake,
+        ..Default::default()
+    };
     Some(encode_customer(&CustomerRecord {
-        state: journeyd_engine::CustomerState::default().to_bytes(),
+        state: state.to_bytes(),
         wake,
         history: Vec::new(),
         applied: vec![("touchpoints".into(), applied)],
@@ -439,4 +444,60 @@ async fn a_restore_keeps_the_guards_of_a_half_landed_batch_across_restarts() {
         .unwrap();
     let error = restore_into(&rig, &store, topic).unwrap_err().to_string();
     assert!(error.contains("up to offset 100, past the end"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_restored_over_stored_states_keeps_the_timer_index_and_counts_exact() {
+    use journeyd::changelog::record::{customer_key, encode_position, position_key};
+    let rig = Rig::new(&[("welcome.yaml", &welcome("4s"))]);
+    let topic = "tail.changelog";
+    rig.cluster.create_topic(topic, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        journeyd_store_rocksdb::RocksStore::open(&dir.path().join("store"), &Default::default())
+            .unwrap();
+    // What the volume holds: three customers with timers.
+    produce_records(
+        &rig,
+        topic,
+        &[
+            (customer_key("moved"), customer(1, Some(1_000))),
+            (customer_key("same"), customer(2, Some(2_000))),
+            (customer_key("gone"), customer(3, Some(3_000))),
+            (position_key("touchpoints"), Some(encode_position(4))),
+        ],
+    )
+    .await;
+    restore_into(&rig, &store, topic).unwrap();
+    assert_eq!((store.customer_count(), store.pending_timers()), (3, 3));
+    // The tail read at a restart: one timer moved, one the same, one customer deleted, one new
+    // without a timer and one new with one, the new one twice in the chunk.
+    produce_records(
+        &rig,
+        topic,
+        &[
+            (customer_key("moved"), customer(4, Some(5_000))),
+            (customer_key("same"), customer(5, Some(2_000))),
+            (customer_key("gone"), None),
+            (customer_key("idle"), customer(6, None)),
+            (customer_key("new"), customer(7, Some(6_000))),
+            (customer_key("new"), customer(8, Some(7_000))),
+            (position_key("touchpoints"), Some(encode_position(9))),
+        ],
+    )
+    .await;
+    let tail = restore_into(&rig, &store, topic).unwrap();
+    assert_eq!(tail.records, 7, "only the tail is read");
+    assert_eq!(store.customer_count(), 4, "moved, same, idle, new");
+    let due = store.due_timers(i64::MAX, 100).unwrap();
+    assert_eq!(
+        due,
+        [
+            (2_000, "same".to_owned()),
+            (5_000, "moved".to_owned()),
+            (7_000, "new".to_owned())
+        ],
+        "each customer's timer once, where their last record puts it"
+    );
+    assert_eq!(store.pending_timers(), 3, "the count agrees with the index");
 }

@@ -10,6 +10,7 @@
 
 use super::guards::Applied;
 use super::record::{self, CustomerRecord, Record};
+use crate::unwritten::Map;
 use journeyd_engine::CustomerState;
 use journeyd_store::{Millis, Offset, Store, WriteSet};
 use rdkafka::config::ClientConfig;
@@ -369,38 +370,57 @@ fn apply_chunk(
     pending: &mut Pending,
 ) -> Result<(), journeyd_store::Error> {
     // Each customer's final record in the chunk, and their history entries since their last
-    // tombstone.
-    let mut last: HashMap<String, Option<CustomerRecord>> = HashMap::new();
-    let mut order: Vec<String> = Vec::new();
-    let mut history: HashMap<String, Vec<Vec<u8>>> = HashMap::new();
+    // tombstone, in the order they first came.
+    struct Slot {
+        id: String,
+        record: Option<CustomerRecord>,
+        history: Vec<Vec<u8>>,
+    }
+    let mut index: Map<String, usize> = Map::default();
+    let mut slots: Vec<Slot> = Vec::new();
     let mut positions: Vec<Offset> = Vec::new();
     for (offset, r) in chunk {
         match r {
             Record::Customer { id, record } => {
-                let h = history.entry(id.clone()).or_default();
                 match &record {
                     Some(rec) => {
-                        h.extend(rec.history.iter().cloned());
                         if !rec.applied.is_empty() {
                             pending.behind(&id, offset);
-                        }
-                        for (t, o) in &rec.applied {
-                            let topics = pending.applied.entry(id.clone()).or_default();
-                            match topics.iter_mut().find(|(x, _)| x == t) {
-                                Some(e) => e.1 = e.1.max(*o),
-                                None => topics.push((t.clone(), *o)),
+                            let topics = match pending.applied.get_mut(&id) {
+                                Some(topics) => topics,
+                                None => pending.applied.entry(id.clone()).or_default(),
+                            };
+                            for (t, o) in &rec.applied {
+                                match topics.iter_mut().find(|(x, _)| x == t) {
+                                    Some(e) => e.1 = e.1.max(*o),
+                                    None => topics.push((t.clone(), *o)),
+                                }
                             }
                         }
                     }
                     None => {
-                        h.clear();
                         pending.applied.remove(&id);
                         pending.forget(&id);
                     }
                 }
-                if last.insert(id.clone(), record).is_none() {
-                    order.push(id);
+                let i = match index.get(&id) {
+                    Some(i) => *i,
+                    None => {
+                        index.insert(id.clone(), slots.len());
+                        slots.push(Slot {
+                            id,
+                            record: None,
+                            history: Vec::new(),
+                        });
+                        slots.len() - 1
+                    }
+                };
+                let slot = &mut slots[i];
+                match &record {
+                    Some(rec) => slot.history.extend(rec.history.iter().cloned()),
+                    None => slot.history.clear(),
                 }
+                slot.record = record;
             }
             Record::Position { topic: t, next: n } => {
                 // The records before it hold every event before `n`: their guards for this
@@ -422,38 +442,45 @@ fn apply_chunk(
             }
         }
     }
-    let ids: Vec<&str> = order.iter().map(String::as_str).collect();
+    let ids: Vec<&str> = slots.iter().map(|s| s.id.as_str()).collect();
     let before = store.customers(&ids)?;
     let mut set = WriteSet {
         history_limit,
         ..WriteSet::default()
     };
-    // Each customer was read just now: the store need not look again to keep its count.
+    // Each customer was read just now: the store need not look again to keep its count. Nor
+    // for the timers of customers it had no state of (they have none); it reads the others.
     set.customers_existed = Some(before.iter().map(Option::is_some).collect());
-    for (id, old) in order.iter().zip(before) {
+    let mut cleared_existed = Vec::new();
+    let mut set_existed = Vec::new();
+    for (slot, old) in slots.into_iter().zip(before) {
+        let known = old.is_none().then_some(false);
         let old_wake: Option<Millis> = old
             .as_deref()
             .and_then(|b| CustomerState::decode(b).ok())
             .and_then(|(s, _)| s.wake);
-        let record = last.remove(id).flatten();
-        let new_wake = record.as_ref().and_then(|r| r.wake);
+        let new_wake = slot.record.as_ref().and_then(|r| r.wake);
         if let Some(w) = old_wake.filter(|w| Some(*w) != new_wake) {
-            set.clear_timers.push((w, id.clone()));
+            set.clear_timers.push((w, slot.id.clone()));
+            cleared_existed.push(known);
         }
-        match record {
+        match slot.record {
             Some(r) => {
                 if let Some(w) = new_wake {
-                    set.set_timers.push((w, id.clone()));
-                    set.timer_partitions.push((id.clone(), partition));
+                    set.set_timers.push((w, slot.id.clone()));
+                    set_existed.push(known);
+                    set.timer_partitions.push((slot.id.clone(), partition));
                 }
-                set.customers.push((id.clone(), Some(r.state)));
-                for e in history.remove(id).unwrap_or_default() {
-                    set.history.push((id.clone(), e));
+                for e in slot.history {
+                    set.history.push((slot.id.clone(), e));
                 }
+                set.customers.push((slot.id, Some(r.state)));
             }
-            None => set.customers.push((id.clone(), None)),
+            None => set.customers.push((slot.id, None)),
         }
     }
+    cleared_existed.extend(set_existed);
+    set.timers_existed = Some(cleared_existed);
     set.offsets = positions;
     // Not past a record whose guard is still needed: a restart reads it again.
     set.offsets.push(Offset {
