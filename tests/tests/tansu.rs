@@ -638,6 +638,8 @@ async fn customers_move_with_their_partitions_between_replicas() {
     // (its partitions come back to it, or go elsewhere, with their customers).
     let mut d: Option<Journeyd> = None;
     let mut step = 0;
+    let mut b = Some(b);
+    let mut restarting = None;
     play(&publisher, &events, |elapsed| match step {
         0 if elapsed >= 4_000 => {
             a.kill();
@@ -648,15 +650,21 @@ async fn customers_move_with_their_partitions_between_replicas() {
             step = 2;
         }
         2 if elapsed >= 17_000 => {
-            assert!(b.terminate(Duration::from_secs(30)).success());
-            std::fs::remove_dir_all(&b_store).unwrap();
-            b.spawn();
+            // Beside the publisher, which must not wait for b to stop.
+            let (mut j, store) = (b.take().unwrap(), b_store.clone());
+            restarting = Some(std::thread::spawn(move || {
+                assert!(j.terminate(Duration::from_secs(30)).success());
+                std::fs::remove_dir_all(&store).unwrap();
+                j.spawn();
+                j
+            }));
             step = 3;
         }
         _ => {}
     })
     .await;
     assert_eq!(step, 3, "every move happened during the load");
+    let b = restarting.unwrap().join().expect("b restarted");
     let mut reader = world.reader();
     wait_for_all(&mut reader, &expected, &events, &b);
     let duplicates = scenario::check(&expected, &reader.actions);

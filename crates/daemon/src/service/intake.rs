@@ -146,16 +146,16 @@ pub async fn collect(
     (msgs, false)
 }
 
-/// Logs (debug, target `journeyd::intake`) the offsets a batch read from each partition:
+/// Logs (debug, target `journeyd::intake`) the offsets a batch read from each topic partition:
 /// first, last and how many. A post-mortem of a crash test reads them for gaps and repeats.
 pub fn trace(msgs: &[OwnedMessage], restoring: bool) {
     if msgs.is_empty() || !tracing::enabled!(target: "journeyd::intake", tracing::Level::DEBUG) {
         return;
     }
-    let mut spans: std::collections::BTreeMap<i32, (i64, i64, usize)> = Default::default();
+    let mut spans: std::collections::BTreeMap<(&str, i32), (i64, i64, usize)> = Default::default();
     for m in msgs {
         let e = spans
-            .entry(m.partition())
+            .entry((m.topic(), m.partition()))
             .or_insert((m.offset(), m.offset(), 0));
         e.0 = e.0.min(m.offset());
         e.1 = e.1.max(m.offset());
