@@ -162,7 +162,22 @@ pub(crate) fn send_waiting<C: rdkafka::producer::ProducerContext<DeliveryOpaque 
     key: &str,
     value: &[u8],
 ) -> anyhow::Result<()> {
-    let mut record = BaseRecord::<str, [u8]>::to(topic).key(key).payload(value);
+    send_record_waiting(
+        producer,
+        BaseRecord::<str, [u8]>::to(topic).key(key).payload(value),
+    )
+}
+
+/// [`send_waiting`] for a record made by the caller (a partition, byte keys).
+pub(crate) fn send_record_waiting<C, K, P>(
+    producer: &BaseProducer<C>,
+    mut record: BaseRecord<'_, K, P>,
+) -> anyhow::Result<()>
+where
+    C: rdkafka::producer::ProducerContext<DeliveryOpaque = ()>,
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
     loop {
         match producer.send(record) {
             Ok(()) => break,

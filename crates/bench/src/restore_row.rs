@@ -60,7 +60,6 @@ fn record_value() -> anyhow::Result<Vec<u8>> {
 /// Produces the N records in large batches, as a busy service's changelog holds them (the
 /// mock cluster answers a fetch with one batch: small ones would measure its fetch loop).
 fn produce(bootstrap: &str, customers: usize, value: &[u8]) -> anyhow::Result<()> {
-    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -84,20 +83,13 @@ fn produce(bootstrap: &str, customers: usize, value: &[u8]) -> anyhow::Result<()
             &[(key.as_slice(), value)]
         };
         for (k, v) in records {
-            let mut record = BaseRecord::<[u8], [u8]>::to(TOPIC)
-                .partition(0)
-                .key(*k)
-                .payload(*v);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        producer.poll(Duration::from_millis(5));
-                    }
-                    Err((e, _)) => return Err(e.into()),
-                }
-            }
+            crate::kafka_row::send_record_waiting(
+                &producer,
+                BaseRecord::<[u8], [u8]>::to(TOPIC)
+                    .partition(0)
+                    .key(*k)
+                    .payload(*v),
+            )?;
         }
     }
     producer.flush(Duration::from_secs(300))?;
