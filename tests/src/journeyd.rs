@@ -48,6 +48,8 @@ pub struct Settings {
     pub max_event_bytes: Option<usize>,
     /// `session.timeout.ms`: how long the group waits for a member that stopped answering.
     pub session_timeout_ms: u32,
+    /// `processing.guarantee = exactly_once` (else at_least_once).
+    pub exactly_once: bool,
 }
 
 impl Settings {
@@ -64,11 +66,16 @@ impl Settings {
         }
         t += &format!(
             "\n[store]\npath = {:?}\nblock_cache_mb = 8\n\n[processing]\nbatch_max_messages = 200\n\
-             batch_linger_ms = 5\n{}batches_in_flight = {}\n\n[http]\nlisten = \"127.0.0.1:{}\"\n\n[log]\nformat = \"json\"\n\
+             batch_linger_ms = 5\n{}guarantee = {:?}\nbatches_in_flight = {}\n\n[http]\nlisten = \"127.0.0.1:{}\"\n\n[log]\nformat = \"json\"\n\
              level = \"info,journeyd::delivery=debug,journeyd::intake=debug\"\n",
             self.store,
             self.max_event_bytes
                 .map_or(String::new(), |n| format!("max_event_bytes = {n}\n")),
+            if self.exactly_once {
+                "exactly_once"
+            } else {
+                "at_least_once"
+            },
             self.batches_in_flight,
             self.http_port
         );

@@ -388,8 +388,13 @@ fn load_config(what: &str, file: &Path, env: Vec<(String, String)>) -> Config {
 /// The configuration journeyd runs with in docker-compose.yml: the file the image copies to
 /// the `--config` path, the image's ENV, then the service's environment.
 fn compose_config() -> Config {
+    compose_config_of("journeyd")
+}
+
+/// The configuration replica `name` of docker-compose.yml runs with.
+fn compose_config_of(name: &str) -> Config {
     let c = compose();
-    let svc = service(&c, "journeyd");
+    let svc = service(&c, name);
     let args = command_args(svc).unwrap_or_else(|| dockerfile_json("CMD"));
     let config_path = flag_value(&args, "--config")
         .unwrap_or_else(|| panic!("{COMPOSE}: journeyd runs without --config"));
@@ -403,7 +408,7 @@ fn compose_config() -> Config {
     let mut env = journeyd_vars(&dockerfile_env());
     env.extend(journeyd_vars(&env_of(svc)));
     load_config(
-        &format!("{COMPOSE} (journeyd, with {source} and the image's ENV)"),
+        &format!("{COMPOSE} ({name}, with {source} and the image's ENV)"),
         &repo().join(&source),
         env,
     )
@@ -493,6 +498,8 @@ fn exported_metrics() -> BTreeMap<String, MetricInfo> {
         (&m.restore_remaining, false),
         (&m.changelog_records, false),
         (&m.events_already_applied, false),
+        (&m.transactions_committed, false),
+        (&m.transactions_aborted, false),
     ]);
     for (c, histogram) in collectors {
         for d in c.desc() {
@@ -1033,6 +1040,99 @@ fn compose_has_the_services_and_kafka_runs_in_kraft_mode() {
         Some("service_completed_successfully"),
         "{COMPOSE}: journeyd must wait for kafka-init to have created the topics"
     );
+}
+
+#[test]
+fn compose_runs_two_replicas_in_one_group_exactly_once() {
+    let c = compose();
+    let replicas: Vec<&String> = services(&c)
+        .keys()
+        .filter(|k| k.starts_with("journeyd"))
+        .collect();
+    assert_eq!(
+        replicas.len(),
+        2,
+        "{COMPOSE}: two journeyd replicas: {replicas:?}"
+    );
+    let configs: Vec<Config> = replicas.iter().map(|r| compose_config_of(r)).collect();
+    for (name, config) in replicas.iter().zip(&configs) {
+        assert_eq!(
+            config.processing.guarantee,
+            journeyd::config::Guarantee::ExactlyOnce,
+            "{COMPOSE}: {name} runs exactly once"
+        );
+        assert!(
+            config.store.changelog,
+            "{COMPOSE}: {name} keeps the changelog"
+        );
+        assert_eq!(
+            config.kafka.get("group.id"),
+            configs[0].kafka.get("group.id"),
+            "{COMPOSE}: one consumer group"
+        );
+        let image = service(&c, name).get("image").and_then(text);
+        assert_eq!(
+            image.as_deref(),
+            Some("journeyd:dev"),
+            "{COMPOSE}: {name}'s image"
+        );
+    }
+    let distinct = |what: &str, values: Vec<String>| {
+        let set: BTreeSet<&String> = values.iter().collect();
+        assert_eq!(
+            set.len(),
+            values.len(),
+            "{COMPOSE}: each replica its own {what}: {values:?}"
+        );
+    };
+    distinct(
+        "group.instance.id (and so transactional.id)",
+        configs
+            .iter()
+            .map(|c| {
+                c.kafka
+                    .get("group.instance.id")
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect(),
+    );
+    distinct(
+        "store volume",
+        replicas
+            .iter()
+            .map(|r| {
+                let m = mounts_of(service(&c, r))
+                    .into_iter()
+                    .find(|m| configs.iter().any(|c| c.store.path.starts_with(&m.target)))
+                    .unwrap_or_else(|| panic!("{COMPOSE}: {r} mounts no volume at its store.path"));
+                assert!(!m.bind, "{COMPOSE}: {r}'s store is a named volume");
+                m.source
+            })
+            .collect(),
+    );
+    distinct(
+        "host port",
+        replicas
+            .iter()
+            .flat_map(|r| strings(service(&c, r).get("ports")))
+            .map(|p| p.split(':').next().unwrap_or_default().to_owned())
+            .collect(),
+    );
+    // Prometheus scrapes both.
+    let prometheus = yaml_doc("deploy/prometheus/prometheus.yml");
+    let targets: BTreeSet<String> = array(at(&prometheus, &["scrape_configs"]))
+        .iter()
+        .flat_map(|j| array(j.get("static_configs")).to_vec())
+        .flat_map(|s| strings(s.get("targets")))
+        .collect();
+    for (name, config) in replicas.iter().zip(&configs) {
+        let want = format!("{name}:{}", port_of(&config.http.listen));
+        assert!(
+            targets.contains(&want),
+            "prometheus.yml scrapes {want}: {targets:?}"
+        );
+    }
 }
 
 #[test]

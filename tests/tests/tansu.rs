@@ -66,6 +66,7 @@ impl World {
             batches_in_flight: in_flight,
             max_event_bytes: Some(2000),
             session_timeout_ms: 6000,
+            exactly_once: false,
         };
         World {
             broker,
@@ -684,4 +685,43 @@ async fn customers_move_with_their_partitions_between_replicas() {
     for mut j in [b, c, d] {
         assert!(j.terminate(Duration::from_secs(30)).success());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_on_a_broker_without_transactions_stops_the_start_clearly() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // tansu 0.6 registers a transactional producer but has no EndTxn: journeyd finds out
+    // with a probe transaction at start, before it produces anything.
+    let mut world = World::new(false, 1);
+    world.settings.exactly_once = true;
+    let publisher = world.publisher();
+    let events = scenario::plan("eos", 20, now_ms(), 10, 0x5eed_0003);
+    let expected = scenario::expected(&events);
+    assert!(!expected.is_empty());
+    publisher.events(&events).await;
+    let started = std::time::Instant::now();
+    let mut journeyd = world.journeyd();
+    while journeyd.alive() {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "journeyd with exactly_once kept running on a broker without transactions: {}",
+            journeyd.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = journeyd.log();
+    println!(
+        "stopped after {:.1} s: {}",
+        started.elapsed().as_secs_f64(),
+        log.lines().last().unwrap_or_default()
+    );
+    assert!(
+        log.contains("needs a broker with transactions")
+            && log.contains("processing.guarantee = at_least_once"),
+        "the error says why and what to do: {log}"
+    );
+    // Nothing went out before it stopped.
+    let mut reader = world.reader();
+    reader.settle(Duration::from_secs(2));
+    assert!(reader.actions.is_empty(), "{:?}", reader.actions);
 }

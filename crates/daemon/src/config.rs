@@ -174,6 +174,25 @@ pub struct ProcessingConfig {
     /// How long a batch may go without landing (its actions acknowledged and its write in
     /// the store) before `/readyz` says the service is stalled, in seconds.
     pub stall_timeout_secs: u64,
+    /// What a crash may cost: `at_least_once` (a batch in flight at a crash is sent again,
+    /// and channel adapters de-duplicate on the action id) or `exactly_once` (one Kafka
+    /// transaction per batch holds its actions, dead letters, changelog records and consumed
+    /// offsets: adapters reading with `isolation.level=read_committed` see each action once).
+    /// `exactly_once` needs the changelog, one batch in flight, and a broker with
+    /// transactions.
+    pub guarantee: Guarantee,
+}
+
+/// The delivery guarantee (`processing.guarantee`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    /// A batch in flight at a crash is produced again (same ids, same content).
+    #[default]
+    AtLeastOnce,
+    /// One transaction per batch: nothing of a batch is visible to read_committed readers
+    /// unless all of it is, its consumed offsets included.
+    ExactlyOnce,
 }
 
 /// The HTTP endpoint.
@@ -275,6 +294,7 @@ impl Default for ProcessingConfig {
             force_clock_speed: false,
             history_limit: 64,
             stall_timeout_secs: 30,
+            guarantee: Guarantee::AtLeastOnce,
         }
     }
 }
@@ -427,6 +447,26 @@ impl Config {
             .kafka
             .get("enable.idempotence")
             .is_none_or(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "t" | "1"));
+        if self.processing.guarantee == Guarantee::ExactlyOnce {
+            if !self.store.changelog {
+                return bad(
+                    "processing.guarantee = exactly_once needs the changelog (store.changelog = \
+                     true): a batch's state changes go in its transaction",
+                );
+            }
+            if self.processing.batches_in_flight > 1 {
+                return bad(
+                    "processing.guarantee = exactly_once sends one batch at a time (one \
+                     transaction each): set processing.batches_in_flight = 1",
+                );
+            }
+            if !idempotent {
+                return bad(
+                    "processing.guarantee = exactly_once needs the idempotent producer (kafka \
+                     enable.idempotence)",
+                );
+            }
+        }
         if self.processing.batches_in_flight > 1 && !idempotent {
             return bad(
                 "processing.batches_in_flight above 1 needs the idempotent producer \
@@ -583,6 +623,26 @@ mod tests {
         let e = Config::load(None, env("2")).unwrap_err().to_string();
         assert!(e.contains("idempotent"), "{e}");
         assert!(Config::load(None, env("1")).is_ok());
+        let exactly_once = |more: &[(&str, &str)]| {
+            let mut env = vec![(
+                "JOURNEYD__PROCESSING__GUARANTEE".to_owned(),
+                "exactly_once".to_owned(),
+            )];
+            env.extend(more.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            Config::load(None, env).map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            exactly_once(&[]).unwrap().processing.guarantee,
+            Guarantee::ExactlyOnce
+        );
+        let e = exactly_once(&[("JOURNEYD__STORE__CHANGELOG", "false")]).unwrap_err();
+        assert!(e.contains("needs the changelog"), "{e}");
+        let e = exactly_once(&[("JOURNEYD__PROCESSING__BATCHES_IN_FLIGHT", "2")]).unwrap_err();
+        assert!(e.contains("batches_in_flight = 1"), "{e}");
+        let e = exactly_once(&[("JOURNEYD__KAFKA__ENABLE_IDEMPOTENCE", "false")]).unwrap_err();
+        assert!(e.contains("idempotent producer"), "{e}");
+        let e = exactly_once(&[("JOURNEYD__PROCESSING__GUARANTEE", "twice")]);
+        assert!(e.is_err());
         let with = |idempotence: &str| {
             vec![
                 (

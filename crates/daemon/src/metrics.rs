@@ -67,6 +67,11 @@ pub struct Metrics {
     pub changelog_records: IntCounter,
     /// Events skipped because a restored state already held them.
     pub events_already_applied: IntCounter,
+    /// Batch transactions committed (`exactly_once`).
+    pub transactions_committed: IntCounter,
+    /// Batch transactions aborted, each replayed from the last committed state
+    /// (`exactly_once`).
+    pub transactions_aborted: IntCounter,
 }
 
 fn counter(
@@ -139,6 +144,14 @@ impl Metrics {
             changelog_records: int_counter(
                 "journeyd_changelog_records_total",
                 "Changelog records produced and acknowledged.",
+            )?,
+            transactions_committed: int_counter(
+                "journeyd_transactions_committed_total",
+                "Batch transactions committed (processing.guarantee = exactly_once).",
+            )?,
+            transactions_aborted: int_counter(
+                "journeyd_transactions_aborted_total",
+                "Batch transactions aborted, each replayed from the last committed state (a rebalance moved the group on, or Kafka did not take all of the batch).",
             )?,
             events_already_applied: int_counter(
                 "journeyd_events_already_applied_total",

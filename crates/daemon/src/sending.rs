@@ -29,6 +29,17 @@ pub struct Landed<T> {
     pub took: Duration,
 }
 
+/// What became of a batch's one attempt (see [`InFlight::land_oldest_once`]).
+#[derive(Debug)]
+pub enum Attempt<T> {
+    /// Kafka acknowledged all of it.
+    Landed(Landed<T>),
+    /// Kafka did not take all of it: why.
+    Failed(String),
+    /// Nothing was in flight, or the service stopped before Kafka answered.
+    Stopped,
+}
+
 /// The first wait before a batch is produced again; it doubles at each failure, up to
 /// [`RETRY_MOST`].
 pub const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -128,6 +139,27 @@ impl<T: Send + Sync + 'static> InFlight<T> {
             task,
             started: Instant::now(),
         });
+    }
+
+    /// Waits for the oldest batch's one attempt, without producing it again: for a batch in a
+    /// Kafka transaction, where a send that failed fails the whole transaction (it is aborted
+    /// and the batch runs again from the last committed state). An error when the producer
+    /// cannot go on.
+    pub async fn land_oldest_once(&mut self, sender: &Sender) -> Result<Attempt<T>, String> {
+        let Some(oldest) = self.batches.pop_front() else {
+            return Ok(Attempt::Stopped);
+        };
+        let (sent, started, first) = oldest.outcome().await?;
+        match first {
+            Ok(at) => Ok(Attempt::Landed(Landed {
+                sent,
+                acknowledged: at,
+                took: at - started,
+            })),
+            Err(Failure::Fatal(e)) => Err(e),
+            Err(Failure::Retry(_)) if sender.shutdown.is_cancelled() => Ok(Attempt::Stopped),
+            Err(Failure::Retry(e)) => Ok(Attempt::Failed(e)),
+        }
     }
 
     /// Waits until Kafka has acknowledged all of the oldest batch's messages. If it did not

@@ -294,6 +294,17 @@ fn read_to_end(
         }
         let polled = consumer.poll(POLL);
         let idle = polled.is_none();
+        if idle {
+            // Past the transaction markers too (with `exactly_once` a commit or abort marker
+            // follows each batch's records; no message shows them, the position does).
+            if let Ok(tpl) = consumer.position() {
+                if let Some(KafkaOffset::Offset(at)) =
+                    tpl.find_partition(topic, partition).map(|el| el.offset())
+                {
+                    next = next.max(at);
+                }
+            }
+        }
         match polled {
             None if quiet >= GIVE_UP_POLLS => {
                 // Nothing comes, though the broker's end is further. A part of a compacted

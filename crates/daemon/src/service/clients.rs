@@ -50,6 +50,17 @@ impl Context {
     }
 }
 
+impl Context {
+    /// Forgets what was processed of partition numbers `numbers` (their batches since the
+    /// last commit were aborted: they are read again).
+    pub(super) fn forget_processed(&self, numbers: &std::collections::BTreeSet<i32>) {
+        self.processed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(_, p), _| !numbers.contains(p));
+    }
+}
+
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Context")
@@ -346,6 +357,18 @@ pub fn producer(config: &Config) -> Result<FutureProducer, KafkaError> {
     // would only add idle time per batch.
     set_default(&mut pc, "linger.ms", "1");
     set_default(&mut pc, "compression.type", "lz4");
+    if config.processing.guarantee == crate::config::Guarantee::ExactlyOnce {
+        set_default(
+            &mut pc,
+            "transactional.id",
+            &super::transaction::transactional_id(config),
+        );
+        set_default(
+            &mut pc,
+            "transaction.timeout.ms",
+            super::transaction::TIMEOUT_MS,
+        );
+    }
     pc.create()
 }
 

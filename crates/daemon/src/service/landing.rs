@@ -2,13 +2,16 @@
 //! store (after the batch before it), and its offsets are committed.
 
 use super::clients::Context;
+use super::transaction::{self, TransactionError};
 use super::Shared;
 use crate::clock::wall_now;
 use crate::processor::Unwritten;
+use crate::sending::Attempt;
 use crate::sending::{InFlight, Landed, Sender, Sent};
 use journeyd_store::{Offset, WriteSet};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::topic_partition_list::{Offset as KafkaOffset, TopicPartitionList};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +41,15 @@ pub(super) struct Landing {
     /// Set once a batch was left unwritten (the service is stopping): no later batch may be
     /// written after it, or the stored offsets would pass over its changes.
     pub(super) stopped: bool,
+    /// With `exactly_once`: one transaction per batch (see [`super::transaction`]).
+    pub(super) transactional: bool,
+    /// Set when a transaction aborted and the partitions were rewound: the batches processed
+    /// since must not be sent (see [`Landing::rewind`]).
+    pub(super) rewound: bool,
+    /// With `exactly_once`: the input offsets last committed, per topic and partition (a
+    /// batch of timers only commits those of its partitions, so that the group coordinator
+    /// checks its generation all the same).
+    pub(super) committed: BTreeMap<(String, i32), i64>,
 }
 
 impl Landing {
@@ -52,6 +64,9 @@ impl Landing {
     ) -> anyhow::Result<bool> {
         if self.stopped {
             return Ok(false);
+        }
+        if self.transactional {
+            return self.land_transaction(shared, consumer).await;
         }
         let Some(landed) = self
             .sending
@@ -134,6 +149,276 @@ impl Landing {
             &self.sender.shutdown,
         ));
         Ok(true)
+    }
+
+    /// [`Landing::land`] for `exactly_once`: once Kafka has the oldest batch's actions, its
+    /// changelog records join its transaction, then its consumed offsets, and it commits;
+    /// only then is it counted and written. A transaction that cannot commit is aborted and
+    /// the partitions rewound (true all the same: the loop goes on).
+    async fn land_transaction(
+        &mut self,
+        shared: &Arc<Shared>,
+        consumer: &StreamConsumer<Context>,
+    ) -> anyhow::Result<bool> {
+        let landed = match self
+            .sending
+            .land_oldest_once(&self.sender)
+            .await
+            .map_err(anyhow::Error::msg)?
+        {
+            Attempt::Landed(l) => l,
+            Attempt::Stopped => {
+                self.stopped = true;
+                return Ok(false);
+            }
+            Attempt::Failed(why) => {
+                self.rewind(shared, consumer, &why).await?;
+                return Ok(true);
+            }
+        };
+        let then = &landed.sent.then;
+        let inputs: Vec<Offset> = then
+            .write
+            .offsets
+            .iter()
+            .filter(|o| shared.config.inputs.iter().any(|i| i.topic == o.topic))
+            .cloned()
+            .collect();
+        // Every partition the batch read or changed must still be this replica's: a revoked
+        // one has a new owner that replays it.
+        let owned = shared.partitions.owned();
+        let lost = consumer.assignment_lost();
+        let foreign = inputs
+            .iter()
+            .map(|o| o.partition)
+            .chain(then.changes.iter().map(|c| c.partition))
+            .find(|p| lost || !owned.contains(p));
+        if let Some(p) = foreign {
+            let why = format!("partition {p} is no longer this replica's");
+            self.rewind(shared, consumer, &why).await?;
+            return Ok(true);
+        }
+        let mut queued = None;
+        if let Some(topic) = &self.changelog {
+            if !then.changes.is_empty() {
+                let q = crate::changelog::produce::enqueue(
+                    &self.sender.producer,
+                    topic,
+                    &then.changes,
+                    &|_| true,
+                    &self.sender.shutdown,
+                )
+                .await;
+                match q {
+                    Ok(Some(q)) => queued = Some(q),
+                    Ok(None) => {
+                        self.stopped = true;
+                        return Ok(false);
+                    }
+                    Err(error) => {
+                        let why =
+                            format!("cannot produce the changelog records to {topic}: {error}");
+                        self.rewind(shared, consumer, &why).await?;
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        let mut checkpoint = BTreeMap::new();
+        if let Some(q) = queued {
+            let n = q.len() as u64;
+            match q.acknowledged().await {
+                Ok(c) => checkpoint = c,
+                Err(error) => {
+                    let why = format!("Kafka did not take the changelog records: {error}");
+                    self.rewind(shared, consumer, &why).await?;
+                    return Ok(true);
+                }
+            }
+            shared.metrics.changelog_records.inc_by(n);
+        }
+        // The offsets of the partitions of its timers too: the coordinator checks the group's
+        // generation only on offsets.
+        let mut offsets = inputs.clone();
+        let read: BTreeSet<i32> = inputs.iter().map(|o| o.partition).collect();
+        let timers: BTreeSet<i32> = then
+            .changes
+            .iter()
+            .map(|c| c.partition)
+            .filter(|p| !read.contains(p))
+            .collect();
+        if !timers.is_empty() {
+            offsets.extend(self.committed_of(shared, &timers)?);
+        }
+        // The group as this member knows it now: rebalances happen in its polls, on this task,
+        // and the check above found the batch's partitions still here. A member the group
+        // has moved on from without its knowing (a session timeout) is refused.
+        let group = consumer
+            .group_metadata()
+            .ok_or_else(|| anyhow::anyhow!("the consumer has no group metadata"))?;
+        let producer = self.sender.producer.clone();
+        match transaction::commit(&producer, &offsets, group, &self.sender.shutdown).await {
+            Ok(()) => {}
+            Err(TransactionError::Abortable(error)) => {
+                self.rewind(shared, consumer, &error.to_string()).await?;
+                return Ok(true);
+            }
+            Err(TransactionError::Stopped) => {
+                self.stopped = true;
+                return Ok(false);
+            }
+            Err(fatal @ TransactionError::Fatal(_)) => {
+                return Err(anyhow::Error::new(fatal).context(
+                    "the batch's transaction could not commit; it runs again after a restart",
+                ))
+            }
+        }
+        shared.metrics.transactions_committed.inc();
+        for o in &inputs {
+            self.committed
+                .insert((o.topic.clone(), o.partition), o.next);
+        }
+        let passed: Vec<crate::processor::Position> = inputs
+            .iter()
+            .map(|o| crate::processor::Position {
+                topic: o.topic.clone(),
+                partition: o.partition,
+                offset: o.next - 1,
+            })
+            .collect();
+        shared.guards.passed(&passed);
+        count(shared, &landed);
+        let then = landed.sent.then;
+        let mut write = then.write;
+        if let Some(topic) = &self.changelog {
+            if !checkpoint.is_empty() {
+                let mut part = (*write).clone();
+                part.offsets
+                    .extend(checkpoint.into_iter().map(|(partition, next)| Offset {
+                        topic: topic.clone(),
+                        partition,
+                        next: shared.guards.floor(partition).map_or(next, |f| f.min(next)),
+                    }));
+                write = Arc::new(part);
+            }
+        }
+        if let Some(w) = self.writing.take() {
+            if !finish(shared, consumer, &mut self.unwritten, w).await? {
+                self.stopped = true;
+                return Ok(false);
+            }
+        }
+        self.writing = Some(start_write(
+            shared,
+            write,
+            then.topics,
+            &self.sender.shutdown,
+        ));
+        Ok(true)
+    }
+
+    /// The input offsets last committed of partition numbers `numbers`: those this replica
+    /// committed, else the store's.
+    fn committed_of(
+        &self,
+        shared: &Shared,
+        numbers: &BTreeSet<i32>,
+    ) -> anyhow::Result<Vec<Offset>> {
+        let mut out = Vec::new();
+        let mut stored = None;
+        for input in &shared.config.inputs {
+            for &p in numbers {
+                let key = (input.topic.clone(), p);
+                let next = match self.committed.get(&key) {
+                    Some(n) => Some(*n),
+                    None => {
+                        if stored.is_none() {
+                            stored = Some(shared.store.offsets()?);
+                        }
+                        stored
+                            .as_ref()
+                            .and_then(|s: &Vec<Offset>| {
+                                s.iter()
+                                    .find(|o| o.topic == input.topic && o.partition == p)
+                            })
+                            .map(|o| o.next)
+                    }
+                };
+                if let Some(next) = next {
+                    out.push(Offset {
+                        topic: input.topic.clone(),
+                        partition: p,
+                        next,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A batch's transaction cannot commit: it is aborted, and the replica goes back to the
+    /// last committed state. The write under way (of the batch before, committed) lands; the
+    /// batches processed since are dropped. The store then holds exactly what Kafka committed
+    /// (a batch is written only after its commit, states and input offsets in one write), so
+    /// every partition the replica owns is read again from the store's offsets; its timers
+    /// wait until reading is back at the partition's head.
+    pub(super) async fn rewind(
+        &mut self,
+        shared: &Arc<Shared>,
+        consumer: &StreamConsumer<Context>,
+        why: &str,
+    ) -> anyhow::Result<()> {
+        tracing::warn!(
+            why,
+            "A batch's transaction aborts: nothing of it is visible to read_committed readers. \
+             Its partitions are read again from the last committed batch."
+        );
+        shared.metrics.transactions_aborted.inc();
+        transaction::abort(&self.sender.producer)
+            .await
+            .map_err(|e| anyhow::Error::new(e).context("aborting a batch's transaction"))?;
+        self.sending = InFlight::new();
+        if let Some(w) = self.writing.take() {
+            if !finish(shared, consumer, &mut self.unwritten, w).await? {
+                self.stopped = true;
+                return Ok(());
+            }
+        }
+        self.unwritten = Unwritten::none();
+        let numbers = shared.partitions.owned();
+        consumer.context().forget_processed(&numbers);
+        let stored = shared.store.offsets()?;
+        for &p in &numbers {
+            let mut resume = Vec::new();
+            for input in &shared.config.inputs {
+                let next = stored
+                    .iter()
+                    .find(|o| o.topic == input.topic && o.partition == p)
+                    .map(|o| o.next);
+                // Nothing committed of it yet: from the start.
+                let to = next.map_or(KafkaOffset::Beginning, KafkaOffset::Offset);
+                consumer
+                    .seek(&input.topic, p, to, std::time::Duration::from_secs(10))
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot read {}[{p}] again from the last committed batch: {e}",
+                            input.topic
+                        )
+                    })?;
+                if let Some(n) = next {
+                    resume.push((input.topic.clone(), n));
+                }
+                self.committed.remove(&(input.topic.clone(), p));
+            }
+            shared.partitions.restored(p, &resume);
+        }
+        self.rewound = true;
+        Ok(())
+    }
+
+    /// Whether a rewind happened since the last call (see [`Landing::rewind`]).
+    pub(super) fn take_rewound(&mut self) -> bool {
+        std::mem::take(&mut self.rewound)
     }
 
     /// Lets the batches under way land, in order: those being sent (each written once Kafka
@@ -292,7 +577,10 @@ pub(super) async fn finish(
         .filter(|o| shared.config.inputs.iter().any(|i| i.topic == o.topic))
         .cloned()
         .collect();
-    commit(consumer, &inputs);
+    // With transactions the offsets were committed in the batch's transaction.
+    if shared.config.processing.guarantee != crate::config::Guarantee::ExactlyOnce {
+        commit(consumer, &inputs);
+    }
     Ok(true)
 }
 

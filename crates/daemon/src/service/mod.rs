@@ -38,6 +38,7 @@ mod landing;
 mod partitions;
 mod readiness;
 mod restoring;
+mod transaction;
 
 pub use clients::{clients, producer, Context};
 pub use intake::{collect, BATCH_GAP};
@@ -180,6 +181,11 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         }
     }
     let (consumer, producer) = clients(&shared)?;
+    let transactional = shared.config.processing.guarantee == crate::config::Guarantee::ExactlyOnce;
+    if transactional {
+        transaction::init(&shared.config, &producer, &shutdown).await?;
+        tracing::info!("Exactly once: each batch is one Kafka transaction.");
+    }
     let mut restores = restoring::Restores::new(changelog.clone());
     let partitions = shared.partitions.clone();
     let stop_probes = Arc::new(AtomicBool::new(false));
@@ -209,6 +215,9 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         unwritten: Unwritten::none(),
         changelog: changelog.clone(),
         stopped: false,
+        transactional,
+        rewound: false,
+        committed: Default::default(),
     };
     let mut timers_backlogged = false;
     let mut last_gauges = Instant::now() - Duration::from_secs(60);
@@ -256,6 +265,11 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 break;
             }
             restores.finish(&shared, &consumer);
+        }
+        if past.take_rewound() {
+            // A transaction aborted: what was read since goes, and is read again.
+            prefetched = None;
+            continue;
         }
         let mut begun = false;
         // Timers are read once a partition has been read to its head (each timer then waits
@@ -362,6 +376,9 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             if !past.drain(&shared, &consumer).await? {
                 break;
             }
+            if past.take_rewound() {
+                prefetched = None;
+            }
             continue;
         }
         // Process this batch while the previous one's actions are acknowledged and the one
@@ -447,7 +464,11 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             owners,
             changes,
         } = out;
-        shared.guards.passed(&prepared.consumed);
+        if !transactional {
+            // (With transactions once the batch commits: an aborted batch is read again, and
+            // the guards it passed must still hold then.)
+            shared.guards.passed(&prepared.consumed);
+        }
         quarantine(&shared, quarantined, &mut prepared);
         if !shared.quarantine.is_empty() {
             shared
@@ -482,6 +503,15 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         if stopping {
             break;
         }
+        if past.take_rewound() {
+            // This batch read through the aborted one: it is dropped, and read again.
+            prefetched = None;
+            continue;
+        }
+        if transactional {
+            transaction::begin(&producer)
+                .map_err(|e| anyhow::Error::new(e).context("cannot open a batch's transaction"))?;
+        }
         // Queued after the batches on their way, so they keep batch order in every partition.
         past.sending.send(
             &past.sender,
@@ -502,6 +532,10 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
     }
     restores.stop();
     past.drain(&shared, &consumer).await?;
+    if transactional {
+        // A batch left unwritten has its transaction open still: nothing of it shows.
+        transaction::abort(&producer).await?;
+    }
     tracing::info!("Stopping: flushing the producer.");
     let _ = producer.flush(Duration::from_secs(10));
     // A static member (group.instance.id) must not leave the group on its way out: its

@@ -196,6 +196,16 @@ impl Partitions {
         !restoring && self.lock().keys().any(|(_, q)| *q == p)
     }
 
+    /// The partition numbers this process owns (see [`Partitions::owns`]).
+    pub fn owned(&self) -> std::collections::BTreeSet<i32> {
+        let restoring = self.restores();
+        self.lock()
+            .keys()
+            .map(|(_, p)| *p)
+            .filter(|p| !restoring.contains_key(p))
+            .collect()
+    }
+
     /// Whether any partition waits for its restore to start.
     pub fn any_pending(&self) -> bool {
         self.restores().values().any(|s| *s == Restoring::Pending)

@@ -148,6 +148,8 @@ impl Rig {
             .set("group.id", unique("reader"))
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
+            // What channel adapters are told to use: no action of an aborted transaction.
+            .set("isolation.level", "read_committed")
             .create()
             .unwrap();
         let mut topics: Vec<String> = CHANNELS.iter().map(|c| format!("actions.{c}")).collect();
