@@ -498,6 +498,7 @@ fn exported_metrics() -> BTreeMap<String, MetricInfo> {
         (&m.restore_remaining, false),
         (&m.changelog_records, false),
         (&m.events_already_applied, false),
+        (&m.standby_records, false),
         (&m.transactions_committed, false),
         (&m.transactions_aborted, false),
     ]);

@@ -23,7 +23,7 @@ use crate::table::{percent, thousands, Row, Verdict};
 use crate::workload;
 use futures::future::join_all;
 use journeyd::app;
-use journeyd::config::{Config, Encoding, InputConfig};
+use journeyd::config::{Config, Encoding, Guarantee, InputConfig};
 use journeyd::metrics::Metrics;
 use journeyd::service::{self, Shared};
 use journeyd_codec::{encode_touchpoint, Framing};
@@ -300,7 +300,14 @@ impl Service {
         in_flight: usize,
         before: impl FnOnce(&Config) -> anyhow::Result<()>,
     ) -> anyhow::Result<(Service, Config)> {
-        Service::start_logged(cluster, prefix, in_flight, false, before)
+        Service::start_logged(
+            cluster,
+            prefix,
+            in_flight,
+            false,
+            Guarantee::AtLeastOnce,
+            before,
+        )
     }
 
     /// [`Service::start`], with the changelog on when `changelog` (its topic created here:
@@ -310,12 +317,14 @@ impl Service {
         prefix: &str,
         in_flight: usize,
         changelog: bool,
+        guarantee: Guarantee,
         before: impl FnOnce(&Config) -> anyhow::Result<()>,
     ) -> anyhow::Result<(Service, Config)> {
         let dir = tempfile::tempdir()?;
         let mut config = service_config(&cluster.bootstrap(), prefix, dir.path())?;
         config.processing.batches_in_flight = in_flight;
         config.store.changelog = changelog;
+        config.processing.guarantee = guarantee;
         let opened = app::open(&config)?;
         for i in &config.inputs {
             cluster.create_topic(&i.topic, 4)?;
@@ -395,23 +404,33 @@ pub async fn service_run(
     payloads: &[Payload],
     in_flight: usize,
 ) -> anyhow::Result<Run> {
-    service_run_logged(cluster, prefix, payloads, in_flight, false).await
+    service_run_logged(
+        cluster,
+        prefix,
+        payloads,
+        in_flight,
+        false,
+        Guarantee::AtLeastOnce,
+    )
+    .await
 }
 
-/// [`service_run`], with the changelog on when `changelog`.
+/// [`service_run`], with the changelog on when `changelog`, under `guarantee`.
 pub async fn service_run_logged(
     cluster: &dyn Cluster,
     prefix: &str,
     payloads: &[Payload],
     in_flight: usize,
     changelog: bool,
+    guarantee: Guarantee,
 ) -> anyhow::Result<Run> {
     // Every message is in before the service starts, so that producing never limits it.
     let bootstrap = cluster.bootstrap();
-    let (service, _) = Service::start_logged(cluster, prefix, in_flight, changelog, |config| {
-        let topic = &config.inputs[0].topic;
-        tokio::task::block_in_place(|| produce_all(&bootstrap, topic, payloads))
-    })?;
+    let (service, _) =
+        Service::start_logged(cluster, prefix, in_flight, changelog, guarantee, |config| {
+            let topic = &config.inputs[0].topic;
+            tokio::task::block_in_place(|| produce_all(&bootstrap, topic, payloads))
+        })?;
     let n = payloads.len() as u64;
     let start = Instant::now();
     let deadline = start + deadline_for(payloads.len());
@@ -575,11 +594,13 @@ pub async fn copy_run(
     })
 }
 
-/// The throughput rows of one cluster kind. Returns the rows and the service's rate.
+/// The throughput rows of one cluster kind (with a row for `exactly_once` when the broker has
+/// `transactions`). Returns the rows and the service's rate.
 pub async fn throughput(
     kind: &str,
     new_cluster: &ClusterFactory,
     n: usize,
+    transactions: bool,
 ) -> anyhow::Result<(Vec<Row>, f64)> {
     let payloads = touchpoints(n)?;
     let bytes = payloads
@@ -596,7 +617,31 @@ pub async fn throughput(
     };
     let logged = {
         let cluster = new_cluster()?;
-        service_run_logged(cluster.as_ref(), "l.", &payloads, default_in_flight(), true).await?
+        service_run_logged(
+            cluster.as_ref(),
+            "l.",
+            &payloads,
+            default_in_flight(),
+            true,
+            Guarantee::AtLeastOnce,
+        )
+        .await?
+    };
+    let transacted = if transactions {
+        let cluster = new_cluster()?;
+        Some(
+            service_run_logged(
+                cluster.as_ref(),
+                "x.",
+                &payloads,
+                1,
+                true,
+                Guarantee::ExactlyOnce,
+            )
+            .await?,
+        )
+    } else {
+        None
     };
     let ratio = svc.eps / copy.eps;
     let logged_ratio = logged.eps / copy.eps;
@@ -628,6 +673,23 @@ pub async fn throughput(
             target: "≥ 50%".into(),
             verdict: Verdict::of(logged_ratio >= 0.5),
         },
+    ];
+    let mut rows = rows;
+    if let Some(x) = transacted {
+        let ratio = x.eps / copy.eps;
+        rows.push(Row {
+            name: format!(
+                "end to end, {kind}, with the changelog (exactly once: a transaction per batch): touchpoints/s ({} batches)",
+                thousands(x.batches as f64)
+            ),
+            measured: thousands(x.eps),
+            limit: format!("the same copy: {} msg/s", thousands(copy.eps)),
+            ratio: percent(ratio),
+            target: "≥ 35%".into(),
+            verdict: Verdict::of(ratio >= 0.35),
+        });
+    }
+    rows.extend([
         Row::info(
             format!("end to end, {kind}: seconds to the first batch (group join), service / copy"),
             format!("{:.2} / {:.2}", svc.startup, copy.startup),
@@ -644,7 +706,7 @@ pub async fn throughput(
                 stages_figures(batch, svc.stages.map(per))
             },
         ),
-    ];
+    ]);
     Ok((rows, svc.eps))
 }
 

@@ -103,6 +103,7 @@ pub fn shared(config: Config, opened: Opened) -> Result<Arc<Shared>> {
         progress: crate::service::Progress::default(),
         quarantine: crate::quarantine::Quarantine::default(),
         guards: Arc::default(),
+        lanes: crate::service::Lanes::default(),
         reload: AtomicBool::new(false),
         config,
     }))

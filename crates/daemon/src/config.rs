@@ -137,6 +137,13 @@ pub struct StoreConfig {
     /// The changelog topic; empty: `<group.id>.changelog`. It has as many partitions as the
     /// input topics, `cleanup.policy=compact`; journeyd creates it when it is missing.
     pub changelog_topic: String,
+    /// Warm copies of the partitions this replica does not own: 1 keeps every one of them up
+    /// to date from the changelog (a round a second), so that when one is assigned here its
+    /// restore reads only the last second's tail. Replicas cannot see each other, so they
+    /// cannot share the copies out as Kafka Streams' assignor does: with N replicas each
+    /// partition has N - 1 warm copies, and every replica holds every customer. 0 (the
+    /// default): none.
+    pub standby_replicas: usize,
 }
 
 /// Batching, limits and the processing clock.
@@ -277,6 +284,7 @@ impl Default for StoreConfig {
             sync_writes: false,
             changelog: true,
             changelog_topic: String::new(),
+            standby_replicas: 0,
         }
     }
 }
@@ -447,6 +455,17 @@ impl Config {
             .kafka
             .get("enable.idempotence")
             .is_none_or(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "t" | "1"));
+        if self.store.standby_replicas > 1 {
+            return bad(&format!(
+                "store.standby_replicas = {}: journeyd keeps 0 or 1: with 1 each replica warms \
+                 every partition it does not own (replicas cannot see each other to share them \
+                 out), so N replicas already hold N - 1 copies of each",
+                self.store.standby_replicas
+            ));
+        }
+        if self.store.standby_replicas > 0 && !self.store.changelog {
+            return bad("store.standby_replicas needs the changelog (store.changelog = true)");
+        }
         if self.processing.guarantee == Guarantee::ExactlyOnce {
             if !self.store.changelog {
                 return bad(
@@ -643,6 +662,21 @@ mod tests {
         assert!(e.contains("idempotent producer"), "{e}");
         let e = exactly_once(&[("JOURNEYD__PROCESSING__GUARANTEE", "twice")]);
         assert!(e.is_err());
+        let standby = |n: &str, changelog: &str| {
+            let env = vec![
+                ("JOURNEYD__STORE__STANDBY_REPLICAS".to_owned(), n.to_owned()),
+                (
+                    "JOURNEYD__STORE__CHANGELOG".to_owned(),
+                    changelog.to_owned(),
+                ),
+            ];
+            Config::load(None, env).map_err(|e| e.to_string())
+        };
+        assert_eq!(standby("1", "true").unwrap().store.standby_replicas, 1);
+        let e = standby("2", "true").unwrap_err();
+        assert!(e.contains("0 or 1") && e.contains("N - 1 copies"), "{e}");
+        let e = standby("1", "false").unwrap_err();
+        assert!(e.contains("needs the changelog"), "{e}");
         let with = |idempotence: &str| {
             vec![
                 (

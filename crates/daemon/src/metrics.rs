@@ -67,6 +67,8 @@ pub struct Metrics {
     pub changelog_records: IntCounter,
     /// Events skipped because a restored state already held them.
     pub events_already_applied: IntCounter,
+    /// Changelog records read into standby copies.
+    pub standby_records: IntCounter,
     /// Batch transactions committed (`exactly_once`).
     pub transactions_committed: IntCounter,
     /// Batch transactions aborted, each replayed from the last committed state
@@ -144,6 +146,10 @@ impl Metrics {
             changelog_records: int_counter(
                 "journeyd_changelog_records_total",
                 "Changelog records produced and acknowledged.",
+            )?,
+            standby_records: int_counter(
+                "journeyd_standby_records_total",
+                "Changelog records read into the standby copies of partitions this replica does not own (store.standby_replicas).",
             )?,
             transactions_committed: int_counter(
                 "journeyd_transactions_committed_total",

@@ -501,3 +501,80 @@ async fn a_tail_restored_over_stored_states_keeps_the_timer_index_and_counts_exa
     );
     assert_eq!(store.pending_timers(), 3, "the count agrees with the index");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_copy_keeps_the_partitions_of_another_replica_warm_for_its_failover() {
+    let rig = Rig::new(&[("welcome.yaml", &welcome("20s"))]);
+    // Two replicas in one group, each owning one of the two partitions; b keeps standby
+    // copies of what it does not own.
+    let a = rig.start(rig.config());
+    let mut config_b = rig.config();
+    config_b.store.path = rig.dir.path().join("volume-b");
+    config_b.store.standby_replicas = 1;
+    let b = rig.start(config_b);
+    a.until_ready().await;
+    b.until_ready().await;
+    let t = now();
+    let events: Vec<Event> = (0..30)
+        .map(|i| {
+            let c = format!("w{i}");
+            event(&format!("{c}-s"), &c, "signup", Some("web"), t)
+        })
+        .collect();
+    rig.publish(&events).await;
+    let mut reader = rig.reader();
+    reader
+        .until("the welcome emails", Duration::from_secs(30), |r| {
+            r.actions.len() >= 30
+        })
+        .await;
+    // Every customer is in b's store: its own partition's, and a's from the changelog.
+    let start = std::time::Instant::now();
+    loop {
+        let missing: Vec<&str> = events
+            .iter()
+            .map(|e| e.customer_id.as_str())
+            .filter(|c| b.shared.store.customer(c).unwrap().is_none())
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "b has no standby copy of {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let warmed = b.shared.metrics.standby_records.get();
+    assert!(
+        warmed >= 10,
+        "b read {warmed} changelog records into its standby copy"
+    );
+    assert!(now() < t + 20_000, "every customer still waits");
+    // a goes; its partition moves to b, whose restore reads only the tail since its last
+    // standby round: nothing.
+    let before = b.shared.metrics.restored_records.get();
+    a.stop().await;
+    let start = std::time::Instant::now();
+    while b.shared.partitions.owned().len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "b did not take a's partition"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tail = b.shared.metrics.restored_records.get() - before;
+    assert!(
+        tail < 5,
+        "the failover restored {tail} records (the standby had read {warmed})"
+    );
+    // The moved customers' waits end on b, each once.
+    let expected = simulated(&rig, &events, t + 60_000);
+    exactly(
+        &mut reader,
+        &expected,
+        "a clean failover sends nothing twice",
+    )
+    .await;
+    b.stop().await;
+}

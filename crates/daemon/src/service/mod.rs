@@ -38,12 +38,14 @@ mod landing;
 mod partitions;
 mod readiness;
 mod restoring;
+mod standby;
 mod transaction;
 
 pub use clients::{clients, producer, Context};
 pub use intake::{collect, BATCH_GAP};
 pub use partitions::Partitions;
 pub use readiness::Progress;
+pub use standby::Lanes;
 
 use crate::clock::{wall_now, Clock};
 use crate::config::{Config, Encoding};
@@ -86,6 +88,9 @@ pub struct Shared {
     pub quarantine: crate::quarantine::Quarantine,
     /// The events restored states hold already (see [`crate::changelog::guards`]).
     pub guards: Arc<crate::changelog::guards::Guards>,
+    /// Who may write each changelog partition into the store now: a restore or a standby
+    /// round (see [`standby`]).
+    pub lanes: Lanes,
     /// Set by SIGHUP: reload the journeys between batches.
     pub reload: AtomicBool,
 }
@@ -159,6 +164,7 @@ pub fn reload(shared: &Shared) {
 /// Runs the service loop until `shutdown`.
 pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let changelog = shared.config.changelog_topic();
+    let mut changelog_partitions = 0;
     if let Some(topic) = &changelog {
         // Until the broker answers and the inputs exist; a wrong changelog stops the start.
         loop {
@@ -168,7 +174,10 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 r = crate::changelog::topic::ensure(&shared.config, &client, topic) => r,
             };
             match checked {
-                Ok(_) => break,
+                Ok(n) => {
+                    changelog_partitions = n;
+                    break;
+                }
                 Err(error) if error.is_transient() => {
                     tracing::warn!(%error, "Cannot check the changelog topic yet; trying again in 2 s.");
                     tokio::select! {
@@ -181,6 +190,14 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         }
     }
     let (consumer, producer) = clients(&shared)?;
+    let _standby = match &changelog {
+        Some(topic) if shared.config.store.standby_replicas > 0 => Some(standby::start(
+            shared.clone(),
+            topic.clone(),
+            changelog_partitions,
+        )),
+        _ => None,
+    };
     let transactional = shared.config.processing.guarantee == crate::config::Guarantee::ExactlyOnce;
     if transactional {
         transaction::init(&shared.config, &producer, &shutdown).await?;

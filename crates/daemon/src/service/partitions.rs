@@ -196,6 +196,11 @@ impl Partitions {
         !restoring && self.lock().keys().any(|(_, q)| *q == p)
     }
 
+    /// Whether partition number `p` is assigned here (restored or not).
+    pub fn assigned(&self, p: i32) -> bool {
+        self.lock().keys().any(|(_, q)| *q == p)
+    }
+
     /// The partition numbers this process owns (see [`Partitions::owns`]).
     pub fn owned(&self) -> std::collections::BTreeSet<i32> {
         let restoring = self.restores();

@@ -110,6 +110,9 @@ impl Restores {
                             .restore_remaining
                             .set(l.values().sum::<u64>() as i64);
                     };
+                    // Not while a standby round writes the partition (it gives up at once).
+                    let lane = s.lanes.of(p);
+                    let _held = lane.lock().unwrap_or_else(PoisonError::into_inner);
                     let result = restore(
                         &client,
                         s.store.as_ref(),
