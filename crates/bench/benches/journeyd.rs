@@ -16,8 +16,12 @@
 //!   the latency rows run at a half and a tenth of;
 //! - `JOURNEYD_BENCH_CUSTOMERS`: customers of the scale row (1,000,000);
 //! - `JOURNEYD_BENCH_ROWS`: which rows, a comma list of `engine`, `rocksdb`, `kafka-mock`,
-//!   `kafka-tansu`, `kafka-far`, `latency`, `scale`, `restore` (all). `latency` runs on each selected
-//!   Kafka.
+//!   `kafka-tansu`, `kafka-far`, `latency`, `scale`, `restore`, `failover` (all). `latency` runs
+//!   on each selected Kafka; `failover` needs the release binary (`cargo build --release -p
+//!   journeyd`);
+//! - `JOURNEYD_BENCH_FAILOVER_RATE`: probes per second of the failover rows (200; their
+//!   session timeout is librdkafka's default, 45 s, or 6 s when `JOURNEYD_BENCH_EVENTS` is
+//!   under 100,000).
 //!
 //! Smoke run (CI): `JOURNEYD_BENCH_EVENTS=5000 JOURNEYD_BENCH_CUSTOMERS=2000 cargo test -p
 //! journeyd-bench --bench journeyd` (a debug build, a tiny workload: it only checks that every
@@ -52,7 +56,7 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target").into())
 }
 
-const ALL: [&str; 8] = [
+const ALL: [&str; 9] = [
     "engine",
     "rocksdb",
     "kafka-mock",
@@ -61,6 +65,7 @@ const ALL: [&str; 8] = [
     "latency",
     "scale",
     "restore",
+    "failover",
 ];
 
 /// The runtime the Kafka rows run on.
@@ -309,6 +314,31 @@ fn main() {
              same client settings. Both on the mock cluster in this process.",
         );
         timed("restore", t);
+    }
+
+    if on("failover") {
+        let t = Instant::now();
+        let rate = knob("JOURNEYD_BENCH_FAILOVER_RATE", 200);
+        eprintln!("journeyd bench: failover ({rate} probes/s, two journeyd processes)");
+        match journeyd_bench::failover_row::binary() {
+            Ok(_) => {
+                // A smoke run does not wait out librdkafka's 45 s.
+                let session = (events < 100_000).then_some(6000);
+                table.extend(journeyd_bench::failover_row::rows(rate, session));
+                table.note(
+                    "failover",
+                    "two journeyd processes (the release binary) in one group on the mock \
+                     cluster in this process, with the changelog; probes (a new customer's \
+                     card_blocked, answered at once with an in-app send) to the four \
+                     partitions at a steady rate; one replica SIGKILLed. First / last: from the \
+                     kill to the first action for a probe of a partition it owned, and to the \
+                     last of those sent in the 5 s after the kill. The p99 line: the other \
+                     replica's probes, before the kill and from the kill on.",
+                );
+            }
+            Err(why) => table.extend([Row::not_run("failover", why)]),
+        }
+        timed("failover", t);
     }
 
     let total = started.elapsed().as_secs_f64();

@@ -8,6 +8,7 @@
 //! `docs/performance.md`.
 
 pub mod engine_row;
+pub mod failover_row;
 pub mod kafka_row;
 pub mod latency_row;
 pub mod raw_firing;

@@ -30,6 +30,11 @@ pub enum ConfigError {
     },
 }
 
+/// The producer's `transaction.timeout.ms` under `exactly_once` unless `[kafka]` sets one
+/// (librdkafka's default): a batch's transaction stays open while the next batch is read and
+/// processed, retries of a schema registry or the store included.
+pub const TRANSACTION_TIMEOUT_MS: u64 = 60_000;
+
 /// librdkafka's default `message.max.bytes`: the largest message the producer takes.
 pub const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
 
@@ -485,6 +490,31 @@ impl Config {
                      enable.idempotence)",
                 );
             }
+            let number = |key: &str| -> Result<Option<u64>, ConfigError> {
+                self.kafka
+                    .get(key)
+                    .map(|v| {
+                        v.trim().parse::<u64>().map_err(|_| {
+                            invalid(
+                                "configuration",
+                                format!("kafka {key} must be a whole number of ms, not `{v}`"),
+                            )
+                        })
+                    })
+                    .transpose()
+            };
+            let transaction = number("transaction.timeout.ms")?.unwrap_or(TRANSACTION_TIMEOUT_MS);
+            for key in ["message.timeout.ms", "delivery.timeout.ms"] {
+                if let Some(ms) = number(key)? {
+                    if ms > transaction {
+                        return bad(&format!(
+                            "kafka {key} ({ms}) is longer than transaction.timeout.ms \
+                             ({transaction}): under exactly_once a message must give up before \
+                             its transaction does; lower it or raise transaction.timeout.ms"
+                        ));
+                    }
+                }
+            }
         }
         if self.processing.batches_in_flight > 1 && !idempotent {
             return bad(
@@ -660,6 +690,13 @@ mod tests {
         assert!(e.contains("batches_in_flight = 1"), "{e}");
         let e = exactly_once(&[("JOURNEYD__KAFKA__ENABLE_IDEMPOTENCE", "false")]).unwrap_err();
         assert!(e.contains("idempotent producer"), "{e}");
+        let e = exactly_once(&[("JOURNEYD__KAFKA__MESSAGE_TIMEOUT_MS", "300000")]).unwrap_err();
+        assert!(e.contains("longer than transaction.timeout.ms"), "{e}");
+        assert!(exactly_once(&[
+            ("JOURNEYD__KAFKA__MESSAGE_TIMEOUT_MS", "300000"),
+            ("JOURNEYD__KAFKA__TRANSACTION_TIMEOUT_MS", "300000"),
+        ])
+        .is_ok());
         let e = exactly_once(&[("JOURNEYD__PROCESSING__GUARANTEE", "twice")]);
         assert!(e.is_err());
         let standby = |n: &str, changelog: &str| {

@@ -63,6 +63,39 @@ pub struct Sender {
     pub metrics: Metrics,
     /// Set when the service stops: waits for room in the queue and retries end.
     pub shutdown: CancellationToken,
+    /// Actions Kafka refused for good, by id: produced again (a replay), they go to the action
+    /// dead-letter topic at once. In a transaction a refused message fails the transaction,
+    /// so its replay must not send it to Kafka again.
+    pub refused_before: RefusedBefore,
+}
+
+/// Actions Kafka refused for good, by id, with the reason and the error (at most
+/// [`RefusedBefore::MOST`]; refusals are rare).
+#[derive(Debug, Clone, Default)]
+pub struct RefusedBefore(Arc<std::sync::Mutex<HashMap<String, (&'static str, String)>>>);
+
+impl RefusedBefore {
+    /// The most refusals remembered; past it, the oldest are forgotten all at once.
+    pub const MOST: usize = 10_000;
+
+    fn get(&self, id: &str) -> Option<(&'static str, String)> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
+    fn remember(&self, id: &str, reason: &'static str, error: &str) {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if m.len() >= Self::MOST {
+            m.clear();
+        }
+        m.insert(id.to_owned(), (reason, error.to_owned()));
+    }
 }
 
 impl std::fmt::Debug for Sender {
@@ -138,6 +171,10 @@ impl Sender {
         };
         for (i, (a, bytes)) in sent.actions.iter().zip(&payloads).enumerate() {
             let origin = Origin::Action(i);
+            if let Some((reason, error)) = self.refused_before.get(&a.action_id) {
+                q.refuse(origin, Refusal::Permanent { reason, error }, None)?;
+                continue;
+            }
             let bytes = match bytes {
                 Ok(b) => b,
                 Err(refusal) => {
@@ -274,6 +311,8 @@ impl Sender {
             let (kind, delivery) = match r.origin {
                 Origin::Action(i) => {
                     let a = &sent.actions[i];
+                    self.refused_before
+                        .remember(&a.action_id, r.reason, &r.error);
                     let topic = config.actions_topic(&a.channel);
                     tracing::error!(action_id = a.action_id, customer = a.customer_id, topic, reason = r.reason, error = r.error, "Kafka refused an action for good; it goes to the action dead-letter topic.");
                     self.metrics
@@ -501,6 +540,7 @@ pub(crate) mod testing {
             config: Arc::new(Config::default()),
             metrics: Metrics::new().unwrap(),
             shutdown: CancellationToken::new(),
+            refused_before: super::RefusedBefore::default(),
         }
     }
 
@@ -719,6 +759,40 @@ mod tests {
         let dead = records(&cluster, DLQ, 1);
         assert_eq!(dead[0].0["journeyd.dlq.reason"], "unrepresentable");
         assert_eq!(dead[0].0["journeyd.action_id"], "odd");
+    }
+
+    #[tokio::test]
+    async fn an_action_kafka_refused_before_goes_straight_to_the_dead_letter_topic_again() {
+        let cluster = cluster();
+        let s = sender(&cluster);
+        // Refused for good once (in a transaction that then aborted): produced again, it is
+        // not sent to Kafka, which would refuse it again and abort that transaction too.
+        cluster.request_errors(
+            RDKafkaApiKey::Produce,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+        );
+        let sent = Sent {
+            actions: vec![action("big")],
+            dead: Vec::new(),
+            then: "b1",
+        };
+        deliver(&s, &sent).await.unwrap();
+        assert_eq!(records(&cluster, DLQ, 1).len(), 1, "dead-lettered once");
+        let again = Sent {
+            actions: vec![action("big"), action("fine")],
+            dead: Vec::new(),
+            then: "b2",
+        };
+        deliver(&s, &again).await.unwrap();
+        assert_eq!(
+            log(&cluster, 1),
+            ["fine"],
+            "not produced to its topic again"
+        );
+        let dead = records(&cluster, DLQ, 2);
+        assert_eq!(dead.len(), 2, "dead-lettered again, at once: {dead:?}");
+        assert_eq!(dead[1].0["journeyd.action_id"], "big");
+        assert_eq!(dead[1].0["journeyd.dlq.reason"], "too_large");
     }
 
     #[tokio::test]

@@ -183,3 +183,111 @@ async fn a_refused_transaction_is_aborted_and_its_batch_replayed_once() {
     }
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_kafka_refuses_for_good_goes_to_the_dead_letter_topic_on_the_replay() {
+    if let Ok(filter) = std::env::var("JOURNEYD_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+    let rig = Rig::new(&[("welcome.yaml", &welcome("1h"))]);
+    let t = now();
+    let first = signups("r", 5, t);
+    rig.publish(&first).await;
+    // The next produce request is refused as too large (journeyd's first: its start probe
+    // produces nothing). In a transaction a refused message fails the transaction; the replay
+    // must send that action to the action dead-letter topic at once, not to Kafka again, or
+    // the batch would abort for ever.
+    rig.cluster.cluster().request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    let mut config = rig.config();
+    config.processing.guarantee = Guarantee::ExactlyOnce;
+    let running = rig.start(config);
+    let m = &running.shared.metrics;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while m.transactions_aborted.get() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the transaction with the refusal aborts"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Later customers still go through: nothing is wedged.
+    let later = signups("s", 5, t + 1);
+    rig.publish(&later).await;
+    let all: Vec<Event> = first.iter().chain(&later).cloned().collect();
+    let expected = simulated(&rig, &all, t + 60_000);
+    let dead = || {
+        m.actions_dead_lettered
+            .with_label_values(&["too_large"])
+            .get()
+    };
+    let mut reader = rig.reader();
+    let later_ids: BTreeSet<String> = simulated(&rig, &later, t + 60_000).into_keys().collect();
+    reader
+        .until(
+            "the later customers' welcomes",
+            Duration::from_secs(30),
+            |r| {
+                let got: BTreeSet<&str> = r.actions.iter().map(|a| a.action_id.as_str()).collect();
+                later_ids.iter().all(|k| got.contains(k.as_str()))
+            },
+        )
+        .await;
+    reader.settle(Duration::from_millis(800)).await;
+    assert!(
+        dead() >= 1,
+        "the refused action went to the action dead-letter topic"
+    );
+    let got: BTreeSet<&str> = reader
+        .actions
+        .iter()
+        .map(|a| a.action_id.as_str())
+        .collect();
+    let missing = expected
+        .keys()
+        .filter(|k| !got.contains(k.as_str()))
+        .count() as u64;
+    assert!(
+        missing <= dead(),
+        "every action is on its topic or dead-lettered: {missing} missing, {} dead-lettered",
+        dead()
+    );
+    // The replay committed and landed: the store has read the input to its end.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stored: BTreeMap<i32, i64> = running
+            .shared
+            .store
+            .offsets()
+            .unwrap()
+            .into_iter()
+            .filter(|o| o.topic == rig.input)
+            .map(|o| (o.partition, o.next))
+            .collect();
+        if stored == ends(&rig) && m.transactions_committed.get() >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stored {stored:?}, ends {:?}",
+            ends(&rig)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The refused batch's transaction aborts, and the producer's next one may too (librdkafka
+    // bumps its epoch after the refusal's sequence gap); then none: nothing is wedged.
+    let aborts = m.transactions_aborted.get();
+    assert!(aborts <= 3, "{aborts} aborts");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        m.transactions_aborted.get(),
+        aborts,
+        "no abort once it landed"
+    );
+    running.stop().await;
+}

@@ -184,6 +184,8 @@ pub fn restore(
     let mut client = client.clone();
     client.set("enable.auto.commit", "false");
     client.set("enable.partition.eof", "false");
+    // Never the records of aborted transactions (exactly_once), whatever `[kafka]` says.
+    client.set("isolation.level", "read_committed");
     // Never read from elsewhere than asked: a checkpoint past the end is an error.
     client.set("auto.offset.reset", "error");
     // A broker that holds a fetch for its whole wait (tansu, the mock cluster) would make

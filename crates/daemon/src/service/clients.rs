@@ -366,7 +366,7 @@ pub fn producer(config: &Config) -> Result<FutureProducer, KafkaError> {
         set_default(
             &mut pc,
             "transaction.timeout.ms",
-            super::transaction::TIMEOUT_MS,
+            &crate::config::TRANSACTION_TIMEOUT_MS.to_string(),
         );
     }
     pc.create()

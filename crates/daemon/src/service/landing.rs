@@ -317,33 +317,25 @@ impl Landing {
         Ok(true)
     }
 
-    /// The input offsets last committed of partition numbers `numbers`: those this replica
-    /// committed, else the store's.
+    /// The input offsets last committed of partition numbers `numbers`: the further of those
+    /// this replica committed and the store's.
     fn committed_of(
         &self,
         shared: &Shared,
         numbers: &BTreeSet<i32>,
     ) -> anyhow::Result<Vec<Offset>> {
         let mut out = Vec::new();
-        let mut stored = None;
+        let stored = shared.store.offsets()?;
         for input in &shared.config.inputs {
             for &p in numbers {
                 let key = (input.topic.clone(), p);
-                let next = match self.committed.get(&key) {
-                    Some(n) => Some(*n),
-                    None => {
-                        if stored.is_none() {
-                            stored = Some(shared.store.offsets()?);
-                        }
-                        stored
-                            .as_ref()
-                            .and_then(|s: &Vec<Offset>| {
-                                s.iter()
-                                    .find(|o| o.topic == input.topic && o.partition == p)
-                            })
-                            .map(|o| o.next)
-                    }
-                };
+                let in_store = stored
+                    .iter()
+                    .find(|o| o.topic == input.topic && o.partition == p)
+                    .map(|o| o.next);
+                // The further: this replica's last commit, or the store's (a restore after
+                // another replica moved the partition on).
+                let next = self.committed.get(&key).copied().max(in_store);
                 if let Some(next) = next {
                     out.push(Offset {
                         topic: input.topic.clone(),
@@ -388,15 +380,43 @@ impl Landing {
         let numbers = shared.partitions.owned();
         consumer.context().forget_processed(&numbers);
         let stored = shared.store.offsets()?;
+        // Where reading began for partitions this replica never wrote: the group's committed
+        // offsets (under exactly_once, those of committed transactions).
+        let mut asked = TopicPartitionList::new();
+        for input in &shared.config.inputs {
+            for &p in &numbers {
+                let _ = asked.add_partition(&input.topic, p);
+            }
+        }
+        let group_committed = consumer
+            .committed_offsets(asked, std::time::Duration::from_secs(10))
+            .ok();
         for &p in &numbers {
             let mut resume = Vec::new();
             for input in &shared.config.inputs {
                 let next = stored
                     .iter()
                     .find(|o| o.topic == input.topic && o.partition == p)
-                    .map(|o| o.next);
-                // Nothing committed of it yet: from the start.
-                let to = next.map_or(KafkaOffset::Beginning, KafkaOffset::Offset);
+                    .map(|o| o.next)
+                    .or_else(|| {
+                        let el = group_committed.as_ref()?.find_partition(&input.topic, p)?;
+                        match el.offset() {
+                            KafkaOffset::Offset(n) => Some(n),
+                            _ => None,
+                        }
+                    });
+                // Nothing committed of it at all: where `auto.offset.reset` starts a group.
+                let reset_latest = shared
+                    .config
+                    .kafka
+                    .get("auto.offset.reset")
+                    .is_some_and(|v| matches!(v.as_str(), "latest" | "largest" | "end"));
+                let start = if reset_latest {
+                    KafkaOffset::End
+                } else {
+                    KafkaOffset::Beginning
+                };
+                let to = next.map_or(start, KafkaOffset::Offset);
                 consumer
                     .seek(&input.topic, p, to, std::time::Duration::from_secs(10))
                     .map_err(|e| {

@@ -226,6 +226,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             config: Arc::new(shared.config.clone()),
             metrics: shared.metrics.clone(),
             shutdown: shutdown.clone(),
+            refused_before: Default::default(),
         },
         sending: InFlight::new(),
         writing: None,

@@ -203,11 +203,12 @@ impl Partitions {
 
     /// The partition numbers this process owns (see [`Partitions::owns`]).
     pub fn owned(&self) -> std::collections::BTreeSet<i32> {
-        let restoring = self.restores();
+        // One lock at a time (`revoke` takes them the other way round).
+        let restoring: std::collections::BTreeSet<i32> = self.restores().keys().copied().collect();
         self.lock()
             .keys()
             .map(|(_, p)| *p)
-            .filter(|p| !restoring.contains_key(p))
+            .filter(|p| !restoring.contains(p))
             .collect()
     }
 

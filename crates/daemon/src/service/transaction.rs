@@ -23,11 +23,6 @@ use rdkafka::types::RDKafkaErrorCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// How long a transaction may stay open before the broker aborts it (librdkafka's default is a
-/// minute): a replica killed with a transaction open holds back read_committed readers of its
-/// partitions until then.
-pub const TIMEOUT_MS: &str = "10000";
-
 /// How long one call to the transaction coordinator may take before it is tried again.
 const CALL: Duration = Duration::from_secs(30);
 
@@ -89,17 +84,26 @@ fn unsupported(error: &KafkaError) -> bool {
     )
 }
 
+/// Ok when the call may be made again (retriable); else what the caller must do.
 fn classify(error: KafkaError) -> Result<(), TransactionError> {
-    let (fatal, abortable) = match &error {
-        KafkaError::Transaction(e) => (e.is_fatal() || unsupported(&error), e.txn_requires_abort()),
-        _ => (false, true),
+    let (fatal, abortable, retriable) = match &error {
+        KafkaError::Transaction(e) => (
+            e.is_fatal() || unsupported(&error),
+            e.txn_requires_abort(),
+            e.is_retriable(),
+        ),
+        _ => (false, true, false),
     };
     if fatal {
         Err(TransactionError::Fatal(error))
     } else if abortable {
         Err(TransactionError::Abortable(error))
-    } else {
+    } else if retriable {
         Ok(())
+    } else {
+        // Neither retriable nor abortable (a state error): the producer is not where the
+        // loop thinks it is.
+        Err(TransactionError::Fatal(error))
     }
 }
 
@@ -159,7 +163,13 @@ pub async fn init(
                 "stopped while starting transactions: {error}"
             ))
         }
-        Err(error) => return Err(refused("start them", &error)),
+        Err(error) if unsupported(&error) => return Err(refused("start them", &error)),
+        Err(error) => {
+            return Err(anyhow::Error::new(error).context(
+                "cannot start transactions (processing.guarantee = exactly_once): is the \
+                 broker reachable, and may this client use its transactional.id (ACLs)?",
+            ))
+        }
     }
     // The probe: the offset 0 of the first input's partition 0, for a group nobody reads.
     let group = config
@@ -229,22 +239,32 @@ pub async fn commit(
     .await
 }
 
-/// Aborts the open transaction (none open is not an error).
+/// Aborts the open transaction (none open is not an error), again while the abort fails for
+/// a reason that may pass (librdkafka asks for the call to be repeated then).
 pub async fn abort(producer: &FutureProducer) -> Result<(), TransactionError> {
-    let p = producer.clone();
-    let result = tokio::task::spawn_blocking(move || p.abort_transaction(CALL))
-        .await
-        .unwrap_or(Err(KafkaError::Canceled));
-    match result {
-        Ok(()) => Ok(()),
-        Err(KafkaError::Transaction(e)) if e.is_fatal() => {
-            Err(TransactionError::Fatal(KafkaError::Transaction(e)))
-        }
-        Err(error) => {
-            tracing::debug!(%error, "Aborting the transaction: nothing to abort, or it went already.");
-            Ok(())
+    let mut backoff = Duration::from_millis(100);
+    for _ in 0..20 {
+        let p = producer.clone();
+        let result = tokio::task::spawn_blocking(move || p.abort_transaction(CALL))
+            .await
+            .unwrap_or(Err(KafkaError::Canceled));
+        match result {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(e)) if e.is_fatal() => {
+                return Err(TransactionError::Fatal(KafkaError::Transaction(e)))
+            }
+            Err(KafkaError::Transaction(e)) if e.is_retriable() => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "Aborting the transaction failed; trying again.");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(error) => {
+                tracing::debug!(%error, "Aborting the transaction: nothing to abort, or it went already.");
+                return Ok(());
+            }
         }
     }
+    Err(TransactionError::Fatal(KafkaError::Canceled))
 }
 
 #[cfg(test)]
