@@ -367,3 +367,137 @@ fn a_fast_clock_is_refused_with_a_real_broker() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force-clock-speed"));
 }
+
+/// The configuration of one replica of a group reading `input` (4 partitions), under
+/// `exactly_once`, with its store in `store`.
+fn replica_config(rig: &Rig, group: &str, input: &str, store: &Path, path: &Path) {
+    let text = format!(
+        "[journeys]\ndir = {:?}\n[kafka]\n\"bootstrap.servers\" = {:?}\n\"group.id\" = {group:?}\n\"session.timeout.ms\" = \"6000\"\n[[inputs]]\ntopic = {input:?}\nformat = \"avro\"\n[store]\npath = {store:?}\nblock_cache_mb = 8\n[processing]\nbatch_max_messages = 50\nbatch_linger_ms = 5\nguarantee = \"exactly_once\"\n[http]\nlisten = \"\"\n[log]\nformat = \"json\"\nlevel = \"info,journeyd::delivery=debug\"\n",
+        rig.journeys_dir(),
+        rig.cluster.bootstrap_servers(),
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_under_exactly_once_lose_nothing_as_partitions_move() {
+    let rig = Rig::new(&[("welcome.yaml", &welcome("3s"))]);
+    // A group of its own over an input of four partitions, and its changelog.
+    let group = unique("eos-group");
+    let input = unique("eos-touchpoints");
+    rig.cluster.create_topic(&input, 4).unwrap();
+    rig.cluster
+        .create_topic(&format!("{group}.changelog"), 4)
+        .unwrap();
+    let dir = rig.dir.path();
+    let start = |name: &str| {
+        let config = dir.join(format!("{name}.toml"));
+        replica_config(&rig, &group, &input, &dir.join(name), &config);
+        spawn(&config, &dir.join(format!("{name}.log")))
+    };
+    let mut a = start("a");
+    let mut b = start("b");
+    let _c = start("c");
+    let mut d = None;
+    let producer = rig.producer();
+    let mut events = Vec::new();
+    for round in 0..24 {
+        let t = now();
+        for i in 0..12 {
+            let c = format!("x{round}c{i}");
+            let mut batch = vec![event(&format!("{c}-s"), &c, "signup", Some("web"), t)];
+            match i % 3 {
+                0 => batch.push(event(
+                    &format!("{c}-o"),
+                    &c,
+                    "app_opened",
+                    Some("app"),
+                    t + 1,
+                )),
+                1 => batch.push(event(&format!("{c}-x"), &c, "account_closed", None, t + 1)),
+                _ => {}
+            }
+            for e in batch {
+                let bytes =
+                    journeyd_codec::encode_touchpoint(&e, journeyd_codec::Framing::SingleObject);
+                producer
+                    .send(
+                        rdkafka::producer::FutureRecord::to(&input)
+                            .key(e.customer_id.as_bytes())
+                            .payload(&bytes),
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    .unwrap();
+                events.push(e);
+            }
+        }
+        match round {
+            // a is SIGKILLed and stays down: its partitions move once the group gives up on it.
+            6 => a.kill().unwrap(),
+            // A new replica joins: partitions move to it.
+            10 => d = Some(start("d")),
+            // b is SIGKILLed and comes back on an empty volume after the session timeout.
+            14 => {
+                b.kill().unwrap();
+                b.wait().unwrap();
+            }
+            21 => {
+                std::fs::remove_dir_all(dir.join("b")).unwrap();
+                b = start("b");
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let engine = Arc::new(Engine::new(load_dir(&rig.journeys_dir()).unwrap().catalog));
+    let mut sim = Simulator::new(engine);
+    let mut expected: BTreeMap<String, Action> = BTreeMap::new();
+    events.sort_by_key(|e| e.occurred_at);
+    for e in &events {
+        for x in sim.push(e).unwrap() {
+            expected.insert(x.action.action_id.clone(), x.action);
+        }
+    }
+    for x in sim.advance_to(now() + 60_000) {
+        expected.insert(x.action.action_id.clone(), x.action);
+    }
+    let mut reader = rig.reader();
+    reader
+        .until("every expected action", Duration::from_secs(120), |r| {
+            let got: std::collections::BTreeSet<&str> =
+                r.actions.iter().map(|a| a.action_id.as_str()).collect();
+            expected.keys().all(|k| got.contains(k.as_str()))
+        })
+        .await;
+    reader.settle(Duration::from_millis(800)).await;
+    for x in &reader.actions {
+        let want = expected
+            .get(&x.action_id)
+            .unwrap_or_else(|| panic!("an action the simulator does not send: {x:#?}"));
+        assert_eq!(x, want, "a copy is an exact repeat");
+    }
+    let logs: String = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| std::fs::read_to_string(dir.join(format!("{n}.log"))).unwrap_or_default())
+        .collect();
+    let restored = logs
+        .lines()
+        .filter(|l| {
+            l.contains("Partition restored from the changelog") && !l.contains("\"records\":0")
+        })
+        .count();
+    let aborted = logs
+        .lines()
+        .filter(|l| l.contains("transaction aborts"))
+        .count();
+    println!(
+        "{} actions expected, {} received ({} copies of uncommitted batches, visible on the \
+         mock broker); {restored} restores with records, {aborted} aborted transactions",
+        expected.len(),
+        reader.actions.len(),
+        reader.actions.len() - expected.len()
+    );
+    assert!(restored >= 1, "partitions moved with their customers");
+    drop(d);
+}
