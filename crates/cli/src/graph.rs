@@ -99,6 +99,24 @@ pub fn mermaid(j: &Journey) -> String {
                 );
                 format!("[/\"{}\"/]", label(&text))
             }
+            StepKind::WaitDate(w) => {
+                edges.push((None, step.next));
+                if w.on_past.is_some() {
+                    edges.push((Some("date passed".to_owned()), w.on_past));
+                }
+                let offset = match w.offset_days {
+                    0 => String::new(),
+                    d if d < 0 => format!(" {d}d"),
+                    d => format!(" +{d}d"),
+                };
+                let text = format!(
+                    "{name}\nwait until {}{offset} at {:02}:{:02}",
+                    w.date.source(),
+                    w.minute_of_day / 60,
+                    w.minute_of_day % 60
+                );
+                format!("[/\"{}\"/]", label(&text))
+            }
             StepKind::WaitFor(w) => {
                 edges.push((Some(w.events.join(" / ")), w.on_event));
                 edges.push((

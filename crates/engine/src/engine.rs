@@ -878,6 +878,31 @@ impl Run<'_, '_> {
                     let until = next_local_time(self.timezone(), now, w.minute_of_day, w.days);
                     return self.wait_until(idx, until, at, now);
                 }
+                StepKind::WaitDate(w) => {
+                    let source = w.date.source();
+                    let moment = match eval(&w.date, event, &self.st.profile) {
+                        Ok(v) => crate::localtime::date_moment(
+                            self.timezone(),
+                            &v,
+                            w.offset_days,
+                            w.minute_of_day,
+                        )
+                        .map_err(|why| format!("{source} {why}")),
+                        Err(e) => Err(format!("{source} did not evaluate: {e}")),
+                    };
+                    match moment {
+                        Ok(until) if until > now => return self.wait_until(idx, until, at, now),
+                        Ok(until) => {
+                            let why =
+                                format!("{} is past", journeyd_types::time::format_rfc3339(until));
+                            self.record(at.0, at.1, at.2, What::DatePassed { why }, now);
+                        }
+                        Err(why) => {
+                            self.record(at.0, at.1, at.2, What::DatePassed { why }, now);
+                        }
+                    }
+                    target = w.on_past.or(step.next);
+                }
                 StepKind::Branch(b) => {
                     let mut chosen = None;
                     for (k, (cond, to)) in b.arms.iter().enumerate() {

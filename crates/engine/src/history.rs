@@ -159,6 +159,10 @@ impl Engine {
                 format!("`{expr}` could not be evaluated ({error}); a condition counts as false, a value is left out"),
             ),
             What::Ignored { why } => ("ignored", why.clone()),
+            What::DatePassed { why } => (
+                "date_passed",
+                format!("the date wait ended at once: {why}"),
+            ),
         };
         HistoryLine {
             at: format_rfc3339(r.at),

@@ -40,6 +40,34 @@ fn instant(tz: Tz, date: NaiveDate, minute_of_day: u16) -> Millis {
     tz.from_utc_datetime(&naive).timestamp_millis()
 }
 
+/// The moment a date wait ends: the local calendar date of `value` (a `"YYYY-MM-DD"` string,
+/// or an RFC 3339 timestamp string taken in `tz`), `offset_days` later, at `minute_of_day`
+/// local time. Why not, when `value` is no such string.
+pub fn date_moment(
+    tz: Tz,
+    value: &journeyd_types::Value,
+    offset_days: i32,
+    minute_of_day: u16,
+) -> Result<Millis, String> {
+    let journeyd_types::Value::String(text) = value else {
+        return Err(format!("is not a date string: {value:?}"));
+    };
+    let date = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .or_else(|| {
+            DateTime::parse_from_rfc3339(text)
+                .ok()
+                .map(|t| t.with_timezone(&tz).date_naive())
+        })
+        .ok_or_else(|| {
+            format!("is not a date (\"YYYY-MM-DD\" or an RFC 3339 timestamp): \"{text}\"")
+        })?;
+    let day = date
+        .checked_add_signed(Duration::days(i64::from(offset_days)))
+        .ok_or_else(|| format!("is out of range with an offset of {offset_days} days"))?;
+    Ok(instant(tz, day, minute_of_day))
+}
+
 /// The first instant strictly after `after` whose local time is `minute_of_day` on an allowed
 /// weekday (`days`: bit 0 = Monday ... bit 6 = Sunday).
 pub fn next_local_time(tz: Tz, after: Millis, minute_of_day: u16, days: u8) -> Millis {

@@ -308,6 +308,12 @@ pub enum What {
         /// Why.
         why: String,
     },
+    /// A date wait ended at once: its moment had passed, or its date was not one. (Appended:
+    /// stored histories keep their variant numbers.)
+    DatePassed {
+        /// Why.
+        why: String,
+    },
 }
 
 /// The stored format of [`CustomerState`]: its first byte.

@@ -1,9 +1,10 @@
 //! The compiled form of journeys and policies: what the engine runs.
 //!
 //! Invariants the loader guarantees (the engine relies on them):
-//! - every step target (`next`, `on_event`, `on_timeout`, branch and split arms) is an index into
-//!   the journey's `steps`, or `None` for "the instance ends";
-//! - every cycle in the step graph passes through a `Wait`, `WaitUntil` or `WaitFor` step;
+//! - every step target (`next`, `on_event`, `on_timeout`, `on_past`, branch and split arms) is an
+//!   index into the journey's `steps`, or `None` for "the instance ends";
+//! - every cycle in the step graph passes through a `Wait`, `WaitUntil` or `WaitFor` step, or
+//!   through a `WaitDate` by the way it takes after waiting;
 //! - durations are positive; split weights are positive; a branch has at least its `otherwise`;
 //! - journey ids are unique in a [`Catalog`], and `journeys` is sorted by priority (highest first),
 //!   then id, which is the arbitration order.
@@ -160,6 +161,9 @@ pub enum StepKind {
     WaitUntil(WaitUntil),
     /// Wait for an event, or for the timeout.
     WaitFor(WaitFor),
+    /// Wait until a date the profile gives, at a local time of day (at once to `on_past`
+    /// when that moment has passed).
+    WaitDate(WaitDate),
     /// Go to the first arm whose condition holds, else to `otherwise`.
     Branch(Branch),
     /// A deterministic weighted random split.
@@ -175,7 +179,7 @@ impl StepKind {
     pub fn keyword(&self) -> &'static str {
         match self {
             StepKind::Send(_) => "send",
-            StepKind::Wait(_) | StepKind::WaitUntil(_) => "wait",
+            StepKind::Wait(_) | StepKind::WaitUntil(_) | StepKind::WaitDate(_) => "wait",
             StepKind::WaitFor(_) => "wait_for",
             StepKind::Branch(_) => "branch",
             StepKind::Split(_) => "split",
@@ -184,7 +188,8 @@ impl StepKind {
         }
     }
 
-    /// Whether the step stops the instance until a timer or an event.
+    /// Whether the step always stops the instance until a timer or an event (a date wait
+    /// does not when its moment has passed).
     pub fn waits(&self) -> bool {
         matches!(
             self,
@@ -218,6 +223,21 @@ pub struct WaitUntil {
     pub minute_of_day: u16,
     /// Allowed weekdays as a bit set, bit 0 = Monday ... bit 6 = Sunday; `0x7f` = any day.
     pub days: u8,
+}
+
+/// A wait until a date the profile gives (`wait: {date, offset, at, on_past}`).
+#[derive(Debug, Clone)]
+pub struct WaitDate {
+    /// The date: a CEL expression giving `"YYYY-MM-DD"` or an RFC 3339 timestamp string,
+    /// evaluated once on entering the step.
+    pub date: Expr,
+    /// Whole calendar days added to the date (may be negative).
+    pub offset_days: i32,
+    /// The local time of day the wait ends, in minutes after midnight.
+    pub minute_of_day: u16,
+    /// Where to go when that moment is not later than now, or the date is not one (`None`:
+    /// the next step).
+    pub on_past: Target,
 }
 
 /// A wait for events.

@@ -435,10 +435,12 @@ fn defs() -> Value {
         "wait".into(),
         json!({
             "description": "Wait a duration (such as 3d), or until the next local time \
-                {until: \"HH:MM\", days: [mon, ...]} in the customer's time zone.",
+                {until: \"HH:MM\", days: [mon, ...]} in the customer's time zone, or until a \
+                date in the profile {date: <CEL>, offset: -7, at: \"HH:MM\", on_past: <step>}.",
             "oneOf": [
                 { "$ref": "#/$defs/duration" },
-                { "$ref": "#/$defs/wait_until" }
+                { "$ref": "#/$defs/wait_until" },
+                { "$ref": "#/$defs/wait_date" }
             ]
         }),
     );
@@ -462,6 +464,40 @@ fn defs() -> Value {
                     "type": "array",
                     "minItems": 1,
                     "items": { "$ref": "#/$defs/day" }
+                }
+            }
+        }),
+    );
+    defs.insert(
+        "wait_date".into(),
+        json!({
+            "description": "Wait until a date the profile gives: on entering the step `date` is \
+                evaluated once, its local calendar date taken in the customer's time zone, \
+                `offset` days added, and the wait ends at `at` local time that day. When that \
+                moment is not later than now, or `date` is not a date, the wait ends at once \
+                and the instance goes to `on_past` (else to the next step).",
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["date", "at"],
+            "properties": {
+                "date": {
+                    "$ref": "#/$defs/cel_value",
+                    "description": "A CEL expression giving a \"YYYY-MM-DD\" string or an RFC \
+                        3339 timestamp string, such as profile.renewal_date."
+                },
+                "offset": {
+                    "description": "Optional: whole calendar days added to the date (may be \
+                        negative; default 0).",
+                    "type": "integer"
+                },
+                "at": {
+                    "$ref": "#/$defs/time_of_day",
+                    "description": "The local time of day the wait ends, \"HH:MM\" (quote it)."
+                },
+                "on_past": {
+                    "$ref": "#/$defs/step_id",
+                    "description": "Optional: where to go when the moment has already passed \
+                        or the date is not one (default: the next step)."
                 }
             }
         }),
@@ -729,7 +765,7 @@ fn defs() -> Value {
         ),
         (
             "wait",
-            "A wait step: wait a duration, or until a local time.",
+            "A wait step: wait a duration, until a local time, or until a date in the profile.",
             true,
         ),
         (

@@ -1056,3 +1056,102 @@ mod no_panics {
         }
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// Date waits (contract v2)
+
+#[test]
+fn a_date_wait_compiles_with_its_offset_time_and_way_past() {
+    let j = journey(&with_steps(
+        r#"  - id: before
+    wait: { date: profile.renewal_date, offset: -7, at: "10:00", on_past: late }
+  - id: mail
+    send: { channel: email, template: t }
+  - id: late
+    send: { channel: email, template: late }
+  - id: plain
+    wait: { date: profile.d, at: "08:30" }
+"#,
+    ));
+    assert_eq!(j.steps[0].kind.keyword(), "wait");
+    let StepKind::WaitDate(w) = &j.steps[0].kind else {
+        panic!("{:?}", j.steps[0].kind)
+    };
+    assert_eq!(w.date.source(), "profile.renewal_date");
+    assert_eq!(
+        (w.offset_days, w.minute_of_day, w.on_past),
+        (-7, 600, Some(2))
+    );
+    assert_eq!(j.steps[0].next, Some(1));
+    let StepKind::WaitDate(w) = &j.steps[3].kind else {
+        panic!()
+    };
+    assert_eq!((w.offset_days, w.minute_of_day, w.on_past), (0, 510, None));
+    assert!(!j.steps[0].kind.waits(), "it need not wait");
+}
+
+#[test]
+fn a_bad_date_wait_is_an_error_at_its_place() {
+    let e = errors(&with_steps(
+        r#"  - id: a
+    wait: { date: profile.d, at: "25:00" }
+  - id: b
+    wait: { date: profile.d, offset: 1.5, at: "10:00" }
+  - id: c
+    wait: { date: profile.d, at: "10:00", on_past: nowhere }
+  - id: d
+    wait: { date: profile.d, until: "10:00" }
+  - id: e
+    wait: { date: "profile.(", at: "10:00" }
+  - id: f
+    wait: { date: profile.d }
+  - id: g
+    wait: { date: profile.d, at: "10:00", later: 1 }
+"#,
+    ));
+    let want = [
+        "j.yaml:6:34: error: step \"a\": wait.at must be a time of day \"HH:MM\" from 00:00 to 23:59, found `\"25:00\"`",
+        "j.yaml:8:38: error: step \"b\": wait.offset must be a whole number of days such as -7, found `1.5`",
+        "j.yaml:10:52: error: step \"c\": wait.on_past: unknown step \"nowhere\"",
+        "j.yaml:12:30: error: step \"d\": wait: give either until (a time of day) or date (a date in the profile), not both",
+        "j.yaml:14:19: error: step \"e\": wait.date: not a valid CEL expression",
+        "j.yaml:16:11: error: step \"f\": wait.at is required",
+        "j.yaml:18:43: error: step \"g\": unknown field \"later\" (expected one of: date, offset, at, on_past)",
+    ];
+    assert_eq!(e.len(), want.len(), "{e:#?}");
+    for (got, want) in e.iter().zip(want) {
+        assert!(
+            got.starts_with(want),
+            "{got}\n  does not start with\n{want}"
+        );
+    }
+}
+
+#[test]
+fn a_loop_back_through_a_date_wait_that_passed_never_waits() {
+    // After waiting, a date wait may lead back round (a yearly reminder); its way on at once
+    // (the date has passed) may not.
+    journey(&with_steps(
+        r#"  - id: yearly
+    wait: { date: profile.d, at: "10:00", on_past: stop }
+  - id: mail
+    send: { channel: email, template: t }
+    next: yearly
+  - id: stop
+    exit: {}
+"#,
+    ));
+    let e = errors(&with_steps(
+        r#"  - id: yearly
+    wait: { date: profile.d, at: "10:00", on_past: mail }
+  - id: mail
+    send: { channel: email, template: t }
+    next: yearly
+"#,
+    ));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].contains("this loop never waits: yearly -> mail -> yearly"),
+        "{e:?}"
+    );
+}

@@ -1009,3 +1009,65 @@ fn events_may_overtake_a_late_timer_with_the_same_result() {
         "the SMS at Jan 8, then its cancel at Jan 9"
     );
 }
+
+/// docs/journeys.md, `wait: {date, offset, at, on_past}`: the date is read once on entering
+/// the step; a moment that has passed, or a date that is not one, goes to `on_past` at once,
+/// and the history says why.
+#[test]
+fn a_date_wait_reads_the_date_once_and_says_why_it_did_not_wait() {
+    let e = engine(&[(
+        "renew.yaml",
+        r#"
+journey: renew
+version: 1
+entry: { event: scheduled }
+steps:
+  - id: remember
+    update: { renewal_date: event.attributes.date }
+  - id: before
+    wait: { date: profile.renewal_date, offset: -1, at: "09:00", on_past: late }
+  - id: remind
+    send: { channel: email, template: remind }
+    next: done
+  - id: late
+    send: { channel: email, template: late }
+  - id: done
+    exit: {}
+"#,
+    )]);
+    // UTC customers (no policies). Moving the date in the profile after the step started
+    // does not move the wait.
+    let events = [
+        ev("2026-05-01T12:00:00Z", "a", "scheduled").attr("date", "2026-05-10"),
+        ev("2026-05-01T12:00:00Z", "b", "scheduled").attr("date", "2026-05-01"),
+        ev("2026-05-01T12:00:00Z", "c", "scheduled").attr("date", 20260510_i64),
+        ev("2026-05-02T12:00:00Z", "a", "profile_updated").attr("renewal_date", "2026-06-30"),
+    ];
+    let (sim, out) = run_sim(&e, &events, Some("2026-07-01T00:00:00Z"));
+    assert_eq!(
+        brief(&out),
+        [
+            "2026-05-01T12:00:00Z send email renew/late b",
+            "2026-05-01T12:00:00Z send email renew/late c",
+            "2026-05-09T09:00:00Z send email renew/remind a",
+        ]
+    );
+    let why = |c: &str| -> Vec<String> {
+        sim.history(c)
+            .into_iter()
+            .filter(|l| l.kind == "date_passed")
+            .map(|l| l.detail)
+            .collect()
+    };
+    assert_eq!(
+        why("b"),
+        ["the date wait ended at once: 2026-04-30T09:00:00Z is past"]
+    );
+    let c = why("c");
+    assert_eq!(c.len(), 1);
+    assert!(
+        c[0].contains("profile.renewal_date is not a date string"),
+        "{c:?}"
+    );
+    assert!(why("a").is_empty());
+}

@@ -13,6 +13,7 @@ pub(super) fn successors(step: &Step) -> Vec<usize> {
             vec![step.next]
         }
         StepKind::WaitFor(w) => vec![w.on_event, w.on_timeout],
+        StepKind::WaitDate(w) => vec![step.next, w.on_past],
         StepKind::Branch(b) => b
             .arms
             .iter()
@@ -34,6 +35,13 @@ pub(super) fn check_loops(cx: &mut Cx, steps: &[Step], items: &[Node], labels: &
         .map(|s| {
             if s.kind.waits() {
                 Vec::new()
+            } else if let StepKind::WaitDate(w) = &s.kind {
+                // Only its way on at once (the moment has passed) does not wait.
+                w.on_past
+                    .or(s.next)
+                    .into_iter()
+                    .filter(|&t| !steps[t].kind.waits())
+                    .collect()
             } else {
                 successors(s)
                     .into_iter()

@@ -212,6 +212,7 @@ pub(super) fn step_uses_event(step: &Step) -> bool {
         StepKind::WaitFor(w) => w.condition.as_ref().is_some_and(Expr::uses_event),
         StepKind::Branch(b) => b.arms.iter().any(|(e, _)| e.uses_event()),
         StepKind::Update(attrs) => attrs.iter().any(|(_, e)| e.uses_event()),
+        StepKind::WaitDate(w) => w.date.uses_event(),
         StepKind::Wait(_) | StepKind::WaitUntil(_) | StepKind::Split(_) | StepKind::Exit => false,
     }
 }
@@ -359,7 +360,7 @@ pub(super) fn load_step(
 
     let kind = match kind_key {
         "send" => load_send(cx, ctx, kind_node).map(StepKind::Send),
-        "wait" => load_wait(cx, ctx, kind_node),
+        "wait" => load_wait(cx, ctx, kind_node, ids),
         "wait_for" => load_wait_for(cx, ctx, kind_node, ids, next).map(StepKind::WaitFor),
         "branch" => load_branch(cx, ctx, kind_node, ids).map(StepKind::Branch),
         "split" => load_split(cx, ctx, kind_node, ids).map(StepKind::Split),
@@ -443,9 +444,26 @@ pub(super) fn load_send(cx: &mut Cx, ctx: &str, node: &Node) -> Option<Send> {
     })
 }
 
-pub(super) fn load_wait(cx: &mut Cx, ctx: &str, node: &Node) -> Option<StepKind> {
+pub(super) fn load_wait(
+    cx: &mut Cx,
+    ctx: &str,
+    node: &Node,
+    ids: &HashMap<String, usize>,
+) -> Option<StepKind> {
     match &node.kind {
         Kind::Scalar { .. } => cx.duration(ctx, "wait", node).map(StepKind::Wait),
+        Kind::Map(_) if key_node(node, "date").is_some() => {
+            if let Some(until) = key_node(node, "until") {
+                cx.error_in(
+                    until,
+                    ctx,
+                    "wait: give either until (a time of day) or date (a date in the profile), \
+                     not both",
+                );
+                return None;
+            }
+            load_wait_date(cx, ctx, node, ids).map(StepKind::WaitDate)
+        }
         Kind::Map(_) => {
             let fields = cx.fields(ctx, "wait", node, &["until", "days"])?;
             let get = |key: &str| {
@@ -476,6 +494,53 @@ pub(super) fn load_wait(cx: &mut Cx, ctx: &str, node: &Node) -> Option<StepKind>
             None
         }
     }
+}
+
+/// `wait: {date, offset, at, on_past}`.
+pub(super) fn load_wait_date(
+    cx: &mut Cx,
+    ctx: &str,
+    node: &Node,
+    ids: &HashMap<String, usize>,
+) -> Option<WaitDate> {
+    let fields = cx.fields(ctx, "wait", node, &["date", "offset", "at", "on_past"])?;
+    let get = |key: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k.scalar() == Some(key))
+            .map(|(_, v)| v)
+    };
+    let date = get("date").and_then(|n| cx.expr(ctx, "wait.date", n));
+    let offset_days = match get("offset") {
+        None => Some(0),
+        Some(n) => match n.scalar().and_then(|s| s.trim().parse::<i32>().ok()) {
+            Some(days) if days.abs() <= 36_600 => Some(days),
+            _ => {
+                cx.error_in(
+                    n,
+                    ctx,
+                    format!(
+                        "wait.offset must be a whole number of days such as -7, found {}",
+                        n.describe()
+                    ),
+                );
+                None
+            }
+        },
+    };
+    let minute_of_day = cx
+        .required(ctx, "wait.at", node, get("at"))
+        .and_then(|n| cx.time_of_day(ctx, "wait.at", n));
+    let on_past = match get("on_past") {
+        None => Some(None),
+        Some(n) => cx.target(ctx, "wait.on_past", n, ids).map(Some),
+    };
+    Some(WaitDate {
+        date: date?,
+        offset_days: offset_days?,
+        minute_of_day: minute_of_day?,
+        on_past: on_past?,
+    })
 }
 
 pub(super) fn load_days(cx: &mut Cx, ctx: &str, node: &Node) -> Option<u8> {
