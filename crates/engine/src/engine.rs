@@ -674,6 +674,32 @@ impl Run<'_, '_> {
                 i += 1;
             }
         }
+        // A send held by quiet hours has reached no channel yet: it is dropped, without a
+        // send or a cancel (contract v2, "Held sends and cancel_on").
+        let mut i = 0;
+        while i < self.st.held.len() {
+            let h = &self.st.held[i];
+            let responded = self.journey_of(h.j, h.version).is_some_and(|j| {
+                match &j.steps[h.step as usize].kind {
+                    StepKind::Send(s) => {
+                        ev.channel.as_deref() != Some(s.channel.as_str())
+                            && s.cancel_on.contains(&ev.event_type)
+                    }
+                    _ => false,
+                }
+            });
+            if responded {
+                let h = self.st.held.remove(i);
+                let what = What::HeldDropped {
+                    id: h.id,
+                    reason: CancelReason::Responded,
+                    event: ev.event_type.clone(),
+                };
+                self.record(Some(h.j), h.version, Some(h.step as usize), what, now);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     fn exit_on(&mut self, idx: usize, ev: &Event, now: Millis) {

@@ -159,6 +159,15 @@ impl Engine {
                 format!("`{expr}` could not be evaluated ({error}); a condition counts as false, a value is left out"),
             ),
             What::Ignored { why } => ("ignored", why.clone()),
+            What::HeldDropped { id, reason, event } => (
+                "dropped",
+                format!(
+                    "held action {} dropped before it was sent: {} ({event} came from another \
+                     channel)",
+                    format_id(*id),
+                    reason.as_str()
+                ),
+            ),
             What::DatePassed { why } => (
                 "date_passed",
                 format!("the date wait ended at once: {why}"),

@@ -314,6 +314,15 @@ pub enum What {
         /// Why.
         why: String,
     },
+    /// A send held by quiet hours was dropped before it reached any channel (appended).
+    HeldDropped {
+        /// Its action id.
+        id: u128,
+        /// Why (`responded`: an event in its `cancel_on` came from another channel).
+        reason: CancelReason,
+        /// The event that dropped it.
+        event: String,
+    },
 }
 
 /// The stored format of [`CustomerState`]: its first byte.

@@ -1071,3 +1071,52 @@ steps:
     );
     assert!(why("a").is_empty());
 }
+
+/// docs/journeys.md, "Cross-channel cancellation" (contract v2, held sends and `cancel_on`): a
+/// send held by quiet hours is dropped by an event in its `cancel_on` from another channel,
+/// with no send and no cancel; from its own channel it is not.
+#[test]
+fn a_held_send_is_dropped_by_a_response_from_another_channel() {
+    let e = engine(&[
+        (
+            "alert.yaml",
+            r#"
+journey: alert
+version: 1
+entry: { event: blocked }
+steps:
+  - id: sms
+    send: { channel: sms, template: blocked, cancel_on: [unblocked] }
+"#,
+        ),
+        (
+            "policies.yaml",
+            r#"
+policies:
+  default_timezone: UTC
+  quiet_hours: { from: "21:00", to: "08:00", channels: [sms] }
+"#,
+        ),
+    ]);
+    let events = [
+        ev("2026-01-07T23:40:00Z", "app", "blocked"),
+        ev("2026-01-07T23:40:00Z", "own", "blocked"),
+        ev("2026-01-08T07:00:00Z", "app", "unblocked").on("app"),
+        ev("2026-01-08T07:00:00Z", "own", "unblocked").on("sms"),
+    ];
+    let (sim, out) = run_sim(&e, &events, Some("2026-01-09T00:00:00Z"));
+    assert_eq!(brief(&out), ["2026-01-08T08:00:00Z send sms alert/sms own"]);
+    let dropped: Vec<String> = sim
+        .history("app")
+        .into_iter()
+        .filter(|l| l.kind == "dropped")
+        .map(|l| l.detail)
+        .collect();
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    assert!(
+        dropped[0].contains(
+            "dropped before it was sent: responded (unblocked came from another channel)"
+        ),
+        "{dropped:?}"
+    );
+}
