@@ -397,7 +397,7 @@ impl Run<'_, '_> {
         at: (Option<u16>, u32, Option<usize>),
         now: Millis,
     ) -> bool {
-        match eval_bool(expr, event, &self.st.profile) {
+        match eval_bool(expr, event, &self.st.profile, now) {
             Ok(b) => b,
             Err(error) => {
                 let what = What::ExprFailed {
@@ -870,7 +870,7 @@ impl Run<'_, '_> {
                 StepKind::Send(send) => {
                     let mut vars = Attributes::new();
                     for (name, expr) in &send.vars {
-                        match eval(expr, event, &self.st.profile) {
+                        match eval(expr, event, &self.st.profile, now) {
                             Ok(value) => {
                                 vars.insert(name.clone(), value);
                             }
@@ -906,7 +906,7 @@ impl Run<'_, '_> {
                 }
                 StepKind::WaitDate(w) => {
                     let source = w.date.source();
-                    let moment = match eval(&w.date, event, &self.st.profile) {
+                    let moment = match eval(&w.date, event, &self.st.profile, now) {
                         Ok(v) => crate::localtime::date_moment(
                             self.timezone(),
                             &v,
@@ -959,7 +959,7 @@ impl Run<'_, '_> {
                 StepKind::Update(assignments) => {
                     let mut values = Vec::with_capacity(assignments.len());
                     for (name, expr) in assignments {
-                        match eval(expr, event, &self.st.profile) {
+                        match eval(expr, event, &self.st.profile, now) {
                             Ok(value) => values.push((name.clone(), value)),
                             Err(error) => {
                                 let what = What::ExprFailed {

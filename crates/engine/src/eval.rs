@@ -124,6 +124,8 @@ fn timestamp_val(at: Millis) -> Option<Box<dyn Val + 'static>> {
 /// whole map, which gives the same value or the same error as before. The whole maps are
 /// converted at most once per evaluation.
 struct Vars<'a> {
+    /// `now`: the engine's current time (a CEL timestamp).
+    now: Millis,
     profile: &'a Attributes,
     event: Option<EventView<'a>>,
     profile_map: OnceLock<Box<dyn Val + 'a>>,
@@ -141,6 +143,9 @@ fn attribute<'a>(attrs: &'a Attributes, key: &str) -> Option<CowVal<'a, 'a>> {
 
 impl<'a> VariableResolver for Vars<'a> {
     fn resolve<'b>(&'b self, name: &str) -> Option<CowVal<'b, 'b>> {
+        if name == "now" {
+            return timestamp_val(self.now).map(CowVal::Owned);
+        }
         if let Some(rest) = name.strip_prefix("profile") {
             if rest.is_empty() {
                 let whole = self.profile_map.get_or_init(|| map_val(self.profile));
@@ -169,13 +174,16 @@ impl<'a> VariableResolver for Vars<'a> {
     }
 }
 
-/// Evaluates an expression. `event` is bound only when there is one.
+/// Evaluates an expression at `now` (the engine's time, `now` in CEL). `event` is bound only
+/// when there is one.
 pub fn eval(
     expr: &Expr,
     event: Option<EventView<'_>>,
     profile: &Attributes,
+    now: Millis,
 ) -> Result<Value, String> {
     let vars = Vars {
+        now,
         profile,
         event,
         profile_map: OnceLock::new(),
@@ -193,8 +201,9 @@ pub fn eval_bool(
     expr: &Expr,
     event: Option<EventView<'_>>,
     profile: &Attributes,
+    now: Millis,
 ) -> Result<bool, String> {
-    match eval(expr, event, profile)? {
+    match eval(expr, event, profile, now)? {
         Value::Bool(b) => Ok(b),
         other => Err(format!(
             "the condition gave a {}, not a bool",
@@ -225,9 +234,9 @@ mod tests {
             attributes: &attrs,
         };
         let c = Expr::compile(r#"profile.ltv_segment in ["high", "medium"] && event.attributes.amount > 100.0 && event.channel == "web""#).unwrap();
-        assert_eq!(eval_bool(&c, Some(ev), &profile()), Ok(true));
+        assert_eq!(eval_bool(&c, Some(ev), &profile(), 0), Ok(true));
         let v = Expr::compile(r#"{"n": profile.age + 1, "t": event.type}"#).unwrap();
-        let out = eval(&v, Some(ev), &profile()).unwrap();
+        let out = eval(&v, Some(ev), &profile(), 0).unwrap();
         assert_eq!(
             out,
             Value::Map(
@@ -241,13 +250,24 @@ mod tests {
     }
 
     #[test]
+    fn now_is_the_engines_time_as_a_timestamp() {
+        let t = journeyd_types::time::parse_rfc3339("2026-03-01T12:00:00Z").unwrap();
+        let c = Expr::compile(
+            r#"now == timestamp("2026-03-01T12:00:00Z") && now - duration("24h") > timestamp("2026-02-28T11:59:00Z")"#,
+        )
+        .unwrap();
+        assert_eq!(eval_bool(&c, None, &profile(), t), Ok(true));
+        assert_eq!(eval_bool(&c, None, &profile(), t + 1), Ok(false));
+    }
+
+    #[test]
     fn failures_are_errors_not_panics() {
         let missing = Expr::compile("profile.nope == 1").unwrap();
-        assert!(eval_bool(&missing, None, &profile()).is_err());
+        assert!(eval_bool(&missing, None, &profile(), 0).is_err());
         let no_event = Expr::compile("event.type == 'x'").unwrap();
-        assert!(eval_bool(&no_event, None, &profile()).is_err());
+        assert!(eval_bool(&no_event, None, &profile(), 0).is_err());
         let not_bool = Expr::compile("profile.age").unwrap();
-        assert!(eval_bool(&not_bool, None, &profile())
+        assert!(eval_bool(&not_bool, None, &profile(), 0)
             .unwrap_err()
             .contains("not a bool"));
     }

@@ -751,7 +751,7 @@ steps:
         both: Hello there
         fine: '"Hello"'
   - id: y
-    update: {seen: 'now'}
+    update: {seen: 'today'}
   - id: z
     branch:
       - {if: 'customer.vip', next: x}
@@ -762,13 +762,13 @@ steps:
     assert!(lines[0].starts_with("j.yaml:3:24: error: entry: if: not a valid CEL expression: "));
     assert_eq!(
         lines[1],
-        "j.yaml:10:19: error: step \"x\": vars.greeting: unknown variable \"Hello\" (conditions see only event and profile; write a string as '\"Hello\"')"
+        "j.yaml:10:19: error: step \"x\": vars.greeting: unknown variable \"Hello\" (conditions see only event, profile and now; write a string as '\"Hello\"')"
     );
     assert!(lines[2]
         .starts_with("j.yaml:11:15: error: step \"x\": vars.both: not a valid CEL expression: "));
     assert!(lines[2].ends_with("(to write a string, quote it inside the YAML: '\"Hello there\"')"));
     assert!(lines[3]
-        .starts_with("j.yaml:14:20: error: step \"y\": update.seen: unknown variable \"now\""));
+        .starts_with("j.yaml:14:20: error: step \"y\": update.seen: unknown variable \"today\""));
     assert!(lines[4].starts_with(
         "j.yaml:17:14: error: step \"z\": branch[0].if: unknown variable \"customer\""
     ));

@@ -1120,3 +1120,44 @@ policies:
         "{dropped:?}"
     );
 }
+
+/// docs/journeys.md, "Conditions and vars": `now` is the engine's time, the timer's when a
+/// step runs from a timer, not the event's.
+#[test]
+fn now_is_the_time_the_step_runs() {
+    let e = engine(&[(
+        "later.yaml",
+        r#"
+journey: later
+version: 1
+entry: { event: go, if: 'now == event.occurred_at' }
+steps:
+  - id: pause
+    wait: 1d
+  - id: check
+    branch:
+      - { if: 'now - event.occurred_at == duration("24h")', next: a_day_on }
+      - else: same_time
+  - id: a_day_on
+    send: { channel: email, template: later, vars: { at: string(now) } }
+    next: done
+  - id: same_time
+    send: { channel: email, template: same }
+  - id: done
+    exit: {}
+"#,
+    )]);
+    let out = run(
+        &e,
+        &[ev("2026-05-01T12:00:00Z", "a", "go")],
+        Some("2026-05-03T00:00:00Z"),
+    );
+    assert_eq!(
+        brief(&out),
+        ["2026-05-02T12:00:00Z send email later/a_day_on a"]
+    );
+    assert_eq!(
+        out[0].action.vars.get("at"),
+        Some(&Value::from("2026-05-02T12:00:00Z"))
+    );
+}

@@ -253,7 +253,7 @@ impl Cx {
         parsed
     }
 
-    /// A CEL expression that sees only `event` and `profile`.
+    /// A CEL expression that sees only `event`, `profile` and `now`.
     pub(super) fn expr(&mut self, ctx: &str, path: &str, node: &Node) -> Option<Expr> {
         let Some(text) = node.scalar() else {
             self.error_in(
@@ -298,8 +298,8 @@ impl Cx {
                         node,
                         ctx,
                         format!(
-                            "{path}: unknown variable \"{name}\" (conditions see only event and \
-                             profile; write a string as '\"{name}\"')"
+                            "{path}: unknown variable \"{name}\" (conditions see only event, \
+                             profile and now; write a string as '\"{name}\"')"
                         ),
                     );
                 }
@@ -353,12 +353,12 @@ pub(super) const CEL_TYPES: [&str; 11] = [
 pub(super) const CEL_NAMESPACES: [&str; 6] =
     ["base64", "lists", "math", "optional", "sets", "strings"];
 
-/// Collects the identifiers an expression reads that are not `event`, `profile`, a type name or
+/// Collects the identifiers an expression reads that are not `event`, `profile`, `now`, a type name or
 /// a variable bound by a macro (`list.exists(x, x > 1)`).
 pub(super) fn free_variables(e: &IdedExpr, bound: &mut Vec<String>, out: &mut Vec<String>) {
     let free = |name: &str, bound: &Vec<String>| {
         !name.starts_with('@')
-            && !matches!(name, "event" | "profile")
+            && !matches!(name, "event" | "profile" | "now")
             && !CEL_TYPES.contains(&name)
             && !bound.iter().any(|b| b == name)
     };
