@@ -1155,3 +1155,32 @@ fn a_loop_back_through_a_date_wait_that_passed_never_waits() {
         "{e:?}"
     );
 }
+
+#[test]
+fn a_function_cel_does_not_have_is_refused_where_it_is_called() {
+    let e = errors(&with_steps(
+        r#"  - id: a
+    send:
+      channel: email
+      template: t
+      vars:
+        initial: profile.name.substring(0, 1)
+        fine: 'size(profile.name) > 0 && profile.name.startsWith("A") && math.greatest(1, 2) == 2'
+        also: '[1, 2].exists(x, x > 1) && has(profile.x) && string(now) != "" && duration("1h").getHours() == 1'
+        odd: frobnicate(1)
+"#,
+    ));
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(
+        e[0].starts_with(
+            "j.yaml:10:18: error: step \"a\": vars.initial: unknown function \"substring\""
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with(
+            "j.yaml:13:14: error: step \"a\": vars.odd: unknown function \"frobnicate\""
+        ),
+        "{e:?}"
+    );
+}

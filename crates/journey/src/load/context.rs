@@ -287,6 +287,25 @@ impl Cx {
                 let mut unknown = Vec::new();
                 free_variables(expr.program().expression(), &mut Vec::new(), &mut unknown);
                 let mut bad = false;
+                let mut calls = Vec::new();
+                function_calls(expr.program().expression(), &mut calls);
+                let mut seen: Vec<&str> = Vec::new();
+                for (name, probe) in &calls {
+                    if seen.contains(&name.as_str()) || known_function(name, probe) {
+                        continue;
+                    }
+                    seen.push(name);
+                    bad = true;
+                    self.error_in(
+                        node,
+                        ctx,
+                        format!(
+                            "{path}: unknown function \"{name}\": CEL's standard library, as \
+                             journeyd evaluates it, has no such function (see docs/journeys.md, \
+                             \"Conditions and vars\")"
+                        ),
+                    );
+                }
                 let mut reported: Vec<&str> = Vec::new();
                 for name in &unknown {
                     if reported.contains(&name.as_str()) {
@@ -410,6 +429,102 @@ pub(super) fn free_variables(e: &IdedExpr, bound: &mut Vec<String>, out: &mut Ve
             }
         }
     }
+}
+
+/// The functions an expression calls, each with the source of a probe call: `f(null)`,
+/// `null.f(null)` for a method, `ns.f(null)` for a namespaced one. Operators are left out.
+pub(super) fn function_calls(e: &IdedExpr, out: &mut Vec<(String, String)>) {
+    match &e.expr {
+        Ast::Unspecified | Ast::Literal(_) | Ast::Ident(_) => {}
+        Ast::Select(select) => function_calls(&select.operand, out),
+        Ast::Call(call) => {
+            let name = &call.func_name;
+            let operator = name.starts_with(['_', '@', '!', '-']);
+            if !operator {
+                let probe = match call.target.as_deref().map(|t| &t.expr) {
+                    None => format!("{name}(null)"),
+                    Some(Ast::Ident(ns)) if CEL_NAMESPACES.contains(&ns.as_str()) => {
+                        format!("{ns}.{name}(null)")
+                    }
+                    Some(_) => format!("null.{name}(null)"),
+                };
+                out.push((name.clone(), probe));
+            }
+            if let Some(target) = &call.target {
+                function_calls(target, out);
+            }
+            for arg in &call.args {
+                function_calls(arg, out);
+            }
+        }
+        Ast::Comprehension(c) => {
+            for part in [
+                &c.iter_range,
+                &c.accu_init,
+                &c.loop_cond,
+                &c.loop_step,
+                &c.result,
+            ] {
+                function_calls(part, out);
+            }
+        }
+        Ast::List(list) => {
+            for item in &list.elements {
+                function_calls(item, out);
+            }
+        }
+        Ast::Map(map) => {
+            for entry in &map.entries {
+                entry_calls(&entry.expr, out);
+            }
+        }
+        Ast::Struct(s) => {
+            for entry in &s.entries {
+                entry_calls(&entry.expr, out);
+            }
+        }
+    }
+}
+
+fn entry_calls(entry: &EntryExpr, out: &mut Vec<(String, String)>) {
+    match entry {
+        EntryExpr::StructField(field) => function_calls(&field.value, out),
+        EntryExpr::MapEntry(entry) => {
+            function_calls(&entry.key, out);
+            function_calls(&entry.value, out);
+        }
+    }
+}
+
+/// Whether the CEL standard library the engine evaluates with has function `name`: the probe
+/// call (see [`function_calls`]) is evaluated, and only an undeclared reference to `name`
+/// says no (a known function given `null` fails otherwise, or answers). The library itself is
+/// asked, so the answer follows the crate. Answers are kept.
+pub(super) fn known_function(name: &str, probe: &str) -> bool {
+    use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+    static ENV: LazyLock<Arc<cel::Env>> = LazyLock::new(|| Arc::new(cel::Env::stdlib()));
+    static ANSWERS: LazyLock<Mutex<HashMap<String, bool>>> = LazyLock::new(Mutex::default);
+    if let Some(known) = ANSWERS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(probe)
+    {
+        return *known;
+    }
+    let known = std::panic::catch_unwind(|| {
+        let Ok(program) = cel::Program::compile(probe) else {
+            return true;
+        };
+        let ctx = cel::Context::with_env(Arc::clone(&ENV));
+        !matches!(program.execute(&ctx),
+            Err(cel::ExecutionError::UndeclaredReference(n)) if n.as_str() == name)
+    })
+    .unwrap_or(true);
+    ANSWERS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(probe.to_owned(), known);
+    known
 }
 
 pub(super) fn entry_variables(entry: &EntryExpr, bound: &mut Vec<String>, out: &mut Vec<String>) {
