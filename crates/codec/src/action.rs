@@ -113,18 +113,21 @@ pub fn decode_action(bytes: &[u8]) -> Result<Action, DecodeError> {
         });
     }
     let known = schema::action();
-    let datum = match avro::split_header(bytes, WHAT)? {
+    let (writer, datum) = match avro::split_header(bytes, WHAT)? {
         (Header::SingleObject(fp), datum) => {
-            if !known.matches(fp) {
+            let Some(writer) = schema::action_writers().iter().find(|w| w.matches(fp)) else {
                 return Err(DecodeError::UnknownSchema(format!(
-                    "single-object fingerprint {fp:016x} is not the action schema ({:016x})",
+                    "single-object fingerprint {fp:016x} is not the action schema ({:016x}) \
+                     nor an earlier one",
                     known.fingerprint
                 )));
-            }
-            datum
+            };
+            (writer, datum)
         }
-        (Header::Confluent(_), datum) => datum,
+        (Header::Confluent(_), datum) => (known, datum),
     };
-    let value = avro::read_datum(&known.schema, None, datum, WHAT)?;
+    // An earlier writer schema is resolved into the current one.
+    let reader = (!std::ptr::eq(writer, known)).then_some(&known.schema);
+    let value = avro::read_datum(&writer.schema, reader, datum, WHAT)?;
     avro::avro_to_action(value).map_err(|why| DecodeError::BadAvro { what: WHAT, why })
 }

@@ -246,6 +246,8 @@ pub(crate) fn write_action(a: &Action) -> Result<Vec<u8>, EncodeError> {
             w.index(match r {
                 CancelReason::Responded => 0,
                 CancelReason::Exited => 1,
+                CancelReason::Stopped => 2,
+                CancelReason::Erased => 3,
             });
         }
     }
@@ -548,6 +550,8 @@ pub(crate) fn avro_to_action(v: Avro) -> Result<Action, String> {
             None => None,
             Some("responded") => Some(CancelReason::Responded),
             Some("exited") => Some(CancelReason::Exited),
+            Some("stopped") => Some(CancelReason::Stopped),
+            Some("erased") => Some(CancelReason::Erased),
             Some(other) => return Err(format!("field `reason`: unknown reason `{other}`")),
         },
         created_at: f.time("created_at")?,
@@ -615,6 +619,8 @@ mod tests {
         let reason = a.reason.map(|r| match r {
             CancelReason::Responded => Avro::Enum(0, "responded".into()),
             CancelReason::Exited => Avro::Enum(1, "exited".into()),
+            CancelReason::Stopped => Avro::Enum(2, "stopped".into()),
+            CancelReason::Erased => Avro::Enum(3, "erased".into()),
         });
         Avro::Record(vec![
             ("action_id".into(), Avro::String(a.action_id.clone())),
@@ -681,7 +687,7 @@ mod tests {
             any::<bool>(),
             0..=i32::MAX as u32,
             prop::option::of("[a-z]{0,4}"),
-            prop::option::of(any::<bool>()),
+            prop::option::of(0..4u8),
             any::<i64>(),
             prop::option::of(any::<i64>()),
             prop::collection::btree_map("[a-z]{0,4}", arb_flat(), 0..=1),
@@ -702,12 +708,11 @@ mod tests {
                     template: "t".into(),
                     vars,
                     cancels,
-                    reason: reason.map(|r| {
-                        if r {
-                            CancelReason::Responded
-                        } else {
-                            CancelReason::Exited
-                        }
+                    reason: reason.map(|r| match r {
+                        0 => CancelReason::Responded,
+                        1 => CancelReason::Exited,
+                        2 => CancelReason::Stopped,
+                        _ => CancelReason::Erased,
                     }),
                     created_at,
                     expires_at,

@@ -26,6 +26,13 @@ pub const TOUCHPOINT_SCHEMA_HISTORY: &[(&str, &str)] = &[(
     include_str!("../../../schemas/history/touchpoint.v0.avsc"),
 )];
 
+/// Earlier action schemas, oldest first: [`crate::decode_action`] still reads single-object
+/// datums written with them (`schemas/history/`).
+pub const ACTION_SCHEMA_HISTORY: &[(&str, &str)] = &[(
+    "action.v0",
+    include_str!("../../../schemas/history/action.v0.avsc"),
+)];
+
 const PRIMITIVES: &[&str] = &[
     "null", "boolean", "int", "long", "float", "double", "bytes", "string",
 ];
@@ -276,8 +283,22 @@ pub fn touchpoint_writers() -> &'static [KnownSchema] {
 
 /// The current action schema, parsed.
 pub fn action() -> &'static KnownSchema {
-    static S: OnceLock<KnownSchema> = OnceLock::new();
-    S.get_or_init(|| KnownSchema::load("action", ACTION_SCHEMA))
+    &action_writers()[0]
+}
+
+/// Every action schema a single-object datum may be written with: the current one first.
+pub fn action_writers() -> &'static [KnownSchema] {
+    static S: OnceLock<Vec<KnownSchema>> = OnceLock::new();
+    S.get_or_init(|| {
+        let mut all = vec![KnownSchema::load("action", ACTION_SCHEMA)];
+        all.extend(
+            ACTION_SCHEMA_HISTORY
+                .iter()
+                .rev()
+                .map(|(name, text)| KnownSchema::load(name, text)),
+        );
+        all
+    })
 }
 
 #[cfg(test)]

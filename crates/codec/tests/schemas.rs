@@ -5,7 +5,9 @@ mod common;
 use apache_avro::types::Value as Avro;
 use apache_avro::Schema;
 use common::*;
-use journeyd_codec::schema::{self, ACTION_SCHEMA, TOUCHPOINT_SCHEMA, TOUCHPOINT_SCHEMA_HISTORY};
+use journeyd_codec::schema::{
+    self, ACTION_SCHEMA, ACTION_SCHEMA_HISTORY, TOUCHPOINT_SCHEMA, TOUCHPOINT_SCHEMA_HISTORY,
+};
 use journeyd_codec::{decode_action, encode_touchpoint, Format, Framing, TouchpointDecoder};
 use journeyd_types::Value;
 use std::collections::HashMap;
@@ -14,7 +16,8 @@ use std::collections::HashMap;
 /// Never edit a pin to make the test pass; add a new schema version instead (schemas/README.md).
 const TOUCHPOINT_FINGERPRINT: u64 = 0x7099_6aea_fe1c_a096;
 const TOUCHPOINT_V0_FINGERPRINT: u64 = 0xf14c_327a_7e43_6e3c;
-const ACTION_FINGERPRINT: u64 = 0x1a0a_3ee6_c3f6_92f0;
+const ACTION_FINGERPRINT: u64 = 0x37f6_b850_5593_0f81;
+const ACTION_V0_FINGERPRINT: u64 = 0x1a0a_3ee6_c3f6_92f0;
 
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap()
@@ -34,6 +37,10 @@ fn fingerprints_are_pinned() {
         schema::fingerprint(TOUCHPOINT_SCHEMA_HISTORY[0].1).unwrap(),
         TOUCHPOINT_V0_FINGERPRINT
     );
+    assert_eq!(
+        schema::fingerprint(ACTION_SCHEMA_HISTORY[0].1).unwrap(),
+        ACTION_V0_FINGERPRINT
+    );
     assert_eq!(schema::touchpoint().fingerprint, TOUCHPOINT_FINGERPRINT);
     assert_eq!(schema::action().fingerprint, ACTION_FINGERPRINT);
     // The header we write carries the pinned fingerprint, little-endian.
@@ -47,6 +54,7 @@ fn schema_files_parse_and_name_the_records() {
         (TOUCHPOINT_SCHEMA, "dev.journeyd.Touchpoint"),
         (ACTION_SCHEMA, "dev.journeyd.Action"),
         (TOUCHPOINT_SCHEMA_HISTORY[0].1, "dev.journeyd.Touchpoint"),
+        (ACTION_SCHEMA_HISTORY[0].1, "dev.journeyd.Action"),
     ] {
         let schema = Schema::parse_str(text).unwrap();
         assert_eq!(schema.name().unwrap().fullname(None), name);
@@ -257,5 +265,60 @@ fn headers_written_by_apache_avro_are_accepted_too() {
         } else {
             assert_eq!(decode_action(&bytes).unwrap(), sample_action());
         }
+    }
+}
+
+#[test]
+fn the_cancel_reasons_are_appended_and_an_action_of_the_first_schema_still_reads() {
+    // Contract v2: `stopped` and `erased` come after the v1 symbols, which keep their places.
+    let symbols = |text: &str| -> Vec<String> {
+        let reason = json(text)["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == "reason")
+            .unwrap()
+            .clone();
+        reason["type"][1]["symbols"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(symbols(ACTION_SCHEMA_HISTORY[0].1), ["responded", "exited"]);
+    assert_eq!(
+        symbols(ACTION_SCHEMA),
+        ["responded", "exited", "stopped", "erased"]
+    );
+    // A cancel written with the v0 schema (single-object, its own fingerprint) is read with
+    // the current one.
+    let v0 = Schema::parse_str(ACTION_SCHEMA_HISTORY[0].1).unwrap();
+    let mut cancel = sample_action();
+    cancel.kind = journeyd_types::ActionKind::Cancel;
+    cancel.cancels = Some("a1".into());
+    cancel.reason = Some(journeyd_types::CancelReason::Exited);
+    let current = journeyd_codec::encode_action(&cancel, Framing::SingleObject).unwrap();
+    let value =
+        apache_avro::from_avro_datum(&schema::action().schema, &mut &current[10..], None).unwrap();
+    let v0_datum = apache_avro::to_avro_datum(&v0, value.resolve(&v0).unwrap()).unwrap();
+    let mut bytes = vec![0xC3, 0x01];
+    bytes.extend_from_slice(&ACTION_V0_FINGERPRINT.to_le_bytes());
+    bytes.extend_from_slice(&v0_datum);
+    assert_eq!(decode_action(&bytes).unwrap(), cancel);
+    // The new reasons round trip in every encoding.
+    for reason in [
+        journeyd_types::CancelReason::Stopped,
+        journeyd_types::CancelReason::Erased,
+    ] {
+        let mut c = cancel.clone();
+        c.reason = Some(reason);
+        let bytes = journeyd_codec::encode_action(&c, Framing::SingleObject).unwrap();
+        assert_eq!(decode_action(&bytes).unwrap(), c, "{reason}");
+        let json = journeyd_codec::ActionEncoder::new(Format::Json)
+            .encode(&c, "actions.email")
+            .unwrap();
+        assert!(String::from_utf8_lossy(&json).contains(reason.as_str()));
+        assert_eq!(decode_action(&json).unwrap(), c);
     }
 }

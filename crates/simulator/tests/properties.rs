@@ -1104,6 +1104,10 @@ proptest! {
                             prop_assert!(model.exit_on.contains(&ev.event_type.as_str()),
                                 "{} exited, but {} is not in exit.on {:?}", brief(a), ev.event_type, model.exit_on);
                         }
+                        // No journey status or erasure in these scenarios.
+                        Some(r @ (CancelReason::Stopped | CancelReason::Erased)) => {
+                            return Err(TestCaseError::fail(format!("{} cancelled: {r}, with no stop or erasure", brief(a))))
+                        }
                         None => return Err(TestCaseError::fail(format!("{} has no reason", brief(a)))),
                     }
                 }

@@ -23,6 +23,10 @@ pub enum CancelReason {
     Responded,
     /// The journey instance ended through `exit.on`.
     Exited,
+    /// An operator stopped the journey (contract v2, journey status).
+    Stopped,
+    /// The customer's erasure was requested (contract v2, erasure).
+    Erased,
 }
 
 impl CancelReason {
@@ -31,6 +35,8 @@ impl CancelReason {
         match self {
             CancelReason::Responded => "responded",
             CancelReason::Exited => "exited",
+            CancelReason::Stopped => "stopped",
+            CancelReason::Erased => "erased",
         }
     }
 }
