@@ -136,6 +136,23 @@ pub fn mermaid(j: &Journey) -> String {
                 edges.push((Some("else".to_owned()), b.otherwise));
                 format!("{{\"{}\"}}", label(&format!("{name}\nbranch")))
             }
+            StepKind::Decide(d) => {
+                for o in &d.options {
+                    let mut text = match &o.condition {
+                        Some(c) => format!("if {}", c.source()),
+                        None => "always".to_owned(),
+                    };
+                    if let Some(s) = &o.score {
+                        let _ = write!(text, ", score {}", s.source());
+                    }
+                    edges.push((Some(text), o.next));
+                }
+                edges.push((Some("else".to_owned()), d.otherwise));
+                format!(
+                    "{{\"{}\"}}",
+                    label(&format!("{name}\ndecide: highest score"))
+                )
+            }
             StepKind::Split(arms) => {
                 let total: u32 = arms.iter().map(|a| a.weight).sum();
                 for a in arms {

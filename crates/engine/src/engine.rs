@@ -941,6 +941,11 @@ impl Run<'_, '_> {
                     target = chosen.map_or(b.otherwise, |c| c.1);
                     self.record(at.0, at.1, at.2, What::Branch { arm }, now);
                 }
+                StepKind::Decide(d) => {
+                    let (option, scores) = self.decide(d, event, at, now);
+                    target = option.map_or(d.otherwise, |k| d.options[k as usize].next);
+                    self.record(at.0, at.1, at.2, What::Decided { option, scores }, now);
+                }
                 StepKind::Split(arms) => {
                     let total: u64 = arms.iter().map(|a| u64::from(a.weight)).sum();
                     let mut pick = ids::bucket(self.cid, &journey.id, &step.id, total);
@@ -988,6 +993,55 @@ impl Run<'_, '_> {
             }
         }
         self.end_instance(idx, Ending::StepLimit, now);
+    }
+
+    /// Next best action: the eligible option with the highest score (the earlier on a tie),
+    /// and the score of every eligible option. An option whose `if` or `score` fails to
+    /// evaluate, or whose score is no finite number, is not eligible (recorded).
+    fn decide(
+        &mut self,
+        d: &journeyd_journey::Decide,
+        event: Option<EventView<'_>>,
+        at: (Option<u16>, u32, Option<usize>),
+        now: Millis,
+    ) -> (Option<u16>, Vec<(u16, f64)>) {
+        let mut best: Option<(u16, f64)> = None;
+        let mut scores = Vec::new();
+        for (k, o) in d.options.iter().enumerate() {
+            if let Some(c) = &o.condition {
+                if !self.holds(c, event, at, now) {
+                    continue;
+                }
+            }
+            let score = match &o.score {
+                None => Ok(0.0),
+                Some(e) => match eval(e, event, &self.st.profile, now) {
+                    Ok(Value::Int(i)) => Ok(i as f64),
+                    Ok(Value::Float(f)) if f.is_finite() => Ok(f),
+                    Ok(other) => Err((
+                        e,
+                        format!("the score gave a {}, not a number", other.type_name()),
+                    )),
+                    Err(error) => Err((e, error)),
+                },
+            };
+            let score = match score {
+                Ok(s) => s,
+                Err((e, error)) => {
+                    let what = What::ExprFailed {
+                        expr: e.source().to_owned(),
+                        error,
+                    };
+                    self.record(at.0, at.1, at.2, what, now);
+                    continue;
+                }
+            };
+            scores.push((k as u16, score));
+            if best.is_none_or(|(_, b)| score > b) {
+                best = Some((k as u16, score));
+            }
+        }
+        (best.map(|(k, _)| k), scores)
     }
 
     fn wait_until(

@@ -99,6 +99,32 @@ impl Engine {
                 },
             ),
             What::Split { arm } => ("split", format!("split arm {} chosen", arm + 1)),
+            What::Decided { option, scores } => {
+                let next = |k: u16| -> String {
+                    r.step
+                        .and_then(|s| journey.map(|j| &j.steps[s as usize].kind))
+                        .and_then(|kind| match kind {
+                            journeyd_journey::StepKind::Decide(d) => {
+                                d.options.get(k as usize).and_then(|o| o.next)
+                            }
+                            _ => None,
+                        })
+                        .map_or_else(|| format!("option {}", k + 1), |t| step_id(t as u16))
+                };
+                let listed: Vec<String> = scores
+                    .iter()
+                    .map(|(k, s)| format!("{} {s}", next(*k)))
+                    .collect();
+                let detail = match option {
+                    Some(k) => format!(
+                        "decided: {} (eligible, by score: {})",
+                        next(*k),
+                        listed.join(", ")
+                    ),
+                    None => "decided: no option is eligible, else taken".to_owned(),
+                };
+                ("decided", detail)
+            }
             What::Waiting { until } => (
                 "waiting",
                 format!("waiting until {}", format_rfc3339(*until)),

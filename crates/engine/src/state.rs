@@ -314,6 +314,13 @@ pub enum What {
         /// Why.
         why: String,
     },
+    /// A `decide` step chose (appended).
+    Decided {
+        /// The option taken (`None`: no option was eligible, `else` taken).
+        option: Option<u16>,
+        /// The score of every eligible option, by option index.
+        scores: Vec<(u16, f64)>,
+    },
     /// A send held by quiet hours was dropped before it reached any channel (appended).
     HeldDropped {
         /// Its action id.

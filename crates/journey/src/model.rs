@@ -166,6 +166,9 @@ pub enum StepKind {
     WaitDate(WaitDate),
     /// Go to the first arm whose condition holds, else to `otherwise`.
     Branch(Branch),
+    /// Next best action: of the options whose condition holds, the one with the highest
+    /// score; else `otherwise`.
+    Decide(Decide),
     /// A deterministic weighted random split.
     Split(Vec<SplitArm>),
     /// Set profile attributes to the values of expressions (all evaluated before any is set).
@@ -182,6 +185,7 @@ impl StepKind {
             StepKind::Wait(_) | StepKind::WaitUntil(_) | StepKind::WaitDate(_) => "wait",
             StepKind::WaitFor(_) => "wait_for",
             StepKind::Branch(_) => "branch",
+            StepKind::Decide(_) => "decide",
             StepKind::Split(_) => "split",
             StepKind::Update(_) => "update",
             StepKind::Exit => "exit",
@@ -262,6 +266,26 @@ pub struct Branch {
     pub arms: Vec<(Expr, Target)>,
     /// Where to go when no condition holds.
     pub otherwise: Target,
+}
+
+/// A `decide` step (next best action).
+#[derive(Debug, Clone)]
+pub struct Decide {
+    /// The options, in file order (on equal scores the earlier one wins).
+    pub options: Vec<DecideOption>,
+    /// Where to go when no option is eligible (`else`).
+    pub otherwise: Target,
+}
+
+/// One option of a `decide` step.
+#[derive(Debug, Clone)]
+pub struct DecideOption {
+    /// Eligibility (`if`); none: always eligible.
+    pub condition: Option<Expr>,
+    /// The score (`score`, CEL giving a number); none: 0.
+    pub score: Option<Expr>,
+    /// Where it leads.
+    pub next: Target,
 }
 
 /// One arm of a split.

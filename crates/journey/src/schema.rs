@@ -367,6 +367,7 @@ fn defs() -> Value {
                 { "$ref": "#/$defs/wait_step" },
                 { "$ref": "#/$defs/wait_for_step" },
                 { "$ref": "#/$defs/branch_step" },
+                { "$ref": "#/$defs/decide_step" },
                 { "$ref": "#/$defs/split_step" },
                 { "$ref": "#/$defs/update_step" },
                 { "$ref": "#/$defs/exit_step" }
@@ -558,6 +559,52 @@ fn defs() -> Value {
         }),
     );
     defs.insert(
+        "decide".into(),
+        json!({
+            "description": "Next best action: every option whose `if` holds (an option without \
+                `if` always does) is eligible and its `score` (CEL giving a number; 0 when \
+                absent) is evaluated; the eligible option with the highest score wins, the \
+                earlier on equal scores. A list of {if?, score?, next} options ending with \
+                {else: id} (required, and last), taken when no option is eligible.",
+            "type": "array",
+            "minItems": 2,
+            "items": {
+                "oneOf": [
+                    { "$ref": "#/$defs/decide_option" },
+                    { "$ref": "#/$defs/else_arm" }
+                ]
+            },
+            "contains": { "$ref": "#/$defs/else_arm" },
+            "minContains": 1,
+            "maxContains": 1
+        }),
+    );
+    defs.insert(
+        "decide_option".into(),
+        json!({
+            "description": "A decide option: eligible when `if` holds (always without it), \
+                ranked by `score`.",
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["next"],
+            "properties": {
+                "if": {
+                    "$ref": "#/$defs/condition",
+                    "description": "Optional: the CEL condition that makes this option eligible."
+                },
+                "score": {
+                    "$ref": "#/$defs/cel_value",
+                    "description": "Optional: a CEL expression giving a number (default 0); \
+                        the highest eligible score wins."
+                },
+                "next": {
+                    "$ref": "#/$defs/step_ref",
+                    "description": "The step to go to when this option wins."
+                }
+            }
+        }),
+    );
+    defs.insert(
         "branch_arm".into(),
         json!({
             "description": "A branch arm: when `if` holds, go to `next`.",
@@ -579,7 +626,7 @@ fn defs() -> Value {
     defs.insert(
         "else_arm".into(),
         json!({
-            "description": "The last arm of a branch: where to go when no condition holds.",
+            "description": "The last arm of a branch or a decide: where to go when no condition holds, or no option is eligible.",
             "type": "object",
             "additionalProperties": false,
             "required": ["else"],
@@ -757,7 +804,7 @@ fn defs() -> Value {
         }),
     );
 
-    let steps: [(&str, &str, bool); 7] = [
+    let steps: [(&str, &str, bool); 8] = [
         (
             "send",
             "A send step: emit a send action to a channel.",
@@ -776,6 +823,12 @@ fn defs() -> Value {
         (
             "branch",
             "A branch step: go to the first arm whose condition holds (no `next`).",
+            false,
+        ),
+        (
+            "decide",
+            "A decide step (next best action): of the options whose condition holds, the one \
+             with the highest score (no `next`).",
             false,
         ),
         (

@@ -492,7 +492,7 @@ steps:
             "j.yaml:7:17: error: exit: unknown field \"off\" (expected one of: on)",
             "j.yaml:8:30: error: goal: unknown field \"value\" (expected one of: event, within)",
             "j.yaml:11:12: error: step \"sms_nudge\": unknown field \"chanel\" (expected one of: channel, template, ttl, cancel_on, vars)",
-            "j.yaml:12:5: error: step \"sms_nudge\": unknown field \"nxt\" (expected one of: id, send, wait, wait_for, branch, split, update, exit, next)",
+            "j.yaml:12:5: error: step \"sms_nudge\": unknown field \"nxt\" (expected one of: id, send, wait, wait_for, branch, decide, split, update, exit, next)",
             "j.yaml:14:28: error: step \"b\": unknown field \"day\" (expected one of: until, days)",
             "j.yaml:16:42: error: step \"c\": unknown field \"on_timout\" (expected one of: events, if, timeout, on_event, on_timeout)",
             "j.yaml:19:31: error: step \"d\": unknown field \"weight\" (expected one of: if, next, else)",
@@ -505,13 +505,13 @@ steps:
     ));
     assert_eq!(
         lines,
-        ["j.yaml:8:5: error: step \"a\": give only one of send, wait, wait_for, branch, split, update, exit: found \"wait\" and \"send\""]
+        ["j.yaml:8:5: error: step \"a\": give only one of send, wait, wait_for, branch, decide, split, update, exit: found \"wait\" and \"send\""]
     );
     let lines = errors(&with_steps("  - id: a\n    next: b\n"));
     assert_eq!(
         lines,
         [
-            "j.yaml:5:5: error: step \"a\": give exactly one of send, wait, wait_for, branch, split, update, exit",
+            "j.yaml:5:5: error: step \"a\": give exactly one of send, wait, wait_for, branch, decide, split, update, exit",
             "j.yaml:6:11: error: step \"a\": next: unknown step \"b\"",
         ]
     );
@@ -1183,4 +1183,97 @@ fn a_function_cel_does_not_have_is_refused_where_it_is_called() {
         ),
         "{e:?}"
     );
+}
+
+// ------------------------------------------------------------------------------------------
+// decide (contract v2)
+
+#[test]
+fn a_decide_step_compiles_its_options_and_else() {
+    let j = journey(&with_steps(
+        r#"  - id: best
+    decide:
+      - { if: 'profile.ok == true', score: 'profile.p * 900.0', next: a }
+      - { score: '5.0', next: b }
+      - { if: 'has(profile.x)', next: b }
+      - { else: c }
+  - id: a
+    send: { channel: email, template: a }
+  - id: b
+    send: { channel: email, template: b }
+  - id: c
+    exit: {}
+"#,
+    ));
+    assert_eq!(j.steps[0].kind.keyword(), "decide");
+    let StepKind::Decide(d) = &j.steps[0].kind else {
+        panic!()
+    };
+    let options: Vec<(Option<&str>, Option<&str>, Target)> = d
+        .options
+        .iter()
+        .map(|o| {
+            (
+                o.condition.as_ref().map(Expr::source),
+                o.score.as_ref().map(Expr::source),
+                o.next,
+            )
+        })
+        .collect();
+    assert_eq!(
+        options,
+        [
+            (
+                Some("profile.ok == true"),
+                Some("profile.p * 900.0"),
+                Some(1)
+            ),
+            (None, Some("5.0"), Some(2)),
+            (Some("has(profile.x)"), None, Some(2)),
+        ]
+    );
+    assert_eq!(d.otherwise, Some(3));
+}
+
+#[test]
+fn a_bad_decide_step_is_an_error_at_its_place() {
+    let e = errors(&with_steps(
+        r#"  - id: a
+    decide:
+      - { else: b }
+      - { score: '1.0', next: b }
+  - id: b
+    decide:
+      - { score: 'profile.(', next: c }
+      - { if: 'profile.x', next: nowhere }
+      - { else: c }
+  - id: c
+    decide:
+      - { else: c }
+  - id: d
+    decide:
+      - { score: '1.0', next: c }
+    next: c
+"#,
+    ));
+    let want = [
+        "j.yaml:7:9: error: step \"a\": decide[0]: else must be the last option",
+        "j.yaml:8:9: error: step \"a\": decide: the last option must be {else: STEP}",
+        "j.yaml:11:18: error: step \"b\": decide[0].score: not a valid CEL expression",
+        "j.yaml:12:34: error: step \"b\": decide[1].next: unknown step \"nowhere\"",
+        "j.yaml:16:7: error: step \"c\": decide: give at least one option before else",
+        "j.yaml:19:9: error: step \"d\": decide: the last option must be {else: STEP}",
+        "j.yaml:20:5: error: step \"d\": next is not allowed on a decide step",
+    ];
+    assert_eq!(e.len(), want.len(), "{e:#?}");
+    let mut e = e;
+    e.sort();
+    let mut want = want.to_vec();
+    want.sort();
+    for (got, want) in e.iter().zip(want) {
+        assert!(
+            got.starts_with(want),
+            "{got}\n  does not start with\n{want}"
+        );
+    }
 }

@@ -1161,3 +1161,80 @@ steps:
         Some(&Value::from("2026-05-02T12:00:00Z"))
     );
 }
+
+/// docs/journeys.md, `decide`: the eligible option with the highest score wins (the earlier on
+/// a tie); an option whose score fails is not eligible; the history gives every eligible
+/// option's score.
+#[test]
+fn decide_takes_the_highest_eligible_score_and_says_why() {
+    let e = engine(&[(
+        "nba.yaml",
+        r#"
+journey: nba
+version: 1
+entry: { event: go }
+steps:
+  - id: best
+    decide:
+      - { if: 'profile.eligible == true', score: 'profile.m * 900.0', next: mortgage }
+      - { score: 'profile.s * 100.0', next: savings }
+      - { score: '30.0', next: tie }
+      - { else: nothing }
+  - id: mortgage
+    send: { channel: email, template: mortgage }
+    next: done
+  - id: savings
+    send: { channel: email, template: savings }
+    next: done
+  - id: tie
+    send: { channel: email, template: tie }
+    next: done
+  - id: nothing
+    exit: {}
+  - id: done
+    exit: {}
+"#,
+    )]);
+    let at = "2026-02-02T09:00:00Z";
+    let who = |c: &str, eligible: bool, m: f64, s: Value| {
+        ev(at, c, "profile_updated")
+            .attr("eligible", eligible)
+            .attr("m", m)
+            .attr("s", s)
+    };
+    let events = [
+        who("a", true, 0.05, Value::Float(0.2)),
+        who("b", true, 0.01, Value::Float(0.3)),
+        who("c", false, 0.9, Value::from("high")),
+        ev(at, "a", "go"),
+        ev(at, "b", "go"),
+        ev(at, "c", "go"),
+    ];
+    let (sim, out) = run_sim(&e, &events, Some("2026-02-03T00:00:00Z"));
+    assert_eq!(
+        brief(&out),
+        [
+            "2026-02-02T09:00:00Z send email nba/mortgage a",
+            // 0.3 * 100 = 30 ties with the fixed 30: the earlier option wins.
+            "2026-02-02T09:00:00Z send email nba/savings b",
+            // Not eligible for the mortgage; the savings score fails (a string): the tie.
+            "2026-02-02T09:00:00Z send email nba/tie c",
+        ]
+    );
+    let decided = |c: &str| -> String {
+        sim.history(c)
+            .into_iter()
+            .find(|l| l.kind == "decided")
+            .map(|l| l.detail)
+            .unwrap()
+    };
+    assert_eq!(
+        decided("a"),
+        "decided: mortgage (eligible, by score: mortgage 45, savings 20, tie 30)"
+    );
+    assert_eq!(decided("c"), "decided: tie (eligible, by score: tie 30)");
+    assert!(sim
+        .history("c")
+        .iter()
+        .any(|l| l.kind == "expr_failed" && l.detail.contains("profile.s * 100.0")));
+}

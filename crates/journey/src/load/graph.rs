@@ -21,6 +21,12 @@ pub(super) fn successors(step: &Step) -> Vec<usize> {
             .chain([b.otherwise])
             .collect(),
         StepKind::Split(arms) => arms.iter().map(|a| a.next).collect(),
+        StepKind::Decide(d) => d
+            .options
+            .iter()
+            .map(|o| o.next)
+            .chain([d.otherwise])
+            .collect(),
         StepKind::Exit => Vec::new(),
     };
     targets.into_iter().flatten().collect()

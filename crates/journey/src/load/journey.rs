@@ -12,11 +12,11 @@ pub(super) const JOURNEY_FIELDS: [&str; 9] = [
     "journey", "version", "name", "priority", "category", "entry", "exit", "goal", "steps",
 ];
 pub(super) const ENTRY_FIELDS: [&str; 4] = ["event", "inactivity", "if", "reentry"];
-pub(super) const STEP_KINDS: [&str; 7] = [
-    "send", "wait", "wait_for", "branch", "split", "update", "exit",
+pub(super) const STEP_KINDS: [&str; 8] = [
+    "send", "wait", "wait_for", "branch", "decide", "split", "update", "exit",
 ];
-pub(super) const STEP_FIELDS: [&str; 9] = [
-    "id", "send", "wait", "wait_for", "branch", "split", "update", "exit", "next",
+pub(super) const STEP_FIELDS: [&str; 10] = [
+    "id", "send", "wait", "wait_for", "branch", "decide", "split", "update", "exit", "next",
 ];
 
 /// Converts a journey file. Always returns a journey (with stand-ins where the file is wrong:
@@ -211,6 +211,11 @@ pub(super) fn step_uses_event(step: &Step) -> bool {
         StepKind::Send(send) => send.vars.iter().any(|(_, e)| e.uses_event()),
         StepKind::WaitFor(w) => w.condition.as_ref().is_some_and(Expr::uses_event),
         StepKind::Branch(b) => b.arms.iter().any(|(e, _)| e.uses_event()),
+        StepKind::Decide(d) => d
+            .options
+            .iter()
+            .flat_map(|o| o.condition.iter().chain(o.score.iter()))
+            .any(Expr::uses_event),
         StepKind::Update(attrs) => attrs.iter().any(|(_, e)| e.uses_event()),
         StepKind::WaitDate(w) => w.date.uses_event(),
         StepKind::Wait(_) | StepKind::WaitUntil(_) | StepKind::Split(_) | StepKind::Exit => false,
@@ -342,7 +347,7 @@ pub(super) fn load_step(
     let mut next = following;
     if let Some((next_key, next_node)) = get("next") {
         match kind {
-            Some((kind_key @ ("branch" | "split" | "exit"), _)) => {
+            Some((kind_key @ ("branch" | "decide" | "split" | "exit"), _)) => {
                 let article = if kind_key == "exit" { "an" } else { "a" };
                 cx.error_in(
                     next_key,
@@ -363,6 +368,7 @@ pub(super) fn load_step(
         "wait" => load_wait(cx, ctx, kind_node, ids),
         "wait_for" => load_wait_for(cx, ctx, kind_node, ids, next).map(StepKind::WaitFor),
         "branch" => load_branch(cx, ctx, kind_node, ids).map(StepKind::Branch),
+        "decide" => super::decide::load_decide(cx, ctx, kind_node, ids).map(StepKind::Decide),
         "split" => load_split(cx, ctx, kind_node, ids).map(StepKind::Split),
         "update" => load_update(cx, ctx, kind_node).map(StepKind::Update),
         _ => {

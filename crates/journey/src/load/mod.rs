@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod context;
+mod decide;
 mod graph;
 mod journey;
 mod policies;
