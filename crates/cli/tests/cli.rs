@@ -249,7 +249,7 @@ fn graph_prints_a_mermaid_flowchart() {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["validate", "simulate", "test", "graph", "schema"] {
+    for sub in ["validate", "simulate", "diff", "test", "graph", "schema"] {
         let out = journey(&[sub, "--help"]);
         assert_eq!(out.status.code(), Some(0), "{sub}");
         assert!(text(&out.stdout).contains("Usage: journey"), "{sub}");
@@ -267,4 +267,102 @@ fn schema_prints_a_json_schema_for_editors() {
         "https://json-schema.org/draft/2020-12/schema"
     );
     assert!(schema.to_string().contains("wait_for"));
+}
+
+#[test]
+fn diff_prints_what_a_change_adds_and_removes_with_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, new) = (dir.path().join("base"), dir.path().join("new"));
+    write(&base, "welcome.yaml", WELCOME);
+    // The change: version 2 waits 3 days instead of 2 before the nudge.
+    write(
+        &new,
+        "welcome.yaml",
+        &WELCOME
+            .replace("version: 1", "version: 2")
+            .replace("wait: 2d", "wait: 3d"),
+    );
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(
+        &events,
+        concat!(
+            r#"{"event_id":"e1","customer_id":"c1","type":"signup","channel":"web","occurred_at":"2026-01-05T09:00:00Z"}"#, "\n",
+            r#"{"event_id":"e2","customer_id":"c2","type":"signup","channel":"web","occurred_at":"2026-01-05T09:00:00Z"}"#, "\n",
+            r#"{"event_id":"e3","customer_id":"c2","type":"account_closed","occurred_at":"2026-01-05T10:00:00Z"}"#, "\n",
+        ),
+    )
+    .unwrap();
+    let run = |base: &Path, new: &Path, events: &Path| {
+        journey(&[
+            "diff",
+            "--base",
+            base.to_str().unwrap(),
+            "--journeys",
+            new.to_str().unwrap(),
+            "--events",
+            events.to_str().unwrap(),
+            "--until",
+            "2026-01-20T00:00:00Z",
+        ])
+    };
+    let out = run(&base, &new, &events);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // c1's nudge moves a day; c2 left before any nudge, and the emails are the same (their
+    // ids and versions differ, which does not count).
+    let brief: Vec<(String, String, String, String)> = lines
+        .iter()
+        .map(|v| {
+            (
+                v["diff"].as_str().unwrap().to_owned(),
+                v["at"].as_str().unwrap().to_owned(),
+                v["customer_id"].as_str().unwrap().to_owned(),
+                v["step"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        brief,
+        [
+            (
+                "-".into(),
+                "2026-01-07T09:00:00Z".into(),
+                "c1".into(),
+                "nudge".into()
+            ),
+            (
+                "+".into(),
+                "2026-01-08T09:00:00Z".into(),
+                "c1".into(),
+                "nudge".into()
+            ),
+        ]
+    );
+    assert_eq!(lines[1]["template"], "nudge");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("1 customer differ; 1 action added, 1 removed"),
+        "{stderr}"
+    );
+    // The same folder on both sides: nothing differs.
+    let same = run(&base, &base, &events);
+    assert_eq!(same.status.code(), Some(0), "{}", text(&same.stderr));
+    assert!(text(&same.stdout).is_empty());
+    // Bad input: a bad event line, and an invalid folder.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{broken\n").unwrap();
+    let out = run(&base, &new, &bad);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains(":1: error:"),
+        "{}",
+        text(&out.stderr)
+    );
+    let broken = dir.path().join("broken");
+    write(&broken, "j.yaml", "journey: j\nversion: 1\n");
+    let out = run(&base, &broken, &events);
+    assert_eq!(out.status.code(), Some(2));
 }
