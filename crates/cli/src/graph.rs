@@ -157,7 +157,8 @@ pub fn mermaid(j: &Journey) -> String {
                 let total: u32 = arms.iter().map(|a| a.weight).sum();
                 for a in arms {
                     let pct = f64::from(a.weight) * 100.0 / f64::from(total.max(1));
-                    edges.push((Some(format!("{} ({pct:.0}%)", a.weight)), a.next));
+                    let control = if a.control { ", control" } else { "" };
+                    edges.push((Some(format!("{} ({pct:.0}%){control}", a.weight)), a.next));
                 }
                 format!("{{\"{}\"}}", label(&format!("{name}\nsplit")))
             }

@@ -65,6 +65,10 @@ enum Command {
         /// After the last event, advance the clock to this time (RFC 3339) and fire what is due.
         #[arg(long)]
         until: Option<String>,
+        /// Also write the experiment results (entries, goals, steps reached, split arms with
+        /// rate, lift and p-value against the control) to this file, as JSON.
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// Runs the same events through two journey folders and prints every action one run has
     /// and the other lacks: the review of a journey change on recorded events.
@@ -122,7 +126,8 @@ fn main() -> ExitCode {
             journeys,
             events,
             until,
-        } => simulate(&journeys, &events, until.as_deref()),
+            report,
+        } => simulate(&journeys, &events, until.as_deref(), report.as_deref()),
         Command::Diff {
             base,
             journeys,
@@ -204,7 +209,12 @@ fn validate(dir: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn simulate(journeys: &Path, events: &Path, until: Option<&str>) -> Result<ExitCode> {
+fn simulate(
+    journeys: &Path,
+    events: &Path,
+    until: Option<&str>,
+    report: Option<&Path>,
+) -> Result<ExitCode> {
     let Some(loaded) = load(journeys)? else {
         return Ok(ExitCode::from(1));
     };
@@ -251,6 +261,11 @@ fn simulate(journeys: &Path, events: &Path, until: Option<&str>) -> Result<ExitC
         print(emitted, &mut out)?;
     }
     out.flush()?;
+    if let Some(path) = report {
+        let text = serde_json::to_string_pretty(&sim.report())?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("cannot write the report to {}", path.display()))?;
+    }
     bad_lines.sort();
     for (line, message) in &bad_lines {
         eprintln!("{name}:{line}: error: {message} (line skipped)");

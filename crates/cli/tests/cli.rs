@@ -366,3 +366,51 @@ fn diff_prints_what_a_change_adds_and_removes_with_exit_1() {
     let out = run(&base, &broken, &events);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn simulate_writes_the_experiment_report() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "promo.yaml",
+        "journey: promo\nversion: 1\nentry: { event: visit }\ngoal: { event: buy, within: 30d }\nsteps:\n  - id: test\n    split:\n      - { weight: 1, next: offer }\n      - { weight: 1, next: holdout, control: true }\n  - id: offer\n    send: { channel: email, template: o }\n  - id: holdout\n    exit: {}\n",
+    );
+    let mut lines = String::new();
+    for i in 0..40 {
+        lines += &format!(
+            "{{\"event_id\":\"v{i}\",\"customer_id\":\"c{i}\",\"type\":\"visit\",\"occurred_at\":\"2026-02-02T09:00:00Z\"}}\n"
+        );
+    }
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, lines).unwrap();
+    let report = dir.path().join("report.json");
+    let out = journey(&[
+        "simulate",
+        "--journeys",
+        dir.path().to_str().unwrap(),
+        "--events",
+        events.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let promo = &r["journeys"]["promo"];
+    assert_eq!(promo["entered"], 40);
+    assert_eq!(promo["goal_reached"], 0);
+    assert_eq!(promo["steps"]["test"], 40);
+    let arms = promo["splits"]["test"]["arms"].as_array().unwrap();
+    assert_eq!(arms.len(), 2);
+    assert_eq!(arms[1]["next"], "holdout");
+    assert_eq!(arms[1]["control"], true);
+    let sends = text(&out.stdout).lines().count() as u64;
+    assert_eq!(arms[0]["entered"].as_u64(), Some(sends));
+    assert_eq!(
+        arms[0]["entered"].as_u64().unwrap() + arms[1]["entered"].as_u64().unwrap(),
+        40
+    );
+    // No goal reached: the rates are 0, the lift has no control rate to compare with.
+    assert_eq!(arms[0]["rate"], 0.0);
+    assert!(arms[0]["lift"].is_null() && arms[0]["p_value"].is_null());
+}

@@ -295,6 +295,9 @@ pub struct SplitArm {
     pub weight: u32,
     /// Where the arm goes.
     pub next: Target,
+    /// The control arm of an experiment (at most one per split): the other arms' lift and
+    /// p-value are against it.
+    pub control: bool,
 }
 
 /// Contact policies.

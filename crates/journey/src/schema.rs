@@ -665,6 +665,11 @@ fn defs() -> Value {
                 "next": {
                     "$ref": "#/$defs/step_ref",
                     "description": "The step customers of this arm go to."
+                },
+                "control": {
+                    "type": "boolean",
+                    "description": "Optional: this arm is the experiment's control (at most one \
+                        per split); the report gives the other arms' lift and p-value against it."
                 }
             }
         }),

@@ -269,11 +269,13 @@ fn every_step_kind_compiles() {
         &[
             SplitArm {
                 weight: 90,
-                next: Some(4)
+                next: Some(4),
+                control: false
             },
             SplitArm {
                 weight: 10,
-                next: Some(6)
+                next: Some(6),
+                control: false
             }
         ]
     );
@@ -496,7 +498,7 @@ steps:
             "j.yaml:14:28: error: step \"b\": unknown field \"day\" (expected one of: until, days)",
             "j.yaml:16:42: error: step \"c\": unknown field \"on_timout\" (expected one of: events, if, timeout, on_event, on_timeout)",
             "j.yaml:19:31: error: step \"d\": unknown field \"weight\" (expected one of: if, next, else)",
-            "j.yaml:22:34: error: step \"e\": unknown field \"if\" (expected one of: weight, next)",
+            "j.yaml:22:34: error: step \"e\": unknown field \"if\" (expected one of: weight, next, control)",
             "j.yaml:24:12: error: step \"f\": unknown field \"now\" (exit takes no fields)",
         ]
     );
@@ -640,7 +642,7 @@ fn branch_needs_else_last_and_split_needs_arms() {
             "j.yaml:7:9: error: step \"a\": branch[0]: else must be the last arm",
             "j.yaml:8:9: error: step \"a\": branch: the last arm must be {else: STEP} (it says where to go when no condition holds)",
             "j.yaml:10:13: error: step \"b\": branch must be a list of {if: CONDITION, next: STEP} arms ending with {else: STEP}, found a list",
-            "j.yaml:12:12: error: step \"c\": split must be a list of {weight: N, next: STEP} arms, found a list",
+            "j.yaml:12:12: error: step \"c\": split must be a list of {weight: N, next: STEP, control?: true} arms, found a list",
             "j.yaml:14:13: error: step \"d\": update must be a mapping of profile attributes to CEL expressions, found a mapping",
             "j.yaml:17:9: error: step \"e\": branch[0].next is required",
             "j.yaml:18:9: error: step \"e\": branch[1]: an arm is either {if, next} or {else} alone",
@@ -1276,4 +1278,45 @@ fn a_bad_decide_step_is_an_error_at_its_place() {
             "{got}\n  does not start with\n{want}"
         );
     }
+}
+
+#[test]
+fn a_split_has_at_most_one_control_arm() {
+    let j = journey(&with_steps(
+        r#"  - id: t
+    split:
+      - { weight: 9, next: a }
+      - { weight: 1, next: b, control: true }
+  - id: a
+    exit: {}
+  - id: b
+    exit: {}
+"#,
+    ));
+    let StepKind::Split(arms) = &j.steps[0].kind else {
+        panic!()
+    };
+    assert_eq!(
+        arms.iter().map(|a| a.control).collect::<Vec<_>>(),
+        [false, true]
+    );
+    let e = errors(&with_steps(
+        r#"  - id: t
+    split:
+      - { weight: 8, next: a, control: true }
+      - { weight: 1, next: b, control: true }
+      - { weight: 1, next: b, control: maybe }
+  - id: a
+    exit: {}
+  - id: b
+    exit: {}
+"#,
+    ));
+    assert_eq!(
+        e,
+        [
+            "j.yaml:8:9: error: step \"t\": split[1]: a split has at most one control arm (split[0] is one already)",
+            "j.yaml:9:40: error: step \"t\": split[2].control must be true or false, found `maybe`",
+        ]
+    );
 }

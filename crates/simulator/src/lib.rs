@@ -6,6 +6,7 @@
 //! tests compare the service with.
 
 mod events;
+pub mod report;
 pub mod testing;
 
 pub use events::{read_events, BadLine};
@@ -50,6 +51,8 @@ pub struct Simulator {
     customers: HashMap<String, Customer>,
     timers: BTreeSet<(Millis, String)>,
     clock: Option<Millis>,
+    /// The experiment counters (see [`report`]).
+    counters: report::Counters,
 }
 
 /// One customer: the engine's state, and the history kept beside it (as the service keeps it
@@ -68,7 +71,13 @@ impl Simulator {
             customers: HashMap::new(),
             timers: BTreeSet::new(),
             clock: None,
+            counters: report::Counters::default(),
         }
+    }
+
+    /// The experiment results so far (contract v2, `journey simulate --report`).
+    pub fn report(&self) -> report::Report {
+        self.counters.report(&self.engine)
     }
 
     /// The engine.
@@ -124,6 +133,8 @@ impl Simulator {
             timer,
             records,
         } = self.engine.process(&mut c.state, customer, input, now);
+        self.counters
+            .observe(&self.engine, customer, &c.state, &records);
         let limit = self.engine.settings().history_limit;
         append_history(&mut c.history, &records, limit);
         if let Some(old) = timer.clear {

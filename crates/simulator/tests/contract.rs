@@ -1238,3 +1238,93 @@ steps:
         .iter()
         .any(|l| l.kind == "expr_failed" && l.detail.contains("profile.s * 100.0")));
 }
+
+/// Contract v2, "Experiment results": per split arm, the instances that took it and, of those,
+/// the goals reached after it; rate, lift and p-value against the control arm; every step
+/// counted.
+#[test]
+fn the_report_counts_arms_and_their_conversions_against_the_control() {
+    let e = engine(&[(
+        "promo.yaml",
+        r#"
+journey: promo
+version: 1
+entry: { event: visit }
+goal: { event: buy, within: 30d }
+steps:
+  - id: test
+    split:
+      - { weight: 45, next: offer_a }
+      - { weight: 45, next: offer_b }
+      - { weight: 10, next: holdout, control: true }
+  - id: offer_a
+    send: { channel: email, template: a }
+    next: done
+  - id: offer_b
+    send: { channel: email, template: b }
+    next: done
+  - id: holdout
+    exit: {}
+  - id: done
+    exit: {}
+"#,
+    )]);
+    let mut sim = Simulator::new(e.clone());
+    let mut arm_of: std::collections::BTreeMap<String, String> = Default::default();
+    for i in 0..300 {
+        let c = format!("c{i:03}");
+        for x in sim.push(&ev("2026-02-02T09:00:00Z", &c, "visit")).unwrap() {
+            arm_of.insert(c.clone(), x.action.step);
+        }
+        arm_of.entry(c).or_insert_with(|| "holdout".to_owned());
+    }
+    // Every third customer buys; the holdout's customers too, one in six.
+    let mut bought: std::collections::BTreeMap<&str, u64> = Default::default();
+    for (i, (c, arm)) in arm_of.iter().enumerate() {
+        let buys = if arm == "holdout" {
+            i % 6 == 0
+        } else {
+            i % 3 == 0
+        };
+        if buys {
+            sim.push(&ev("2026-02-03T09:00:00Z", c, "buy")).unwrap();
+            *bought.entry(arm.as_str()).or_default() += 1;
+        }
+    }
+    let report = sim.report();
+    let promo = &report.journeys["promo"];
+    assert_eq!(promo.entered, 300);
+    assert_eq!(promo.goal_reached, bought.values().sum::<u64>());
+    assert_eq!(promo.steps["test"], 300);
+    assert_eq!(
+        promo.steps["done"],
+        promo.steps["offer_a"] + promo.steps["offer_b"]
+    );
+    let arms = &promo.splits["test"].arms;
+    let took = |step: &str| arm_of.values().filter(|a| *a == step).count() as u64;
+    let control = &arms[2];
+    assert_eq!(
+        (
+            control.next.as_deref(),
+            control.control,
+            control.entered,
+            control.converted
+        ),
+        (Some("holdout"), true, took("holdout"), bought["holdout"])
+    );
+    assert_eq!((control.lift, control.p_value), (None, None));
+    for (arm, step) in arms[..2].iter().zip(["offer_a", "offer_b"]) {
+        assert_eq!(arm.next.as_deref(), Some(step));
+        assert_eq!((arm.entered, arm.converted), (took(step), bought[step]));
+        let rate = bought[step] as f64 / took(step) as f64;
+        let control_rate = bought["holdout"] as f64 / took("holdout") as f64;
+        assert_eq!(arm.rate, Some(rate));
+        assert_eq!(arm.lift, Some((rate - control_rate) / control_rate));
+        let p = arm.p_value.unwrap();
+        assert!((0.0..=1.0).contains(&p), "{p}");
+    }
+    assert!(
+        took("offer_a") > 100 && took("offer_b") > 100 && took("holdout") > 10,
+        "{arm_of:?}"
+    );
+}

@@ -368,8 +368,8 @@ pub(super) fn load_step(
         "wait" => load_wait(cx, ctx, kind_node, ids),
         "wait_for" => load_wait_for(cx, ctx, kind_node, ids, next).map(StepKind::WaitFor),
         "branch" => load_branch(cx, ctx, kind_node, ids).map(StepKind::Branch),
-        "decide" => super::decide::load_decide(cx, ctx, kind_node, ids).map(StepKind::Decide),
-        "split" => load_split(cx, ctx, kind_node, ids).map(StepKind::Split),
+        "decide" => super::choice::load_decide(cx, ctx, kind_node, ids).map(StepKind::Decide),
+        "split" => super::choice::load_split(cx, ctx, kind_node, ids).map(StepKind::Split),
         "update" => load_update(cx, ctx, kind_node).map(StepKind::Update),
         _ => {
             if !matches!(kind_node.kind, Kind::Null) {
@@ -714,54 +714,6 @@ pub(super) fn load_branch(
         arms,
         otherwise: Some(otherwise?),
     })
-}
-
-pub(super) fn load_split(
-    cx: &mut Cx,
-    ctx: &str,
-    node: &Node,
-    ids: &HashMap<String, usize>,
-) -> Option<Vec<SplitArm>> {
-    let Some(items) = node.seq().filter(|items| !items.is_empty()) else {
-        cx.error_in(
-            node,
-            ctx,
-            format!(
-                "split must be a list of {{weight: N, next: STEP}} arms, found {}",
-                node.describe()
-            ),
-        );
-        return None;
-    };
-    let mut arms = Vec::new();
-    let mut ok = true;
-    for (i, item) in items.iter().enumerate() {
-        let path = format!("split[{i}]");
-        let Some(fields) = cx.fields(ctx, &path, item, &["weight", "next"]) else {
-            ok = false;
-            continue;
-        };
-        let get = |key: &str| {
-            fields
-                .iter()
-                .find(|(k, _)| k.scalar() == Some(key))
-                .map(|(_, v)| v)
-        };
-        let weight = cx
-            .required(ctx, &format!("{path}.weight"), item, get("weight"))
-            .and_then(|n| cx.positive(ctx, &format!("{path}.weight"), n));
-        let next = cx
-            .required(ctx, &format!("{path}.next"), item, get("next"))
-            .and_then(|n| cx.target(ctx, &format!("{path}.next"), n, ids));
-        match (weight, next) {
-            (Some(weight), Some(next)) => arms.push(SplitArm {
-                weight,
-                next: Some(next),
-            }),
-            _ => ok = false,
-        }
-    }
-    ok.then_some(arms)
 }
 
 pub(super) fn load_update(cx: &mut Cx, ctx: &str, node: &Node) -> Option<Vec<(String, Expr)>> {

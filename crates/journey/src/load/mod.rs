@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod choice;
 mod context;
-mod decide;
 mod graph;
 mod journey;
 mod policies;

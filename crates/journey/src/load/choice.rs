@@ -1,5 +1,6 @@
-//! The `decide` step (next best action): options with an eligibility condition and a score,
-//! and `else` last.
+//! The steps that choose among several ways on: `decide` (next best action: options with an
+//! eligibility condition and a score, and `else` last) and `split` (weighted arms, one of them
+//! the control).
 
 use super::context::*;
 use crate::model::*;
@@ -110,4 +111,88 @@ pub(super) fn load_decide(
         options,
         otherwise: Some(otherwise?),
     })
+}
+
+/// `split: [{weight, next, control?}, ...]`: at most one arm is the control.
+pub(super) fn load_split(
+    cx: &mut Cx,
+    ctx: &str,
+    node: &Node,
+    ids: &HashMap<String, usize>,
+) -> Option<Vec<SplitArm>> {
+    let Some(items) = node.seq().filter(|items| !items.is_empty()) else {
+        cx.error_in(
+            node,
+            ctx,
+            format!(
+                "split must be a list of {{weight: N, next: STEP, control?: true}} arms, found {}",
+                node.describe()
+            ),
+        );
+        return None;
+    };
+    let mut arms = Vec::new();
+    let mut ok = true;
+    let mut control_at: Option<usize> = None;
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("split[{i}]");
+        let Some(fields) = cx.fields(ctx, &path, item, &["weight", "next", "control"]) else {
+            ok = false;
+            continue;
+        };
+        let get = |key: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k.scalar() == Some(key))
+                .map(|(_, v)| v)
+        };
+        let weight = cx
+            .required(ctx, &format!("{path}.weight"), item, get("weight"))
+            .and_then(|n| cx.positive(ctx, &format!("{path}.weight"), n));
+        let next = cx
+            .required(ctx, &format!("{path}.next"), item, get("next"))
+            .and_then(|n| cx.target(ctx, &format!("{path}.next"), n, ids));
+        let control = match get("control") {
+            None => Some(false),
+            Some(n) => match n.scalar() {
+                Some("true") => Some(true),
+                Some("false") => Some(false),
+                _ => {
+                    cx.error_in(
+                        n,
+                        ctx,
+                        format!(
+                            "{path}.control must be true or false, found {}",
+                            n.describe()
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        if control == Some(true) {
+            if let Some(first) = control_at {
+                cx.error_in(
+                    item,
+                    ctx,
+                    format!(
+                        "{path}: a split has at most one control arm (split[{first}] is one \
+                         already)"
+                    ),
+                );
+                ok = false;
+            } else {
+                control_at = Some(i);
+            }
+        }
+        match (weight, next, control) {
+            (Some(weight), Some(next), Some(control)) => arms.push(SplitArm {
+                weight,
+                next: Some(next),
+                control,
+            }),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(arms)
 }
