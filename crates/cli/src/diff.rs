@@ -1,8 +1,7 @@
 //! `journey diff`: the same events through two journey folders, and every action one run has
 //! and the other lacks. The review of a journey change on recorded events.
 
-use journeyd_simulator::{Emitted, Simulator};
-use journeyd_types::Event;
+use journeyd_simulator::{Emitted, Line, Simulator};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -34,19 +33,23 @@ pub struct Diff {
     pub removed: usize,
 }
 
-/// Runs `events` (in time order, with their line numbers) through both simulators, then
+/// Runs `events` and control lines (in time order, with their line numbers) through both simulators, then
 /// advances both to `until`. Returns the difference, and the lines either simulator refused.
 pub fn diff(
     base: &mut Simulator,
     new: &mut Simulator,
-    events: &[(usize, Event)],
+    events: &[(usize, Line)],
     until: Option<i64>,
 ) -> (Diff, Vec<(usize, String)>) {
     let mut old_out = Vec::new();
     let mut new_out = Vec::new();
     let mut bad = Vec::new();
-    for (line, event) in events {
-        match (base.push(event), new.push(event)) {
+    for (line, input) in events {
+        let run = |sim: &mut Simulator| match input {
+            Line::Event(e) => sim.push(e),
+            Line::Control(c) => sim.control(c),
+        };
+        match (run(base), run(new)) {
             (Ok(a), Ok(b)) => {
                 old_out.extend(a);
                 new_out.extend(b);

@@ -22,7 +22,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use journeyd_engine::Engine;
 use journeyd_journey::{load_dir, load_sources, Diagnostic, Error as LoadError, Severity};
-use journeyd_simulator::{read_events, testing, Simulator};
+use journeyd_simulator::{read_inputs, testing, Line, Simulator};
 use journeyd_types::time;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -52,6 +52,9 @@ enum Command {
     /// The events file holds one JSON event a line, in time order:
     /// {"event_id":"e1","customer_id":"c1","type":"signup","channel":"web",
     ///  "occurred_at":"2026-01-05T09:00:00Z","attributes":{"plan":"basic"}}
+    /// or a control line that changes a journey's status at its place in time:
+    /// {"control":"pause","journey":"promo","at":"2026-01-06T00:00:00Z"} (pause, resume,
+    /// drain or stop).
     /// Before each event the clock advances to its time, firing due timers in due order.
     /// Prints one JSON action a line, with `at`, the virtual time of emission. Bad lines are
     /// reported on stderr with their line number and skipped; the exit code is then 2.
@@ -237,7 +240,7 @@ fn simulate(
             .with_context(|| format!("cannot read {}", events.display()))?
     };
     let name = events.display().to_string();
-    let (parsed, bad) = read_events(&text);
+    let (parsed, bad) = read_inputs(&text);
     let mut bad_lines: Vec<(usize, String)> =
         bad.into_iter().map(|b| (b.line, b.message)).collect();
     let mut sim = Simulator::new(Arc::new(Engine::new(loaded.catalog)));
@@ -250,8 +253,12 @@ fn simulate(
         }
         Ok(())
     };
-    for (line, event) in parsed {
-        match sim.push(&event) {
+    for (line, input) in parsed {
+        let done = match &input {
+            Line::Event(event) => sim.push(event),
+            Line::Control(c) => sim.control(c),
+        };
+        match done {
             Ok(emitted) => print(emitted, &mut out)?,
             Err(e) => bad_lines.push((line, e.to_string())),
         }
@@ -316,7 +323,7 @@ fn diff_folders(
         }
     };
     let name = events.display().to_string();
-    let (parsed, bad) = read_events(&text);
+    let (parsed, bad) = read_inputs(&text);
     let mut bad_lines: Vec<(usize, String)> =
         bad.into_iter().map(|b| (b.line, b.message)).collect();
     let mut old_sim = Simulator::new(Arc::new(Engine::new(old.catalog)));

@@ -414,3 +414,59 @@ fn simulate_writes_the_experiment_report() {
     assert_eq!(arms[0]["rate"], 0.0);
     assert!(arms[0]["lift"].is_null() && arms[0]["p_value"].is_null());
 }
+
+#[test]
+fn simulate_applies_control_lines_and_refuses_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "welcome.yaml", WELCOME);
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(
+        &events,
+        concat!(
+            r#"{"event_id":"e1","customer_id":"c1","type":"signup","channel":"web","occurred_at":"2026-01-05T09:00:00Z"}"#, "\n",
+            r#"{"control":"stop","journey":"welcome","at":"2026-01-05T10:00:00Z"}"#, "\n",
+            r#"{"control":"freeze","journey":"welcome","at":"2026-01-05T11:00:00Z"}"#, "\n",
+            r#"{"control":"pause","journey":"nope","at":"2026-01-05T11:00:00Z"}"#, "\n",
+            r#"{"event_id":"e2","customer_id":"c2","type":"signup","channel":"web","occurred_at":"2026-01-05T12:00:00Z"}"#, "\n",
+        ),
+    )
+    .unwrap();
+    let out = journey(&[
+        "simulate",
+        "--journeys",
+        dir.path().to_str().unwrap(),
+        "--events",
+        events.to_str().unwrap(),
+        "--until",
+        "2026-01-10T00:00:00Z",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(":3: error:") && stderr.contains("pause, resume, drain or stop"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(":4: error:") && stderr.contains("unknown journey"),
+        "{stderr}"
+    );
+    let actions: Vec<(String, String, String)> = text(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["kind"].as_str().unwrap().to_owned(),
+                v["customer_id"].as_str().unwrap().to_owned(),
+                v["reason"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    // c1's welcome goes, then the stop withdraws it; c2 signs up after the stop: nothing.
+    assert_eq!(
+        actions,
+        [
+            ("send".into(), "c1".into(), "".into()),
+            ("cancel".into(), "c1".into(), "stopped".into()),
+        ]
+    );
+}

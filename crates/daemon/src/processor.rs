@@ -127,6 +127,7 @@ fn ending_name(e: &journeyd_engine::Ending) -> &'static str {
         ExitOn(_) => "exit_on",
         StepLimit => "step_limit",
         VersionGone => "version_gone",
+        Stopped => "stopped",
     }
 }
 

@@ -54,6 +54,10 @@ pub enum Input<'a> {
     Event(&'a Event),
     /// The customer's timer fired: run what is due.
     Timer,
+    /// The status of this journey (by id) changed: apply what the new status (the engine's)
+    /// does to the customer at once (a stop ends their instance and cancels the journey's
+    /// outstanding sends; a resume releases the sends their paused instance stopped at).
+    Status(&'a str),
 }
 
 /// A change to the customer's pending timer: clear the old due time, set the new one.
@@ -77,8 +81,9 @@ pub struct Effects {
     pub timer: TimerChange,
 }
 
-/// The journeys and policies, compiled for fast lookup. Immutable; share it behind an `Arc`.
-#[derive(Debug)]
+/// The journeys and policies, compiled for fast lookup. Immutable; share it behind an `Arc`
+/// (a status change makes a new one, see [`Engine::with_status`]).
+#[derive(Debug, Clone)]
 pub struct Engine {
     current: Vec<Arc<Journey>>,
     /// Every known version, by journey id (looked up by `&str`, without building a key).
@@ -89,10 +94,12 @@ pub struct Engine {
     /// event type not in here touches no journey. One lookup per event.
     events: FastMap<Roles>,
     cap_window: Millis,
+    /// Journeys whose status is not `running`, by id.
+    status: std::collections::BTreeMap<String, Status>,
 }
 
 /// The current journeys an event type starts, by index into `Engine::current`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Roles {
     /// Journeys it enters (`entry.event`).
     entry: Vec<usize>,
@@ -209,7 +216,28 @@ impl Engine {
             settings,
             events,
             cap_window,
+            status: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// This engine with journey `id`'s status set (contract v2, journey status). Customers feel
+    /// it from their next input; [`Input::Status`] applies what it does at once.
+    pub fn with_status(&self, id: &str, status: Status) -> Engine {
+        let mut e = self.clone();
+        if status == Status::Running {
+            e.status.remove(id);
+        } else {
+            e.status.insert(id.to_owned(), status);
+        }
+        e
+    }
+
+    /// The status of journey `id`.
+    pub fn status(&self, id: &str) -> Status {
+        if self.status.is_empty() {
+            return Status::Running;
+        }
+        self.status.get(id).copied().unwrap_or(Status::Running)
     }
 
     /// The current journeys, in arbitration order.
@@ -257,10 +285,18 @@ impl Engine {
             fx: Effects::default(),
         };
         run.run_due(now);
-        if let Input::Event(ev) = input {
-            run.st.clock = now;
-            run.on_event(ev, now);
-            run.run_due(now);
+        match input {
+            Input::Event(ev) => {
+                run.st.clock = now;
+                run.on_event(ev, now);
+                run.run_due(now);
+            }
+            Input::Status(id) => {
+                run.st.clock = now;
+                run.on_status(id, now);
+                run.run_due(now);
+            }
+            Input::Timer => {}
         }
         run.st.clock = now;
         run.prune(now);
@@ -650,6 +686,81 @@ impl Run<'_, '_> {
         }
     }
 
+    /// What journey `id`'s new status does to this customer at once: a stop ends the active
+    /// instance (history `stopped`), drops its held sends and cancels every outstanding send of
+    /// the journey (reason `stopped`); a resume releases the send a paused instance stopped at,
+    /// and the instance goes on.
+    fn on_status(&mut self, id: &str, now: Millis) {
+        let Some(j) = self.st.journeys.iter().position(|m| m.id == id) else {
+            return;
+        };
+        let j = j as u16;
+        match self.engine.status(id) {
+            Status::Stopped => {
+                let mut i = 0;
+                while i < self.st.held.len() {
+                    if self.st.held[i].j == j {
+                        let h = self.st.held.remove(i);
+                        let what = What::HeldDropped {
+                            id: h.id,
+                            reason: CancelReason::Stopped,
+                            event: String::new(),
+                        };
+                        self.record(Some(j), h.version, Some(h.step as usize), what, now);
+                    } else {
+                        i += 1;
+                    }
+                }
+                if let Some(idx) = self.st.instances.iter().position(|i| i.j == j) {
+                    self.end_instance(idx, Ending::Stopped, now);
+                }
+                let mut i = 0;
+                while i < self.st.outstanding.len() {
+                    let o = &self.st.outstanding[i];
+                    if o.j == j && o.expires_at > now {
+                        let o = self.st.outstanding.remove(i);
+                        self.cancel(o, CancelReason::Stopped, now);
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            Status::Running => {
+                let parked = self
+                    .st
+                    .instances
+                    .iter()
+                    .position(|i| i.j == j && i.deadline.is_none());
+                let Some(idx) = parked else {
+                    return;
+                };
+                let inst = &self.st.instances[idx];
+                let (key, step) = (inst.key, inst.step as usize);
+                let Some((idx, journey)) = self.live_instance(j, key, now) else {
+                    return;
+                };
+                if !matches!(
+                    journey.steps.get(step).map(|s| &s.kind),
+                    Some(StepKind::Send(_))
+                ) {
+                    return;
+                }
+                let event = self.st.instances[idx].event.clone();
+                let mut batch = Vec::new();
+                self.run_steps(
+                    idx,
+                    &journey,
+                    Some(step),
+                    now,
+                    event.as_ref().map(view_of_stored),
+                    &mut batch,
+                );
+                self.apply_sends(batch, now);
+            }
+            Status::Paused | Status::Draining => {}
+        }
+    }
+
     fn cancel_on(&self, o: &Outstanding) -> Option<Arc<Journey>> {
         self.journey_of(o.j, o.version)
     }
@@ -790,6 +901,18 @@ impl Run<'_, '_> {
         batch: &mut Vec<Intent>,
     ) {
         let v = journey.version;
+        let status = self.engine.status(&journey.id);
+        if status != Status::Running {
+            // Paused, draining or stopped: no entry, no cooldown.
+            self.record(
+                Some(j),
+                v,
+                None,
+                What::EntrySkipped(Skip::Status(status)),
+                now,
+            );
+            return;
+        }
         if let Some(prev) = self.st.journeys[j as usize].entered_at {
             let skip = match journey.entry.reentry {
                 journeyd_journey::Reentry::Never => Some(Skip::ReentryNever),
@@ -864,6 +987,15 @@ impl Run<'_, '_> {
             };
             let step = &journey.steps[si];
             self.st.instances[idx].step = si as u16;
+            if matches!(step.kind, StepKind::Send(_))
+                && self.engine.status(&journey.id) == Status::Paused
+            {
+                // Stops at the send, holding it, until the journey resumes (no deadline: a
+                // send step without one is a paused instance's).
+                self.st.instances[idx].deadline = None;
+                self.record(Some(j), v, Some(si), What::Parked, now);
+                return;
+            }
             self.record(Some(j), v, Some(si), What::Step, now);
             let at = (Some(j), v, Some(si));
             match &step.kind {

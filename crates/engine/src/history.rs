@@ -80,6 +80,7 @@ impl Engine {
                         )
                     }
                     Skip::ConditionFalse => "not entered: the entry condition is false".to_owned(),
+                    Skip::Status(s) => format!("not entered: the journey is {}", s.as_str()),
                 },
             ),
             What::Step => ("step", "step taken".to_owned()),
@@ -161,6 +162,7 @@ impl Engine {
                     Ending::Finished => "the instance finished".to_owned(),
                     Ending::ExitStep => "the instance reached an exit step".to_owned(),
                     Ending::ExitOn(t) => format!("the instance exited on {t}"),
+                    Ending::Stopped => "the journey was stopped".to_owned(),
                     Ending::StepLimit => {
                         "the instance ran too many steps without a wait and was ended".to_owned()
                     }
@@ -187,12 +189,22 @@ impl Engine {
             What::Ignored { why } => ("ignored", why.clone()),
             What::HeldDropped { id, reason, event } => (
                 "dropped",
-                format!(
-                    "held action {} dropped before it was sent: {} ({event} came from another \
-                     channel)",
-                    format_id(*id),
-                    reason.as_str()
-                ),
+                match reason {
+                    journeyd_types::CancelReason::Responded => format!(
+                        "held action {} dropped before it was sent: responded ({event} came \
+                         from another channel)",
+                        format_id(*id)
+                    ),
+                    other => format!(
+                        "held action {} dropped before it was sent: {}",
+                        format_id(*id),
+                        other.as_str()
+                    ),
+                },
+            ),
+            What::Parked => (
+                "parked",
+                "the journey is paused: the send waits for it to resume".to_owned(),
             ),
             What::DatePassed { why } => (
                 "date_passed",

@@ -209,6 +209,33 @@ pub enum Ending {
     StepLimit,
     /// The journey version it ran is no longer known.
     VersionGone,
+    /// An operator stopped the journey (appended).
+    Stopped,
+}
+
+/// A journey's status (contract v2): operators pause, drain, stop and resume journeys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Status {
+    /// Entries and instances go on (the default).
+    Running,
+    /// No entries; instances go on, but stop at a send, holding it, until a resume.
+    Paused,
+    /// No entries; instances go on.
+    Draining,
+    /// No entries; at the stop every instance ended and every outstanding send was cancelled.
+    Stopped,
+}
+
+impl Status {
+    /// The word for it (`running`, `paused`, `draining`, `stopped`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Draining => "draining",
+            Status::Stopped => "stopped",
+        }
+    }
 }
 
 /// Why an entry trigger did not start an instance.
@@ -225,6 +252,8 @@ pub enum Skip {
     },
     /// The entry condition was false.
     ConditionFalse,
+    /// The journey is paused, draining or stopped (appended).
+    Status(Status),
 }
 
 /// What happened.
@@ -321,6 +350,9 @@ pub enum What {
         /// The score of every eligible option, by option index.
         scores: Vec<(u16, f64)>,
     },
+    /// A paused journey's instance stopped at a send, holding it until the journey resumes
+    /// (appended).
+    Parked,
     /// A send held by quiet hours was dropped before it reached any channel (appended).
     HeldDropped {
         /// Its action id.

@@ -9,7 +9,7 @@ mod events;
 pub mod report;
 pub mod testing;
 
-pub use events::{read_events, BadLine};
+pub use events::{read_events, read_inputs, BadLine, Control, Line};
 
 use journeyd_engine::{append_history, CustomerState, Effects, Engine, HistoryLine, Input, Record};
 use journeyd_types::{time, Action, Event, Millis};
@@ -40,6 +40,12 @@ pub enum Error {
         at: String,
         /// The clock.
         clock: String,
+    },
+    /// A control line names a journey the folder does not have.
+    #[error("unknown journey \"{journey}\" in a control line")]
+    UnknownJourney {
+        /// The journey id.
+        journey: String,
     },
 }
 
@@ -163,6 +169,36 @@ impl Simulator {
         }
         self.clock = Some(self.clock.map_or(t, |c| c.max(t)));
         out
+    }
+
+    /// Applies a control line (contract v2, journey status): advances to its time, sets the
+    /// journey's status, and applies what the status does at once to every customer who has
+    /// been in the journey, in customer id order.
+    pub fn control(&mut self, c: &Control) -> Result<Vec<Emitted>, Error> {
+        if let Some(clock) = self.clock.filter(|clock| c.at < *clock) {
+            return Err(Error::BackInTime {
+                at: time::format_rfc3339(c.at),
+                clock: time::format_rfc3339(clock),
+            });
+        }
+        if !self.engine.journeys().iter().any(|j| j.id == c.journey) {
+            return Err(Error::UnknownJourney {
+                journey: c.journey.clone(),
+            });
+        }
+        let mut out = self.advance_to(c.at);
+        self.engine = Arc::new(self.engine.with_status(&c.journey, c.status));
+        let mut ids: Vec<String> = self
+            .customers
+            .iter()
+            .filter(|(_, cu)| cu.state.journeys.iter().any(|m| m.id == c.journey))
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        for id in ids {
+            out.extend(self.apply(&id, Input::Status(&c.journey), c.at));
+        }
+        Ok(out)
     }
 
     /// Advances to the event's time, then processes it.

@@ -91,9 +91,16 @@ pub struct Given {
 pub struct TestEvent {
     /// When: RFC 3339, or `+DURATION` after `start`.
     pub at: String,
-    /// The event type.
-    #[serde(rename = "type")]
-    pub event_type: String,
+    /// The event type (none for a control line).
+    #[serde(rename = "type", default)]
+    pub event_type: Option<String>,
+    /// A control line instead of an event: `pause`, `resume`, `drain` or `stop` (contract v2,
+    /// journey status), with `journey`.
+    #[serde(default)]
+    pub control: Option<String>,
+    /// The journey of a control line.
+    #[serde(default)]
+    pub journey: Option<String>,
     /// The customer (default: the test's).
     #[serde(default)]
     pub customer: Option<String>,
@@ -278,6 +285,38 @@ pub fn run_case<'a>(
     let mut emitted = Vec::new();
     for (n, e) in case.events.iter().enumerate() {
         let what = format!("events[{n}].at");
+        if let Some(word) = &e.control {
+            let status = match word.as_str() {
+                "pause" => journeyd_engine::Status::Paused,
+                "drain" => journeyd_engine::Status::Draining,
+                "stop" => journeyd_engine::Status::Stopped,
+                "resume" => journeyd_engine::Status::Running,
+                other => {
+                    return Err(Invalid(format!(
+                        "events[{n}]: unknown control \"{other}\" (pause, resume, drain or stop)"
+                    )))
+                }
+            };
+            let journey = e
+                .journey
+                .clone()
+                .ok_or_else(|| Invalid(format!("events[{n}]: a control line needs `journey`")))?;
+            let c = crate::Control {
+                journey,
+                status,
+                at: resolve_time(&e.at, start, &what)?,
+            };
+            let out = sim
+                .control(&c)
+                .map_err(|err| Invalid(format!("events[{n}]: {err}")))?;
+            emitted.extend(out);
+            continue;
+        }
+        let Some(event_type) = e.event_type.clone() else {
+            return Err(Invalid(format!(
+                "events[{n}]: give `type` (an event) or `control` (pause, resume, drain or stop)"
+            )));
+        };
         let customer = e
             .customer
             .clone()
@@ -290,7 +329,7 @@ pub fn run_case<'a>(
         let event = Event {
             event_id: e.id.clone().unwrap_or_else(|| format!("test{index}-e{n}")),
             customer_id: customer,
-            event_type: e.event_type.clone(),
+            event_type,
             channel: e.channel.clone(),
             occurred_at: resolve_time(&e.at, start, &what)?,
             attributes: e.attributes.clone(),

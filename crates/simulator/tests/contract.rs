@@ -1328,3 +1328,111 @@ steps:
         "{arm_of:?}"
     );
 }
+
+/// Contract v2, "Journey status": paused, no entries and instances stop at a send until the
+/// resume; draining, no entries; stopped, every instance ends and every outstanding send of
+/// the journey is cancelled (reason `stopped`).
+#[test]
+fn pause_resume_drain_and_stop_apply_from_their_moment() {
+    use journeyd_engine::Status;
+    use journeyd_simulator::Control;
+    let e = engine(&[(
+        "promo.yaml",
+        r#"
+journey: promo
+version: 1
+entry: { event: visit }
+steps:
+  - id: a
+    send: { channel: email, template: a }
+  - id: pause
+    wait: 1d
+  - id: b
+    send: { channel: email, template: b }
+"#,
+    )]);
+    let mut sim = Simulator::new(e);
+    let t = |s: &str| time::parse_rfc3339(s).unwrap();
+    let control = |status, at: &str| Control {
+        journey: "promo".into(),
+        status,
+        at: t(at),
+    };
+    let mut out = Vec::new();
+    out.extend(
+        sim.push(&ev("2026-03-02T09:00:00Z", "c1", "visit"))
+            .unwrap(),
+    );
+    out.extend(
+        sim.control(&control(Status::Paused, "2026-03-02T10:00:00Z"))
+            .unwrap(),
+    );
+    out.extend(
+        sim.push(&ev("2026-03-02T11:00:00Z", "c2", "visit"))
+            .unwrap(),
+    );
+    // c1's wait ends at 09:00 on the 3rd: the instance stops at b, holding it.
+    out.extend(
+        sim.control(&control(Status::Running, "2026-03-04T09:30:00Z"))
+            .unwrap(),
+    );
+    out.extend(
+        sim.control(&control(Status::Draining, "2026-03-04T10:00:00Z"))
+            .unwrap(),
+    );
+    out.extend(
+        sim.push(&ev("2026-03-04T10:30:00Z", "c4", "visit"))
+            .unwrap(),
+    );
+    out.extend(
+        sim.control(&control(Status::Running, "2026-03-04T10:45:00Z"))
+            .unwrap(),
+    );
+    out.extend(
+        sim.push(&ev("2026-03-04T11:00:00Z", "c3", "visit"))
+            .unwrap(),
+    );
+    out.extend(
+        sim.control(&control(Status::Stopped, "2026-03-04T12:00:00Z"))
+            .unwrap(),
+    );
+    out.extend(
+        sim.push(&ev("2026-03-04T13:00:00Z", "c5", "visit"))
+            .unwrap(),
+    );
+    out.extend(sim.advance_to(t("2026-03-20T00:00:00Z")));
+    assert_eq!(
+        brief(&out),
+        [
+            "2026-03-02T09:00:00Z send email promo/a c1",
+            "2026-03-04T09:30:00Z send email promo/b c1",
+            "2026-03-04T11:00:00Z send email promo/a c3",
+            "2026-03-04T12:00:00Z cancel email promo/a c1 stopped",
+            "2026-03-04T12:00:00Z cancel email promo/b c1 stopped",
+            "2026-03-04T12:00:00Z cancel email promo/a c3 stopped",
+        ]
+    );
+    let kinds = |c: &str| -> Vec<String> {
+        sim.history(c)
+            .into_iter()
+            .map(|l| format!("{} {}", l.kind, l.detail))
+            .collect()
+    };
+    assert!(kinds("c2").contains(&"skipped not entered: the journey is paused".to_owned()));
+    assert!(kinds("c4").contains(&"skipped not entered: the journey is draining".to_owned()));
+    assert!(kinds("c5").contains(&"skipped not entered: the journey is stopped".to_owned()));
+    assert!(kinds("c1")
+        .iter()
+        .any(|l| l.starts_with("parked the journey is paused")));
+    assert!(kinds("c3").contains(&"ended the journey was stopped".to_owned()));
+    // Bad control lines.
+    let unknown = Control {
+        journey: "nope".into(),
+        status: Status::Paused,
+        at: t("2026-03-21T00:00:00Z"),
+    };
+    assert!(matches!(
+        sim.control(&unknown),
+        Err(journeyd_simulator::Error::UnknownJourney { .. })
+    ));
+}
