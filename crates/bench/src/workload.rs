@@ -95,6 +95,8 @@ impl Mix {
             match &j.entry.trigger {
                 Trigger::Event(e) => entry.insert(e.clone()),
                 Trigger::Inactivity { event, .. } => entry.insert(event.clone()),
+                // Runs over the known customers, not an event.
+                Trigger::Audience { .. } => false,
             };
             exit.extend(j.exit_on.iter().cloned());
             for s in &j.steps {

@@ -44,6 +44,13 @@ pub fn mermaid(j: &Journey) -> String {
         Trigger::Inactivity { event, after } => {
             format!("no {event} for {}", format_duration(*after))
         }
+        Trigger::Audience { at, every } => {
+            let first = journeyd_types::time::format_rfc3339(*at);
+            match every {
+                Some(d) => format!("audience from {first}, every {}", format_duration(*d)),
+                None => format!("audience at {first}"),
+            }
+        }
     };
     let mut entry = format!("entry: {trigger}");
     if let Some(c) = &j.entry.condition {

@@ -57,6 +57,16 @@ pub fn open(config: &Config) -> Result<Opened> {
         new_versions = loaded.new_versions.len(),
         "Journeys loaded."
     );
+    for j in loaded.engine.journeys() {
+        if matches!(j.entry.trigger, journeyd_journey::Trigger::Audience { .. }) {
+            // The simulator runs them; the service's scan of its partitions is still to come.
+            tracing::warn!(
+                journey = %j.id,
+                "This journey enters by audience runs, which the service does not run yet: \
+                 nobody enters it here (journey simulate and journey test do run it)."
+            );
+        }
+    }
     Ok(Opened {
         store,
         engine: loaded.engine,

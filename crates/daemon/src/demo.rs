@@ -64,6 +64,7 @@ fn roles(shared: &Shared) -> Roles {
         match &j.entry.trigger {
             Trigger::Event(e) => entry.insert(e.clone()),
             Trigger::Inactivity { event, .. } => entry.insert(event.clone()),
+            Trigger::Audience { .. } => false,
         };
         exit.extend(j.exit_on.iter().cloned());
         if let Some(g) = &j.goal {

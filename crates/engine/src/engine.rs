@@ -54,6 +54,11 @@ pub enum Input<'a> {
     Event(&'a Event),
     /// The customer's timer fired: run what is due.
     Timer,
+    /// An audience run of this journey (by id) at the input's time: the customer enters if
+    /// the entry condition holds (with `event` the synthetic audience event: type `audience`,
+    /// no channel, `occurred_at` the run time, no attributes), subject to `reentry`, to one
+    /// active instance at a time and to the journey status.
+    Audience(&'a str),
     /// The status of this journey (by id) changed: apply what the new status (the engine's)
     /// does to the customer at once (a stop ends their instance and cancels the journey's
     /// outstanding sends; a resume releases the sends their paused instance stopped at).
@@ -200,6 +205,7 @@ impl Engine {
                 Trigger::Inactivity { event, .. } => {
                     events.entry(event.clone()).or_default().inactivity.push(i)
                 }
+                Trigger::Audience { .. } => {}
             }
         }
         let cap_window = catalog
@@ -296,6 +302,11 @@ impl Engine {
                 run.on_status(id, now);
                 run.run_due(now);
             }
+            Input::Audience(id) => {
+                run.st.clock = now;
+                run.on_audience(id, now);
+                run.run_due(now);
+            }
             Input::Timer => {}
         }
         run.st.clock = now;
@@ -343,6 +354,7 @@ fn event_types(j: &Journey) -> Vec<String> {
     match &j.entry.trigger {
         Trigger::Event(t) => out.push(t.clone()),
         Trigger::Inactivity { event, .. } => out.push(event.clone()),
+        Trigger::Audience { .. } => {}
     }
     out.extend(j.exit_on.iter().cloned());
     out.extend(j.goal.iter().map(|g| g.event.clone()));
@@ -684,6 +696,66 @@ impl Run<'_, '_> {
             }
             _ => {}
         }
+    }
+
+    /// An audience run of journey `id` for this customer (see [`Input::Audience`]).
+    fn on_audience(&mut self, id: &str, now: Millis) {
+        let Some(journey) = self
+            .engine
+            .current
+            .iter()
+            .find(|j| j.id == id && matches!(j.entry.trigger, Trigger::Audience { .. }))
+            .cloned()
+        else {
+            return;
+        };
+        let none = Attributes::new();
+        let seed = format!("audience:{now}");
+        let view = EventView {
+            id: &seed,
+            event_type: "audience",
+            channel: None,
+            occurred_at: now,
+            attributes: &none,
+        };
+        // A run touches every known customer: one for whom the condition does not hold is
+        // left as they were (no journey record, no history line), so that a campaign costs
+        // nothing to those it does not reach.
+        if let Some(c) = &journey.entry.condition {
+            let member = self.st.journeys.iter().any(|m| m.id == journey.id);
+            match eval_bool(c, Some(view), &self.st.profile, now) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(error) => {
+                    if member {
+                        let j = self.st.journey_index(&journey.id);
+                        let what = What::ExprFailed {
+                            expr: c.source().to_owned(),
+                            error,
+                        };
+                        self.record(Some(j), journey.version, None, what, now);
+                    }
+                    return;
+                }
+            }
+        }
+        let j = self.st.journey_index(&journey.id);
+        if self.st.instance_of(j).is_some() {
+            let what = What::EntrySkipped(Skip::Active);
+            self.record(Some(j), journey.version, None, what, now);
+            return;
+        }
+        let mut batch = Vec::new();
+        self.try_enter(
+            &journey,
+            j,
+            Some(view),
+            &seed,
+            "audience".to_owned(),
+            now,
+            &mut batch,
+        );
+        self.apply_sends(batch, now);
     }
 
     /// What journey `id`'s new status does to this customer at once: a stop ends the active

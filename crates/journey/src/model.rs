@@ -116,6 +116,14 @@ pub enum Trigger {
         /// How long it must be absent.
         after: Millis,
     },
+    /// An audience run over every known customer at `at`, and every `every` after it when
+    /// given (contract v2: one-to-many campaigns).
+    Audience {
+        /// The first run (ms since the epoch).
+        at: Millis,
+        /// The time between runs; none: one run.
+        every: Option<Millis>,
+    },
 }
 
 /// Whether a customer who finished (or left) may enter again.

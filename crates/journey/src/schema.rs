@@ -257,12 +257,16 @@ fn defs() -> Value {
         "entry".into(),
         json!({
             "description": "When a customer enters the journey: exactly one of `event` / \
-                `inactivity`, an optional `if` condition, and `reentry`. A customer has at most \
-                one active instance of a journey; while one is active, entry triggers for that \
-                journey are ignored.",
+                `inactivity` / `audience`, an optional `if` condition, and `reentry`. A customer \
+                has at most one active instance of a journey; while one is active, entry \
+                triggers for that journey are ignored.",
             "type": "object",
             "additionalProperties": false,
-            "oneOf": [{ "required": ["event"] }, { "required": ["inactivity"] }],
+            "oneOf": [
+                { "required": ["event"] },
+                { "required": ["inactivity"] },
+                { "required": ["audience"] }
+            ],
             "properties": {
                 "event": {
                     "$ref": "#/$defs/event_type",
@@ -270,12 +274,37 @@ fn defs() -> Value {
                         instance for that customer, when `if` holds."
                 },
                 "inactivity": { "$ref": "#/$defs/inactivity" },
+                "audience": { "$ref": "#/$defs/audience" },
                 "if": {
                     "$ref": "#/$defs/condition",
                     "description": "Optional CEL condition: the customer enters only when it \
-                        holds. It sees `event` (the entry event) and `profile`."
+                        holds. It sees `event` (the entry event), `profile` and `now`."
                 },
                 "reentry": { "$ref": "#/$defs/reentry" }
+            }
+        }),
+    );
+    defs.insert(
+        "audience".into(),
+        json!({
+            "description": "Enter by audience runs (one-to-many campaigns): at `at`, and every \
+                `every` after it when given, every known customer for whom `if` holds enters, \
+                subject to `reentry` and to one active instance at a time. In `if`, `event` is \
+                the synthetic audience event (type `audience`, no channel, occurred_at the run \
+                time, no attributes) and `now` the run time.",
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["at"],
+            "properties": {
+                "at": {
+                    "type": "string",
+                    "description": "The first run, an RFC 3339 time such as \
+                        \"2026-02-02T09:00:00Z\" (quote it)."
+                },
+                "every": {
+                    "$ref": "#/$defs/duration",
+                    "description": "Optional: run again every this long (without it, once)."
+                }
             }
         }),
     );

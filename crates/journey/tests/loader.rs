@@ -398,12 +398,12 @@ fn entry_needs_exactly_one_trigger() {
     let both = "journey: j\nversion: 1\nentry:\n  event: a\n  inactivity: {event: b, for: 3d}\nsteps:\n  - {id: x, exit: {}}\n";
     assert_eq!(
         errors(both),
-        ["j.yaml:4:3: error: entry: give exactly one of \"event\" or \"inactivity\""]
+        ["j.yaml:4:3: error: entry: give exactly one of \"event\", \"inactivity\" or \"audience\""]
     );
     let none = "journey: j\nversion: 1\nentry: {if: 'true'}\nsteps:\n  - {id: x, exit: {}}\n";
     assert_eq!(
         errors(none),
-        ["j.yaml:3:8: error: entry: give exactly one of \"event\" or \"inactivity\""]
+        ["j.yaml:3:8: error: entry: give exactly one of \"event\", \"inactivity\" or \"audience\""]
     );
     let inactivity = "journey: j\nversion: 1\nentry:\n  inactivity: {event: b}\n  reentry: sometimes\nsteps:\n  - {id: x, exit: {}}\n";
     assert_eq!(
@@ -490,7 +490,7 @@ steps:
         lines,
         [
             "j.yaml:3:1: error: unknown field \"colour\" (expected one of: journey, version, name, priority, category, entry, exit, goal, steps)",
-            "j.yaml:6:3: error: entry: unknown field \"when\" (expected one of: event, inactivity, if, reentry)",
+            "j.yaml:6:3: error: entry: unknown field \"when\" (expected one of: event, inactivity, audience, if, reentry)",
             "j.yaml:7:17: error: exit: unknown field \"off\" (expected one of: on)",
             "j.yaml:8:30: error: goal: unknown field \"value\" (expected one of: event, within)",
             "j.yaml:11:12: error: step \"sms_nudge\": unknown field \"chanel\" (expected one of: channel, template, ttl, cancel_on, vars)",
@@ -1318,5 +1318,38 @@ fn a_split_has_at_most_one_control_arm() {
             "j.yaml:8:9: error: step \"t\": split[1]: a split has at most one control arm (split[0] is one already)",
             "j.yaml:9:40: error: step \"t\": split[2].control must be true or false, found `maybe`",
         ]
+    );
+}
+
+#[test]
+fn an_audience_entry_compiles_and_its_mistakes_are_placed() {
+    let j = journey(
+        "journey: j\nversion: 1\nentry:\n  audience: { at: \"2026-02-02T09:00:00Z\", every: 7d }\n  if: 'now > timestamp(\"2026-01-01T00:00:00Z\")'\nsteps:\n  - id: a\n    send: { channel: email, template: t }\n",
+    );
+    assert_eq!(
+        j.entry.trigger,
+        Trigger::Audience {
+            at: 1_770_022_800_000,
+            every: Some(7 * DAY)
+        }
+    );
+    let e = errors(
+        "journey: j\nversion: 1\nentry:\n  event: go\n  audience: { at: \"2026-02-02T09:00:00Z\" }\nsteps:\n  - id: a\n    exit: {}\n",
+    );
+    assert_eq!(
+        e,
+        ["j.yaml:4:3: error: entry: give exactly one of \"event\", \"inactivity\" or \"audience\""]
+    );
+    let e = errors(
+        "journey: j\nversion: 1\nentry:\n  audience: { at: tomorrow, every: weekly }\nsteps:\n  - id: a\n    exit: {}\n",
+    );
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(
+        e[0].starts_with("j.yaml:4:19: error: entry: audience.at must be an RFC 3339 time"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("j.yaml:4:36: error: entry: audience.every"),
+        "{e:?}"
     );
 }

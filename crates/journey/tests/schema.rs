@@ -338,13 +338,13 @@ fn invalid() -> Vec<(&'static str, String, &'static str)> {
         (
             "entry with event and inactivity",
             "journey: j\nversion: 1\nentry: {event: go, inactivity: {event: go, for: 1d}}\nsteps:\n  - id: a\n    exit: {}\n".into(),
-            "give exactly one of \"event\" or \"inactivity\"",
+            "give exactly one of \"event\", \"inactivity\" or \"audience\"",
         ),
         (
             "entry with neither event nor inactivity",
             "journey: j\nversion: 1\nentry: {reentry: always}\nsteps:\n  - id: a\n    exit: {}\n"
                 .into(),
-            "give exactly one of \"event\" or \"inactivity\"",
+            "give exactly one of \"event\", \"inactivity\" or \"audience\"",
         ),
         (
             "bad reentry",

@@ -12,6 +12,7 @@ pub mod testing;
 pub use events::{read_events, read_inputs, BadLine, Control, Line};
 
 use journeyd_engine::{append_history, CustomerState, Effects, Engine, HistoryLine, Input, Record};
+use journeyd_journey::Trigger;
 use journeyd_types::{time, Action, Event, Millis};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -59,6 +60,8 @@ pub struct Simulator {
     clock: Option<Millis>,
     /// The experiment counters (see [`report`]).
     counters: report::Counters,
+    /// The next audience run of each audience journey, by journey id.
+    runs: BTreeMap<String, Millis>,
 }
 
 /// One customer: the engine's state, and the history kept beside it (as the service keeps it
@@ -78,7 +81,48 @@ impl Simulator {
             timers: BTreeSet::new(),
             clock: None,
             counters: report::Counters::default(),
+            runs: BTreeMap::new(),
         }
+        .with_runs()
+    }
+
+    /// Schedules the first run of every audience journey.
+    fn with_runs(mut self) -> Simulator {
+        for j in self.engine.journeys() {
+            if let Trigger::Audience { at, .. } = j.entry.trigger {
+                self.runs.insert(j.id.clone(), at);
+            }
+        }
+        self
+    }
+
+    /// One audience run of journey `id` at `at`: every known customer, in id order; then the
+    /// next run is scheduled (`every` later), or none.
+    fn audience_run(&mut self, id: &str, at: Millis) -> Vec<Emitted> {
+        let mut ids: Vec<String> = self.customers.keys().cloned().collect();
+        ids.sort();
+        let mut out = Vec::new();
+        for c in ids {
+            out.extend(self.apply(&c, Input::Audience(id), at));
+        }
+        let every = self
+            .engine
+            .journeys()
+            .iter()
+            .find(|j| j.id == id)
+            .and_then(|j| match j.entry.trigger {
+                Trigger::Audience { every, .. } => every,
+                _ => None,
+            });
+        match every {
+            Some(d) if d > 0 => {
+                self.runs.insert(id.to_owned(), at.saturating_add(d));
+            }
+            _ => {
+                self.runs.remove(id);
+            }
+        }
+        out
     }
 
     /// The experiment results so far (contract v2, `journey simulate --report`).
@@ -158,14 +202,30 @@ impl Simulator {
             .collect()
     }
 
-    /// Advances the clock to `t`, firing every timer due at or before it, in due order.
+    /// Advances the clock to `t`, firing every timer and audience run due at or before it, in
+    /// due order (a run before a timer due at the same time).
     pub fn advance_to(&mut self, t: Millis) -> Vec<Emitted> {
         let mut out = Vec::new();
-        while self.timers.first().is_some_and(|(due, _)| *due <= t) {
-            let Some((due, customer)) = self.timers.pop_first() else {
-                break;
-            };
-            out.extend(self.apply(&customer, Input::Timer, due));
+        loop {
+            let timer = self.timers.first().map(|(due, _)| *due).filter(|d| *d <= t);
+            let run = self
+                .runs
+                .iter()
+                .map(|(id, at)| (*at, id.clone()))
+                .min()
+                .filter(|(at, _)| *at <= t);
+            match (run, timer) {
+                (Some((at, id)), timer) if timer.is_none_or(|d| at <= d) => {
+                    out.extend(self.audience_run(&id, at));
+                }
+                (_, Some(_)) => {
+                    let Some((due, customer)) = self.timers.pop_first() else {
+                        break;
+                    };
+                    out.extend(self.apply(&customer, Input::Timer, due));
+                }
+                _ => break,
+            }
         }
         self.clock = Some(self.clock.map_or(t, |c| c.max(t)));
         out

@@ -1436,3 +1436,57 @@ steps:
         Err(journeyd_simulator::Error::UnknownJourney { .. })
     ));
 }
+
+/// Contract v2, "Audience entry": each run enters every known customer for whom `if` holds
+/// (`now` the run's time, `event` the synthetic audience event), subject to reentry and one
+/// active instance; a run at T comes before an event at T; customers in id order.
+#[test]
+fn audience_runs_enter_known_customers_where_the_condition_holds() {
+    let e = engine(&[(
+        "campaign.yaml",
+        r#"
+journey: campaign
+version: 1
+entry:
+  audience: { at: "2026-02-02T09:00:00Z", every: 7d }
+  if: 'event.type == "audience" && event.occurred_at == now && has(profile.vip) && profile.vip == true'
+  reentry: 10d
+steps:
+  - id: hello
+    send: { channel: email, template: hello, vars: { run: string(now) } }
+"#,
+    )]);
+    let t = |s: &str| time::parse_rfc3339(s).unwrap();
+    let mut sim = Simulator::new(e);
+    let mut out = Vec::new();
+    for (c, vip) in [("b", true), ("a", true), ("c", false)] {
+        out.extend(
+            sim.push(&ev("2026-02-01T00:00:00Z", c, "profile_updated").attr("vip", vip))
+                .unwrap(),
+        );
+    }
+    // At the run's very time: the run comes first, so d is not known to it yet.
+    out.extend(
+        sim.push(&ev("2026-02-02T09:00:00Z", "d", "profile_updated").attr("vip", true))
+            .unwrap(),
+    );
+    out.extend(sim.advance_to(t("2026-02-20T00:00:00Z")));
+    assert_eq!(
+        brief(&out),
+        [
+            "2026-02-02T09:00:00Z send email campaign/hello a",
+            "2026-02-02T09:00:00Z send email campaign/hello b",
+            // 9 Feb: d is known now; a and b are within their 10-day reentry.
+            "2026-02-09T09:00:00Z send email campaign/hello d",
+            // 16 Feb: a and b again (14 days on); d within its cooldown.
+            "2026-02-16T09:00:00Z send email campaign/hello a",
+            "2026-02-16T09:00:00Z send email campaign/hello b",
+        ]
+    );
+    assert_eq!(
+        out[0].action.vars.get("run"),
+        Some(&Value::from("2026-02-02T09:00:00Z"))
+    );
+    // c was never reached: no journey record, no history line.
+    assert!(sim.history("c").iter().all(|l| l.journey.is_none()));
+}

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 pub(super) const JOURNEY_FIELDS: [&str; 9] = [
     "journey", "version", "name", "priority", "category", "entry", "exit", "goal", "steps",
 ];
-pub(super) const ENTRY_FIELDS: [&str; 4] = ["event", "inactivity", "if", "reentry"];
+pub(super) const ENTRY_FIELDS: [&str; 5] = ["event", "inactivity", "audience", "if", "reentry"];
 pub(super) const STEP_KINDS: [&str; 8] = [
     "send", "wait", "wait_for", "branch", "decide", "split", "update", "exit",
 ];
@@ -148,11 +148,12 @@ pub(super) fn load_entry(cx: &mut Cx, node: &Node) -> Option<Entry> {
             .find(|(k, _)| k.scalar() == Some(key))
             .map(|(_, v)| v)
     };
-    let trigger = match (get("event"), get("inactivity")) {
-        (Some(event), None) => cx
+    let trigger = match (get("event"), get("inactivity"), get("audience")) {
+        (Some(event), None, None) => cx
             .text(CTX, "event", event, "an event type")
             .map(Trigger::Event),
-        (None, Some(inactivity)) => cx
+        (None, None, Some(audience)) => load_audience(cx, audience),
+        (None, Some(inactivity), None) => cx
             .fields(CTX, "inactivity", inactivity, &["event", "for"])
             .and_then(|fields| {
                 let f = |key: &str| {
@@ -175,7 +176,10 @@ pub(super) fn load_entry(cx: &mut Cx, node: &Node) -> Option<Entry> {
         _ => {
             cx.error(
                 node,
-                say(CTX, "give exactly one of \"event\" or \"inactivity\""),
+                say(
+                    CTX,
+                    "give exactly one of \"event\", \"inactivity\" or \"audience\"",
+                ),
             );
             None
         }
@@ -203,6 +207,46 @@ pub(super) fn load_entry(cx: &mut Cx, node: &Node) -> Option<Entry> {
         trigger: trigger?,
         condition,
         reentry: reentry?,
+    })
+}
+
+/// `audience: {at: RFC 3339, every?: DURATION}`.
+pub(super) fn load_audience(cx: &mut Cx, node: &Node) -> Option<Trigger> {
+    const CTX: &str = "entry";
+    let fields = cx.fields(CTX, "audience", node, &["at", "every"])?;
+    let get = |key: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k.scalar() == Some(key))
+            .map(|(_, v)| v)
+    };
+    let at = cx
+        .required(CTX, "audience.at", node, get("at"))
+        .and_then(|n| {
+            let parsed = n
+                .scalar()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.timestamp_millis());
+            if parsed.is_none() {
+                cx.error_in(
+                    n,
+                    CTX,
+                    format!(
+                        "audience.at must be an RFC 3339 time such as \"2026-02-02T09:00:00Z\" \
+                         (quote it), found {}",
+                        n.describe()
+                    ),
+                );
+            }
+            parsed
+        });
+    let every = match get("every") {
+        None => Some(None),
+        Some(n) => cx.duration(CTX, "audience.every", n).map(Some),
+    };
+    Some(Trigger::Audience {
+        at: at?,
+        every: every?,
     })
 }
 
