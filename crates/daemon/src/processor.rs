@@ -173,6 +173,8 @@ struct Slot<'a> {
     actions: Vec<std::ops::Range<usize>>,
     /// The offset of the customer's last event applied in the batch, per input topic.
     applied: Vec<(Arc<str>, i64)>,
+    /// Erased in this batch (`erasure_requested`): the stored state and history go.
+    erased: bool,
 }
 
 impl<'a> Slot<'a> {
@@ -188,6 +190,7 @@ impl<'a> Slot<'a> {
             poison: None,
             actions: Vec::new(),
             applied: Vec::new(),
+            erased: false,
         }
     }
 }
@@ -316,6 +319,11 @@ pub fn run_batch_logged(
                 continue;
             }
         };
+        if fx.erased {
+            // Nothing recorded before the erasure is kept.
+            slot.erased = true;
+            slot.history.clear();
+        }
         for r in &fx.records {
             count(&mut out.tally, &slot.state, r);
         }
@@ -392,6 +400,28 @@ pub fn run_batch_logged(
             if let Some(p) = slot.owner {
                 out.write.timer_partitions.push((id.to_owned(), p));
             }
+        }
+        if slot.erased {
+            // The stored state goes, and its history with it (the store deletes a customer's
+            // history with them); the changelog gets a tombstone.
+            out.write.customers.push((id.to_owned(), None));
+            out.owners.push(slot.owner);
+            existed.push(slot.existed);
+            if let (true, Some(p)) = (changelog, slot.owner) {
+                out.changes.push(Change {
+                    partition: p,
+                    key: changelog::customer_key(id),
+                    value: None,
+                });
+            }
+            let blank = CustomerState {
+                clock: slot.state.clock,
+                ..CustomerState::default()
+            };
+            if slot.state == blank {
+                continue;
+            }
+            // Events after the erasure in this batch started a new customer: written after.
         }
         let bytes = slot.state.to_bytes();
         let history_from = out.write.history.len();
@@ -579,6 +609,82 @@ mod tests {
             store.write(&w).unwrap();
         }
         actions
+    }
+
+    #[test]
+    fn an_erased_customer_is_deleted_with_a_tombstone_and_no_history() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/journeys");
+        let engine = Engine::new(journeyd_journey::load_dir(&dir).unwrap().catalog);
+        let store = MemoryStore::new();
+        let at: Millis = 1_700_000_000_000;
+        // A customer with a state, history and a timer, stored by an earlier batch.
+        let first = vec![event("gone", "cart_abandoned", at, 120.0)];
+        let out = run_batch_logged(&engine, &store, &Unwritten::none(), &first, &[], true).unwrap();
+        store.write(&out.write).unwrap();
+        assert!(store.customer("gone").unwrap().is_some());
+        assert!(!store.history("gone").unwrap().is_empty());
+        assert!(store.next_timer().unwrap().is_some());
+        // Erased; then, in the same batch, another customer goes on, and one erased customer
+        // comes back as a new one.
+        let erase = |c: &str, t: Millis| event(c, "erasure_requested", t, 0.0);
+        store
+            .write(
+                &run_batch_logged(
+                    &engine,
+                    &store,
+                    &Unwritten::none(),
+                    &[event("back", "cart_abandoned", at, 50.0)],
+                    &[],
+                    true,
+                )
+                .unwrap()
+                .write,
+            )
+            .unwrap();
+        let work = vec![
+            erase("gone", at + 10),
+            erase("back", at + 10),
+            event("back", "cart_abandoned", at + 20, 60.0),
+        ];
+        let out = run_batch_logged(&engine, &store, &Unwritten::none(), &work, &[], true).unwrap();
+        let gone: Vec<bool> = out
+            .write
+            .customers
+            .iter()
+            .filter(|(c, _)| c == "gone")
+            .map(|(_, v)| v.is_some())
+            .collect();
+        assert_eq!(gone, [false], "deleted, not written again");
+        assert!(out.write.history.iter().all(|(c, _)| c != "gone"));
+        let tombstones: Vec<&str> = out
+            .changes
+            .iter()
+            .filter(|c| c.value.is_none())
+            .map(|c| std::str::from_utf8(&c.key[1..]).unwrap())
+            .collect();
+        assert_eq!(tombstones, ["gone", "back"]);
+        let back: Vec<bool> = out
+            .write
+            .customers
+            .iter()
+            .filter(|(c, _)| c == "back")
+            .map(|(_, v)| v.is_some())
+            .collect();
+        assert_eq!(
+            back,
+            [false, true],
+            "deleted, then the new customer written after"
+        );
+        store.write(&out.write).unwrap();
+        assert!(store.customer("gone").unwrap().is_none());
+        assert!(store.history("gone").unwrap().is_empty());
+        let back_history = store.history("back").unwrap();
+        assert!(!back_history.is_empty(), "the new customer's history only");
+        assert!(store
+            .due_timers(Millis::MAX, 100)
+            .unwrap()
+            .iter()
+            .all(|(_, c)| c != "gone"));
     }
 
     #[test]

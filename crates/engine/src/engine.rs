@@ -25,6 +25,8 @@ use std::sync::Arc;
 pub const PROFILE_UPDATED: &str = "profile_updated";
 /// `consent_changed`: attributes `channel` and `granted` record consent.
 pub const CONSENT_CHANGED: &str = "consent_changed";
+/// The special event that erases a customer (contract v2, right to be forgotten).
+pub const ERASURE_REQUESTED: &str = "erasure_requested";
 
 /// Limits that keep one customer's state and one input's work bounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +86,10 @@ pub struct Effects {
     pub records: Vec<Record>,
     /// The change to the customer's timer.
     pub timer: TimerChange,
+    /// The customer was erased (`erasure_requested`): whoever keeps their state and history
+    /// deletes both, records of this input included; the state given back is blank but for
+    /// what came after the erasure. Set once per input.
+    pub erased: bool,
 }
 
 /// The journeys and policies, compiled for fast lookup. Immutable; share it behind an `Arc`
@@ -191,7 +197,7 @@ impl Engine {
             }
         }
         let mut events: FastMap<Roles> = FastMap::default();
-        for t in [PROFILE_UPDATED, CONSENT_CHANGED] {
+        for t in [PROFILE_UPDATED, CONSENT_CHANGED, ERASURE_REQUESTED] {
             events.entry(t.to_owned()).or_default();
         }
         for j in versions.values().flatten() {
@@ -604,6 +610,10 @@ impl Run<'_, '_> {
     // ---- events -------------------------------------------------------------------------
 
     fn on_event(&mut self, ev: &Event, now: Millis) {
+        if ev.event_type == ERASURE_REQUESTED {
+            self.erase(now);
+            return;
+        }
         self.apply_special(ev, now);
         let Some(roles) = self.engine.events.get(ev.event_type.as_str()) else {
             return;
@@ -670,6 +680,23 @@ impl Run<'_, '_> {
             );
         }
         self.apply_sends(batch, now);
+    }
+
+    /// Erasure (contract v2): every outstanding send is cancelled (reason `erased`), and then
+    /// nothing of the customer is kept: instances, held sends, timers, profile, consent, entry
+    /// records. The event reaches no journey; a later event with the id starts a new customer.
+    fn erase(&mut self, now: Millis) {
+        for o in std::mem::take(&mut self.st.outstanding) {
+            if o.expires_at > now {
+                self.cancel(o, CancelReason::Erased, now);
+            }
+        }
+        *self.st = CustomerState {
+            clock: now,
+            ..CustomerState::default()
+        };
+        self.fx.records.clear();
+        self.fx.erased = true;
     }
 
     fn apply_special(&mut self, ev: &Event, now: Millis) {

@@ -182,7 +182,14 @@ impl Simulator {
             actions,
             timer,
             records,
+            erased,
         } = self.engine.process(&mut c.state, customer, input, now);
+        if erased {
+            // Nothing of them is kept: not their state, not their history (an erased customer
+            // is no longer known: audience runs pass them by).
+            c.history.clear();
+            self.counters.forget(customer);
+        }
         self.counters
             .observe(&self.engine, customer, &c.state, &records);
         let limit = self.engine.settings().history_limit;
@@ -192,6 +199,9 @@ impl Simulator {
         }
         if let Some(new) = timer.set {
             self.timers.insert((new, customer.to_owned()));
+        }
+        if erased {
+            self.customers.remove(customer);
         }
         actions
             .into_iter()

@@ -83,6 +83,11 @@ impl Counters {
         }
     }
 
+    /// Forgets what is kept of `customer` (erased); the counts stay (they are not personal).
+    pub fn forget(&mut self, customer: &str) {
+        self.open.retain(|(c, _), _| c != customer);
+    }
+
     /// The experiment document for the journeys of `engine` (every version's steps and split
     /// arms appear, counted or not).
     pub fn report(&self, engine: &Engine) -> Report {

@@ -1490,3 +1490,54 @@ steps:
     // c was never reached: no journey record, no history line.
     assert!(sim.history("c").iter().all(|l| l.journey.is_none()));
 }
+
+/// Contract v2, "Erasure": every outstanding send is cancelled (reason `erased`), instances and
+/// timers go, nothing of the customer is kept; a later event with the id starts a new customer.
+#[test]
+fn erasure_cancels_what_is_outstanding_and_forgets_the_customer() {
+    let e = engine(&[(
+        "welcome.yaml",
+        r#"
+journey: welcome
+version: 1
+entry: { event: signup }
+steps:
+  - id: hello
+    send: { channel: email, template: hello }
+  - id: pause
+    wait: 2d
+  - id: nudge
+    send: { channel: push, template: nudge }
+"#,
+    )]);
+    let (sim, out) = run_sim(
+        &e,
+        &[
+            ev("2026-05-01T09:00:00Z", "a", "profile_updated").attr("name", "Ann"),
+            ev("2026-05-01T10:00:00Z", "a", "signup"),
+            ev("2026-05-02T10:00:00Z", "a", "erasure_requested"),
+            // reentry is never, but this is a new customer.
+            ev("2026-05-03T10:00:00Z", "a", "signup"),
+        ],
+        Some("2026-05-10T00:00:00Z"),
+    );
+    assert_eq!(
+        brief(&out),
+        [
+            "2026-05-01T10:00:00Z send email welcome/hello a",
+            "2026-05-02T10:00:00Z cancel email welcome/hello a erased",
+            "2026-05-03T10:00:00Z send email welcome/hello a",
+            "2026-05-05T10:00:00Z send push welcome/nudge a",
+        ]
+    );
+    let state = sim.customer("a").unwrap();
+    assert!(
+        state.profile.is_empty(),
+        "the profile went with the erasure"
+    );
+    let history = sim.history("a");
+    assert!(
+        history.iter().all(|l| l.at.as_str() >= "2026-05-03"),
+        "nothing before the erasure: {history:#?}"
+    );
+}
