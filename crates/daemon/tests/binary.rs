@@ -5,15 +5,11 @@
 mod common;
 
 use common::*;
-use journeyd_engine::Engine;
-use journeyd_journey::load_dir;
-use journeyd_simulator::Simulator;
 use journeyd_types::Action;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn write_config(rig: &Rig, path: &Path) {
@@ -106,6 +102,31 @@ fn kill_with_a_batch_in_flight(child: &mut Child, log: &Path, from: u64) -> bool
     found
 }
 
+/// Reads the action topics until every action in `expected` came, and a while after; every
+/// action that came is one of them, a repeat an exact copy.
+async fn every_action_once_or_repeated(
+    rig: &Rig,
+    expected: &BTreeMap<String, Action>,
+    within: Duration,
+) -> Reader {
+    let mut reader = rig.reader();
+    reader
+        .until("every expected action", within, |r| {
+            let got: std::collections::BTreeSet<&str> =
+                r.actions.iter().map(|a| a.action_id.as_str()).collect();
+            expected.keys().all(|k| got.contains(k.as_str()))
+        })
+        .await;
+    reader.settle(Duration::from_millis(800)).await;
+    for a in &reader.actions {
+        let want = expected
+            .get(&a.action_id)
+            .unwrap_or_else(|| panic!("an action the simulator does not send: {a:#?}"));
+        assert_eq!(a, want, "a repeat is an exact copy");
+    }
+    reader
+}
+
 fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     let start = Instant::now();
     loop {
@@ -180,34 +201,9 @@ async fn sigkill_loop(guarantee: &str) {
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    let engine = Arc::new(Engine::new(load_dir(&rig.journeys_dir()).unwrap().catalog));
-    let mut sim = Simulator::new(engine);
-    let mut expected: BTreeMap<String, Action> = BTreeMap::new();
     // The simulator takes events in time order; a stable sort keeps each customer's own order.
-    events.sort_by_key(|e| e.occurred_at);
-    for e in &events {
-        for x in sim.push(e).unwrap() {
-            expected.insert(x.action.action_id.clone(), x.action);
-        }
-    }
-    for x in sim.advance_to(now() + 60_000) {
-        expected.insert(x.action.action_id.clone(), x.action);
-    }
-    let mut reader = rig.reader();
-    reader
-        .until("every expected action", Duration::from_secs(90), |r| {
-            let got: std::collections::BTreeSet<&str> =
-                r.actions.iter().map(|a| a.action_id.as_str()).collect();
-            expected.keys().all(|k| got.contains(k.as_str()))
-        })
-        .await;
-    reader.settle(Duration::from_millis(500)).await;
-    for a in &reader.actions {
-        let want = expected
-            .get(&a.action_id)
-            .unwrap_or_else(|| panic!("unexpected action {a:#?}"));
-        assert_eq!(a, want, "a duplicate is an exact repeat");
-    }
+    let expected = simulated(&rig, &events, now() + 60_000);
+    let reader = every_action_once_or_repeated(&rig, &expected, Duration::from_secs(90)).await;
     let duplicates = reader.actions.len() - expected.len();
     if exactly_once {
         let text = std::fs::read_to_string(&log).unwrap();
@@ -450,33 +446,8 @@ async fn three_replicas_under_exactly_once_lose_nothing_as_partitions_move() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let engine = Arc::new(Engine::new(load_dir(&rig.journeys_dir()).unwrap().catalog));
-    let mut sim = Simulator::new(engine);
-    let mut expected: BTreeMap<String, Action> = BTreeMap::new();
-    events.sort_by_key(|e| e.occurred_at);
-    for e in &events {
-        for x in sim.push(e).unwrap() {
-            expected.insert(x.action.action_id.clone(), x.action);
-        }
-    }
-    for x in sim.advance_to(now() + 60_000) {
-        expected.insert(x.action.action_id.clone(), x.action);
-    }
-    let mut reader = rig.reader();
-    reader
-        .until("every expected action", Duration::from_secs(120), |r| {
-            let got: std::collections::BTreeSet<&str> =
-                r.actions.iter().map(|a| a.action_id.as_str()).collect();
-            expected.keys().all(|k| got.contains(k.as_str()))
-        })
-        .await;
-    reader.settle(Duration::from_millis(800)).await;
-    for x in &reader.actions {
-        let want = expected
-            .get(&x.action_id)
-            .unwrap_or_else(|| panic!("an action the simulator does not send: {x:#?}"));
-        assert_eq!(x, want, "a copy is an exact repeat");
-    }
+    let expected = simulated(&rig, &events, now() + 60_000);
+    let reader = every_action_once_or_repeated(&rig, &expected, Duration::from_secs(120)).await;
     let logs: String = ["a", "b", "c", "d"]
         .iter()
         .map(|n| std::fs::read_to_string(dir.join(format!("{n}.log"))).unwrap_or_default())

@@ -5,9 +5,6 @@
 mod common;
 
 use common::*;
-use journeyd_engine::Engine;
-use journeyd_journey::load_dir;
-use journeyd_simulator::Simulator;
 use journeyd_store::Store as _;
 use journeyd_types::{Action, Event};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -15,26 +12,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use rdkafka::ClientConfig;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
-
-/// What the simulator sends for `events`, by action id, with the time advanced to `until`.
-fn simulated(rig: &Rig, events: &[Event], until: i64) -> BTreeMap<String, Action> {
-    let engine = Arc::new(Engine::new(load_dir(&rig.journeys_dir()).unwrap().catalog));
-    let mut sim = Simulator::new(engine);
-    let mut out = BTreeMap::new();
-    let mut sorted = events.to_vec();
-    sorted.sort_by_key(|e| e.occurred_at);
-    for e in &sorted {
-        for x in sim.push(e).unwrap() {
-            out.insert(x.action.action_id.clone(), x.action);
-        }
-    }
-    for x in sim.advance_to(until) {
-        out.insert(x.action.action_id.clone(), x.action);
-    }
-    out
-}
 
 /// Reads until every action in `expected` came, and a while after; then checks that each
 /// action that came is the simulator's and none came twice (`why` says why none may).

@@ -14,33 +14,12 @@ mod common;
 
 use common::*;
 use journeyd::config::Guarantee;
-use journeyd_engine::Engine;
-use journeyd_journey::load_dir;
-use journeyd_simulator::Simulator;
-use journeyd_types::{Action, Event};
+use journeyd_types::Event;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::ClientConfig;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn simulated(rig: &Rig, events: &[Event], until: i64) -> BTreeMap<String, Action> {
-    let engine = Arc::new(Engine::new(load_dir(&rig.journeys_dir()).unwrap().catalog));
-    let mut sim = Simulator::new(engine);
-    let mut out = BTreeMap::new();
-    let mut sorted = events.to_vec();
-    sorted.sort_by_key(|e| e.occurred_at);
-    for e in &sorted {
-        for x in sim.push(e).unwrap() {
-            out.insert(x.action.action_id.clone(), x.action);
-        }
-    }
-    for x in sim.advance_to(until) {
-        out.insert(x.action.action_id.clone(), x.action);
-    }
-    out
-}
 
 fn signups(prefix: &str, n: usize, at: i64) -> Vec<Event> {
     (0..n)
@@ -65,6 +44,32 @@ fn ends(rig: &Rig) -> BTreeMap<i32, i64> {
             (p, high)
         })
         .collect()
+}
+
+/// Waits (20 s at most) until the store has read every input partition to its end and
+/// `also` holds: the batches landed, each event applied once.
+async fn until_stored_reaches_the_end(rig: &Rig, running: &Running, also: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stored: BTreeMap<i32, i64> = running
+            .shared
+            .store
+            .offsets()
+            .unwrap()
+            .into_iter()
+            .filter(|o| o.topic == rig.input)
+            .map(|o| (o.partition, o.next))
+            .collect();
+        if stored == ends(rig) && also() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stored {stored:?}, ends {:?}",
+            ends(rig)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,27 +151,7 @@ async fn a_refused_transaction_is_aborted_and_its_batch_replayed_once() {
     // The replay applied each event once: the stored states and offsets say so. (The offsets
     // the transactions commit to the group are not checked: the mock broker answers
     // TxnOffsetCommit without keeping them.)
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let stored: BTreeMap<i32, i64> = running
-            .shared
-            .store
-            .offsets()
-            .unwrap()
-            .into_iter()
-            .filter(|o| o.topic == rig.input)
-            .map(|o| (o.partition, o.next))
-            .collect();
-        if stored == ends(&rig) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "stored {stored:?}, ends {:?}",
-            ends(&rig)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_stored_reaches_the_end(&rig, &running, || true).await;
     // A customer of the aborted batch has the same story as one before it: entered, sent
     // the welcome, waiting; not entered twice.
     let story = |id: &str| running.shared.store.history(id).unwrap().len();
@@ -258,27 +243,7 @@ async fn an_action_kafka_refuses_for_good_goes_to_the_dead_letter_topic_on_the_r
         dead()
     );
     // The replay committed and landed: the store has read the input to its end.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let stored: BTreeMap<i32, i64> = running
-            .shared
-            .store
-            .offsets()
-            .unwrap()
-            .into_iter()
-            .filter(|o| o.topic == rig.input)
-            .map(|o| (o.partition, o.next))
-            .collect();
-        if stored == ends(&rig) && m.transactions_committed.get() >= 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "stored {stored:?}, ends {:?}",
-            ends(&rig)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_stored_reaches_the_end(&rig, &running, || m.transactions_committed.get() >= 1).await;
     // The refused batch's transaction aborts, and the producer's next one may too (librdkafka
     // bumps its epoch after the refusal's sequence gap); then none: nothing is wedged.
     let aborts = m.transactions_aborted.get();

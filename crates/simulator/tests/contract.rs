@@ -1335,7 +1335,7 @@ steps:
 #[test]
 fn pause_resume_drain_and_stop_apply_from_their_moment() {
     use journeyd_engine::Status;
-    use journeyd_simulator::Control;
+    use journeyd_simulator::{Control, Line};
     let e = engine(&[(
         "promo.yaml",
         r#"
@@ -1358,48 +1358,26 @@ steps:
         status,
         at: t(at),
     };
+    // c1's wait ends at 09:00 on the 3rd, while paused: the instance stops at b, holding it.
+    let lines = [
+        Line::Event(ev("2026-03-02T09:00:00Z", "c1", "visit")),
+        Line::Control(control(Status::Paused, "2026-03-02T10:00:00Z")),
+        Line::Event(ev("2026-03-02T11:00:00Z", "c2", "visit")),
+        Line::Control(control(Status::Running, "2026-03-04T09:30:00Z")),
+        Line::Control(control(Status::Draining, "2026-03-04T10:00:00Z")),
+        Line::Event(ev("2026-03-04T10:30:00Z", "c4", "visit")),
+        Line::Control(control(Status::Running, "2026-03-04T10:45:00Z")),
+        Line::Event(ev("2026-03-04T11:00:00Z", "c3", "visit")),
+        Line::Control(control(Status::Stopped, "2026-03-04T12:00:00Z")),
+        Line::Event(ev("2026-03-04T13:00:00Z", "c5", "visit")),
+    ];
     let mut out = Vec::new();
-    out.extend(
-        sim.push(&ev("2026-03-02T09:00:00Z", "c1", "visit"))
-            .unwrap(),
-    );
-    out.extend(
-        sim.control(&control(Status::Paused, "2026-03-02T10:00:00Z"))
-            .unwrap(),
-    );
-    out.extend(
-        sim.push(&ev("2026-03-02T11:00:00Z", "c2", "visit"))
-            .unwrap(),
-    );
-    // c1's wait ends at 09:00 on the 3rd: the instance stops at b, holding it.
-    out.extend(
-        sim.control(&control(Status::Running, "2026-03-04T09:30:00Z"))
-            .unwrap(),
-    );
-    out.extend(
-        sim.control(&control(Status::Draining, "2026-03-04T10:00:00Z"))
-            .unwrap(),
-    );
-    out.extend(
-        sim.push(&ev("2026-03-04T10:30:00Z", "c4", "visit"))
-            .unwrap(),
-    );
-    out.extend(
-        sim.control(&control(Status::Running, "2026-03-04T10:45:00Z"))
-            .unwrap(),
-    );
-    out.extend(
-        sim.push(&ev("2026-03-04T11:00:00Z", "c3", "visit"))
-            .unwrap(),
-    );
-    out.extend(
-        sim.control(&control(Status::Stopped, "2026-03-04T12:00:00Z"))
-            .unwrap(),
-    );
-    out.extend(
-        sim.push(&ev("2026-03-04T13:00:00Z", "c5", "visit"))
-            .unwrap(),
-    );
+    for line in &lines {
+        out.extend(match line {
+            Line::Event(e) => sim.push(e).unwrap(),
+            Line::Control(c) => sim.control(c).unwrap(),
+        });
+    }
     out.extend(sim.advance_to(t("2026-03-20T00:00:00Z")));
     assert_eq!(
         brief(&out),

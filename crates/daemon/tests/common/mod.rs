@@ -305,3 +305,24 @@ pub async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// What the simulator sends for `events`, by action id, with the time advanced to `until`.
+pub fn simulated(rig: &Rig, events: &[Event], until: i64) -> BTreeMap<String, Action> {
+    let catalog = journeyd_journey::load_dir(&rig.journeys_dir())
+        .unwrap()
+        .catalog;
+    let engine = Arc::new(journeyd_engine::Engine::new(catalog));
+    let mut sim = journeyd_simulator::Simulator::new(engine);
+    let mut out = BTreeMap::new();
+    let mut sorted = events.to_vec();
+    sorted.sort_by_key(|e| e.occurred_at);
+    for e in &sorted {
+        for x in sim.push(e).unwrap() {
+            out.insert(x.action.action_id.clone(), x.action);
+        }
+    }
+    for x in sim.advance_to(until) {
+        out.insert(x.action.action_id.clone(), x.action);
+    }
+    out
+}
