@@ -394,6 +394,26 @@ async fn three_replicas_under_exactly_once_lose_nothing_as_partitions_move() {
     let mut a = start("a");
     let mut b = start("b");
     let _c = start("c");
+    // Each of the three holds partitions before the load starts, so the kills move some.
+    let joined = Instant::now();
+    loop {
+        let holding = ["a", "b", "c"]
+            .iter()
+            .filter(|n| {
+                std::fs::read_to_string(dir.join(format!("{n}.log")))
+                    .unwrap_or_default()
+                    .contains("Partitions assigned")
+            })
+            .count();
+        if holding == 3 {
+            break;
+        }
+        assert!(
+            joined.elapsed() < Duration::from_secs(60),
+            "only {holding} of the three replicas got partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let mut d = None;
     let producer = rig.producer();
     let mut events = Vec::new();
