@@ -132,13 +132,8 @@ impl Landing {
                     )
                 })?;
                 shared.metrics.changelog_records.inc_by(n);
-                // Not past the records behind a restore's guards that are still needed.
                 part.offsets
-                    .extend(checkpoint.into_iter().map(|(partition, next)| Offset {
-                        topic: topic.clone(),
-                        partition,
-                        next: shared.guards.floor(partition).map_or(next, |f| f.min(next)),
-                    }));
+                    .extend(checkpoint_offsets(shared, topic, checkpoint));
             }
             write = Arc::new(part);
         }
@@ -177,13 +172,7 @@ impl Landing {
             }
         };
         let then = &landed.sent.then;
-        let inputs: Vec<Offset> = then
-            .write
-            .offsets
-            .iter()
-            .filter(|o| shared.config.inputs.iter().any(|i| i.topic == o.topic))
-            .cloned()
-            .collect();
+        let inputs = input_offsets(shared, &then.write);
         // Every partition the batch read or changed must still be this replica's: a revoked
         // one has a new owner that replays it.
         let owned = shared.partitions.owned();
@@ -294,11 +283,7 @@ impl Landing {
             if !checkpoint.is_empty() {
                 let mut part = (*write).clone();
                 part.offsets
-                    .extend(checkpoint.into_iter().map(|(partition, next)| Offset {
-                        topic: topic.clone(),
-                        partition,
-                        next: shared.guards.floor(partition).map_or(next, |f| f.min(next)),
-                    }));
+                    .extend(checkpoint_offsets(shared, topic, checkpoint));
                 write = Arc::new(part);
             }
         }
@@ -589,19 +574,35 @@ pub(super) async fn finish(
             .with_label_values(&[t.as_str()])
             .inc();
     }
-    // The input topics' offsets only: the changelog checkpoint is the store's own.
-    let inputs: Vec<Offset> = w
-        .write
+    // With transactions the offsets were committed in the batch's transaction.
+    if shared.config.processing.guarantee != crate::config::Guarantee::ExactlyOnce {
+        commit(consumer, &input_offsets(shared, &w.write));
+    }
+    Ok(true)
+}
+
+/// A write's offsets of the input topics (not the changelog checkpoint, the store's own).
+fn input_offsets(shared: &Shared, write: &WriteSet) -> Vec<Offset> {
+    write
         .offsets
         .iter()
         .filter(|o| shared.config.inputs.iter().any(|i| i.topic == o.topic))
         .cloned()
-        .collect();
-    // With transactions the offsets were committed in the batch's transaction.
-    if shared.config.processing.guarantee != crate::config::Guarantee::ExactlyOnce {
-        commit(consumer, &inputs);
-    }
-    Ok(true)
+        .collect()
+}
+
+/// The changelog checkpoint a batch's write stores, per partition: after its records, but not
+/// past the records behind a restore's guards that are still needed.
+fn checkpoint_offsets<'a>(
+    shared: &'a Shared,
+    topic: &'a str,
+    checkpoint: BTreeMap<i32, i64>,
+) -> impl Iterator<Item = Offset> + 'a {
+    checkpoint.into_iter().map(move |(partition, next)| Offset {
+        topic: topic.to_owned(),
+        partition,
+        next: shared.guards.floor(partition).map_or(next, |f| f.min(next)),
+    })
 }
 
 /// Commits consumed offsets to Kafka (asynchronously; only lag dashboards read them).
