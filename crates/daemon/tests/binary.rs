@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use journeyd_types::Action;
+use journeyd_types::{Action, Event};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -110,20 +110,7 @@ async fn every_action_once_or_repeated(
     within: Duration,
 ) -> Reader {
     let mut reader = rig.reader();
-    reader
-        .until("every expected action", within, |r| {
-            let got: std::collections::BTreeSet<&str> =
-                r.actions.iter().map(|a| a.action_id.as_str()).collect();
-            expected.keys().all(|k| got.contains(k.as_str()))
-        })
-        .await;
-    reader.settle(Duration::from_millis(800)).await;
-    for a in &reader.actions {
-        let want = expected
-            .get(&a.action_id)
-            .unwrap_or_else(|| panic!("an action the simulator does not send: {a:#?}"));
-        assert_eq!(a, want, "a repeat is an exact copy");
-    }
+    until_every_expected(&mut reader, expected, within).await;
     reader
 }
 
@@ -164,22 +151,9 @@ async fn sigkill_loop(guarantee: &str) {
     let mut in_flight_kills = 0;
     for round in 0..20 {
         let t = now();
-        let mut batch = Vec::new();
-        for i in 0..15 {
-            let c = format!("r{round}c{i}");
-            batch.push(event(&format!("{c}-s"), &c, "signup", Some("web"), t));
-            match i % 3 {
-                0 => batch.push(event(
-                    &format!("{c}-o"),
-                    &c,
-                    "app_opened",
-                    Some("app"),
-                    t + 1,
-                )),
-                1 => batch.push(event(&format!("{c}-x"), &c, "account_closed", None, t + 1)),
-                _ => {}
-            }
-        }
+        let batch: Vec<Event> = (0..15)
+            .flat_map(|i| signup_story(&format!("r{round}c{i}"), i, t))
+            .collect();
         let from = std::fs::metadata(&log).map_or(0, |m| m.len());
         if kills.contains(&round) {
             // Each answer of the broker takes 150 ms to come back, so the batch of this round
@@ -415,39 +389,14 @@ async fn three_replicas_under_exactly_once_lose_nothing_as_partitions_move() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut d = None;
-    let producer = rig.producer();
     let mut events = Vec::new();
     for round in 0..24 {
         let t = now();
-        for i in 0..12 {
-            let c = format!("x{round}c{i}");
-            let mut batch = vec![event(&format!("{c}-s"), &c, "signup", Some("web"), t)];
-            match i % 3 {
-                0 => batch.push(event(
-                    &format!("{c}-o"),
-                    &c,
-                    "app_opened",
-                    Some("app"),
-                    t + 1,
-                )),
-                1 => batch.push(event(&format!("{c}-x"), &c, "account_closed", None, t + 1)),
-                _ => {}
-            }
-            for e in batch {
-                let bytes =
-                    journeyd_codec::encode_touchpoint(&e, journeyd_codec::Framing::SingleObject);
-                producer
-                    .send(
-                        rdkafka::producer::FutureRecord::to(&input)
-                            .key(e.customer_id.as_bytes())
-                            .payload(&bytes),
-                        Duration::from_secs(5),
-                    )
-                    .await
-                    .unwrap();
-                events.push(e);
-            }
-        }
+        let batch: Vec<Event> = (0..12)
+            .flat_map(|i| signup_story(&format!("x{round}c{i}"), i, t))
+            .collect();
+        rig.publish_to(&input, &batch).await;
+        events.extend(batch);
         match round {
             // a is SIGKILLed and stays down: its partitions move once the group gives up on it.
             6 => a.kill().unwrap(),

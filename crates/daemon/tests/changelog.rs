@@ -17,24 +17,7 @@ use std::time::Duration;
 /// Reads until every action in `expected` came, and a while after; then checks that each
 /// action that came is the simulator's and none came twice (`why` says why none may).
 async fn exactly(reader: &mut Reader, expected: &BTreeMap<String, Action>, why: &str) {
-    reader
-        .until(
-            "every action the simulator sends",
-            Duration::from_secs(40),
-            |r| {
-                let got: std::collections::BTreeSet<&str> =
-                    r.actions.iter().map(|a| a.action_id.as_str()).collect();
-                expected.keys().all(|k| got.contains(k.as_str()))
-            },
-        )
-        .await;
-    reader.settle(Duration::from_millis(800)).await;
-    for a in &reader.actions {
-        let want = expected
-            .get(&a.action_id)
-            .unwrap_or_else(|| panic!("an action the simulator does not send: {a:#?}"));
-        assert_eq!(a, want);
-    }
+    until_every_expected(reader, expected, Duration::from_secs(40)).await;
     assert_eq!(reader.actions.len(), expected.len(), "{why}");
 }
 

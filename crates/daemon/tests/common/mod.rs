@@ -117,11 +117,16 @@ impl Rig {
 
     /// Publishes touchpoints as Avro (single-object encoding), keyed by customer.
     pub async fn publish(&self, events: &[Event]) {
+        self.publish_to(&self.input, events).await;
+    }
+
+    /// [`Rig::publish`] to another input topic.
+    pub async fn publish_to(&self, topic: &str, events: &[Event]) {
         let p = self.producer();
         for e in events {
             let bytes = encode_touchpoint(e, Framing::SingleObject);
             p.send(
-                FutureRecord::to(&self.input)
+                FutureRecord::to(topic)
                     .key(e.customer_id.as_bytes())
                     .payload(&bytes),
                 Duration::from_secs(5),
@@ -325,4 +330,45 @@ pub fn simulated(rig: &Rig, events: &[Event], until: i64) -> BTreeMap<String, Ac
         out.insert(x.action.action_id.clone(), x.action);
     }
     out
+}
+
+/// Reads until every action in `expected` came (within `within`), and a while after; every
+/// action that came is the simulator's, a repeat an exact copy.
+pub async fn until_every_expected(
+    reader: &mut Reader,
+    expected: &BTreeMap<String, Action>,
+    within: Duration,
+) {
+    reader
+        .until("every action the simulator sends", within, |r| {
+            let got: std::collections::BTreeSet<&str> =
+                r.actions.iter().map(|a| a.action_id.as_str()).collect();
+            expected.keys().all(|k| got.contains(k.as_str()))
+        })
+        .await;
+    reader.settle(Duration::from_millis(800)).await;
+    for a in &reader.actions {
+        let want = expected
+            .get(&a.action_id)
+            .unwrap_or_else(|| panic!("an action the simulator does not send: {a:#?}"));
+        assert_eq!(a, want, "a repeat is an exact copy");
+    }
+}
+
+/// Customer `c`'s story at `t` for the kill tests: a signup; then, by `i % 3`, the app opened
+/// (the welcome withdrawn), the account closed (the journey ends), or nothing (the nudge).
+pub fn signup_story(c: &str, i: usize, t: i64) -> Vec<Event> {
+    let mut story = vec![event(&format!("{c}-s"), c, "signup", Some("web"), t)];
+    match i % 3 {
+        0 => story.push(event(
+            &format!("{c}-o"),
+            c,
+            "app_opened",
+            Some("app"),
+            t + 1,
+        )),
+        1 => story.push(event(&format!("{c}-x"), c, "account_closed", None, t + 1)),
+        _ => {}
+    }
+    story
 }

@@ -37,12 +37,7 @@ pub(super) fn load_decide(
             ok = false;
             continue;
         };
-        let get = |key: &str| {
-            fields
-                .iter()
-                .find(|(k, _)| k.scalar() == Some(key))
-                .map(|(_, v)| v)
-        };
+        let get = |key: &str| field(fields, key);
         if let Some(else_node) = get("else") {
             if get("if").is_some() || get("score").is_some() || get("next").is_some() {
                 cx.error_in(
@@ -140,12 +135,7 @@ pub(super) fn load_split(
             ok = false;
             continue;
         };
-        let get = |key: &str| {
-            fields
-                .iter()
-                .find(|(k, _)| k.scalar() == Some(key))
-                .map(|(_, v)| v)
-        };
+        let get = |key: &str| field(fields, key);
         let weight = cx
             .required(ctx, &format!("{path}.weight"), item, get("weight"))
             .and_then(|n| cx.positive(ctx, &format!("{path}.weight"), n));

@@ -25,6 +25,14 @@ pub(super) fn say(ctx: &str, rest: impl std::fmt::Display) -> String {
     }
 }
 
+/// The value of field `key` of a mapping's pairs (as [`Cx::fields`] gives them).
+pub(super) fn field<'n>(pairs: &'n [(Node, Node)], key: &str) -> Option<&'n Node> {
+    pairs
+        .iter()
+        .find(|(k, _)| k.scalar() == Some(key))
+        .map(|(_, v)| v)
+}
+
 pub(super) fn key_node<'n>(map: &'n Node, key: &str) -> Option<&'n Node> {
     map.map()?
         .iter()

@@ -23,12 +23,7 @@ pub(super) const STEP_FIELDS: [&str; 10] = [
 /// it is used only when the file has no error), and the id node when the id is valid.
 pub(super) fn load_journey<'n>(cx: &mut Cx, root: &'n Node) -> (Journey, Option<&'n Node>) {
     let pairs = cx.fields("", "", root, &JOURNEY_FIELDS).unwrap_or(&[]);
-    let get = |key: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k.scalar() == Some(key))
-            .map(|(_, v)| v)
-    };
+    let get = |key: &str| field(pairs, key);
 
     let mut id = String::new();
     let mut id_node = None;
@@ -94,12 +89,7 @@ pub(super) fn load_journey<'n>(cx: &mut Cx, root: &'n Node) -> (Journey, Option<
     let mut goal = None;
     if let Some(node) = get("goal") {
         if let Some(fields) = cx.fields("goal", "goal", node, &["event", "within"]) {
-            let f = |key: &str| {
-                fields
-                    .iter()
-                    .find(|(k, _)| k.scalar() == Some(key))
-                    .map(|(_, v)| v)
-            };
+            let f = |key: &str| field(fields, key);
             let event = cx
                 .required("goal", "event", node, f("event"))
                 .and_then(|n| cx.text("goal", "event", n, "an event type"));
@@ -142,12 +132,7 @@ pub(super) fn load_journey<'n>(cx: &mut Cx, root: &'n Node) -> (Journey, Option<
 pub(super) fn load_entry(cx: &mut Cx, node: &Node) -> Option<Entry> {
     const CTX: &str = "entry";
     let fields = cx.fields(CTX, "entry", node, &ENTRY_FIELDS)?;
-    let get = |key: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k.scalar() == Some(key))
-            .map(|(_, v)| v)
-    };
+    let get = |key: &str| field(fields, key);
     let trigger = match (get("event"), get("inactivity"), get("audience")) {
         (Some(event), None, None) => cx
             .text(CTX, "event", event, "an event type")
@@ -156,12 +141,7 @@ pub(super) fn load_entry(cx: &mut Cx, node: &Node) -> Option<Entry> {
         (None, Some(inactivity), None) => cx
             .fields(CTX, "inactivity", inactivity, &["event", "for"])
             .and_then(|fields| {
-                let f = |key: &str| {
-                    fields
-                        .iter()
-                        .find(|(k, _)| k.scalar() == Some(key))
-                        .map(|(_, v)| v)
-                };
+                let f = |key: &str| field(fields, key);
                 let event = cx
                     .required(CTX, "inactivity.event", inactivity, f("event"))
                     .and_then(|n| cx.text(CTX, "inactivity.event", n, "an event type"));
@@ -214,12 +194,7 @@ pub(super) fn load_entry(cx: &mut Cx, node: &Node) -> Option<Entry> {
 pub(super) fn load_audience(cx: &mut Cx, node: &Node) -> Option<Trigger> {
     const CTX: &str = "entry";
     let fields = cx.fields(CTX, "audience", node, &["at", "every"])?;
-    let get = |key: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k.scalar() == Some(key))
-            .map(|(_, v)| v)
-    };
+    let get = |key: &str| field(fields, key);
     let at = cx
         .required(CTX, "audience.at", node, get("at"))
         .and_then(|n| {
@@ -436,12 +411,7 @@ pub(super) fn load_send(cx: &mut Cx, ctx: &str, node: &Node) -> Option<Send> {
         node,
         &["channel", "template", "ttl", "cancel_on", "vars"],
     )?;
-    let get = |key: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k.scalar() == Some(key))
-            .map(|(_, v)| v)
-    };
+    let get = |key: &str| field(fields, key);
     let channel = cx
         .required(ctx, "send.channel", node, get("channel"))
         .and_then(|n| cx.text(ctx, "send.channel", n, "a channel name"));
@@ -516,12 +486,7 @@ pub(super) fn load_wait(
         }
         Kind::Map(_) => {
             let fields = cx.fields(ctx, "wait", node, &["until", "days"])?;
-            let get = |key: &str| {
-                fields
-                    .iter()
-                    .find(|(k, _)| k.scalar() == Some(key))
-                    .map(|(_, v)| v)
-            };
+            let get = |key: &str| field(fields, key);
             let minute_of_day = cx
                 .required(ctx, "wait.until", node, get("until"))
                 .and_then(|n| cx.time_of_day(ctx, "wait.until", n));
@@ -554,12 +519,7 @@ pub(super) fn load_wait_date(
     ids: &HashMap<String, usize>,
 ) -> Option<WaitDate> {
     let fields = cx.fields(ctx, "wait", node, &["date", "offset", "at", "on_past"])?;
-    let get = |key: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k.scalar() == Some(key))
-            .map(|(_, v)| v)
-    };
+    let get = |key: &str| field(fields, key);
     let date = get("date").and_then(|n| cx.expr(ctx, "wait.date", n));
     let offset_days = match get("offset") {
         None => Some(0),
@@ -639,12 +599,7 @@ pub(super) fn load_wait_for(
         node,
         &["events", "if", "timeout", "on_event", "on_timeout"],
     )?;
-    let get = |key: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k.scalar() == Some(key))
-            .map(|(_, v)| v)
-    };
+    let get = |key: &str| field(fields, key);
     let events = cx
         .required(ctx, "wait_for.events", node, get("events"))
         .map(|n| {
@@ -708,12 +663,7 @@ pub(super) fn load_branch(
             ok = false;
             continue;
         };
-        let get = |key: &str| {
-            fields
-                .iter()
-                .find(|(k, _)| k.scalar() == Some(key))
-                .map(|(_, v)| v)
-        };
+        let get = |key: &str| field(fields, key);
         if let Some(else_node) = get("else") {
             if get("if").is_some() || get("next").is_some() {
                 cx.error_in(

@@ -28,12 +28,7 @@ pub(super) fn load_policies(cx: &mut Cx, root: &Node) -> Policies {
     ) else {
         return policies;
     };
-    let get = |key: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k.scalar() == Some(key))
-            .map(|(_, v)| v)
-    };
+    let get = |key: &str| field(fields, key);
 
     if let Some(n) = get("default_timezone") {
         match n.scalar().map(str::parse::<Tz>) {
@@ -77,12 +72,7 @@ pub(super) fn load_policies(cx: &mut Cx, root: &Node) -> Policies {
 
     if let Some(n) = get("quiet_hours") {
         if let Some(fields) = cx.fields(CTX, "quiet_hours", n, &["from", "to", "channels"]) {
-            let f = |key: &str| {
-                fields
-                    .iter()
-                    .find(|(k, _)| k.scalar() == Some(key))
-                    .map(|(_, v)| v)
-            };
+            let f = |key: &str| field(fields, key);
             let from = cx
                 .required(CTX, "quiet_hours.from", n, f("from"))
                 .and_then(|v| cx.time_of_day(CTX, "quiet_hours.from", v));
@@ -119,12 +109,7 @@ pub(super) fn load_policies(cx: &mut Cx, root: &Node) -> Policies {
 pub(super) fn load_cap(cx: &mut Cx, path: &str, node: &Node) -> Option<FrequencyCap> {
     const CTX: &str = "policies";
     let fields = cx.fields(CTX, path, node, &["channel", "category", "max", "per"])?;
-    let get = |key: &str| {
-        fields
-            .iter()
-            .find(|(k, _)| k.scalar() == Some(key))
-            .map(|(_, v)| v)
-    };
+    let get = |key: &str| field(fields, key);
     let channel = cx
         .required(CTX, &format!("{path}.channel"), node, get("channel"))
         .and_then(|n| {
