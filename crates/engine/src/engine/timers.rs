@@ -1,0 +1,108 @@
+//! Timers: deadlines of waits, held sends and inactivity triggers, run in due order.
+
+use super::*;
+
+impl Run<'_, '_> {
+    /// Runs every deadline due at or before `now`, each at its own time, in due order.
+    pub(super) fn run_due(&mut self, now: Millis) {
+        while let Some(due) = self.st.next_deadline().filter(|d| *d <= now) {
+            let t = due.max(self.st.clock);
+            self.st.clock = t;
+            let mut batch = Vec::new();
+            self.release_held(due, &mut batch);
+            self.resume_waits(due, t, &mut batch);
+            self.fire_inactivity(due, t, &mut batch);
+            self.apply_sends(batch, t);
+        }
+    }
+
+    pub(super) fn release_held(&mut self, due: Millis, batch: &mut Vec<Intent>) {
+        let mut i = 0;
+        while i < self.st.held.len() {
+            if self.st.held[i].release_at > due {
+                i += 1;
+                continue;
+            }
+            let h = self.st.held.remove(i);
+            if let Some(journey) = self.journey_of(h.j, h.version) {
+                batch.push(Intent {
+                    journey,
+                    j: h.j,
+                    step: h.step,
+                    key: h.key,
+                    id: h.id,
+                    vars: h.vars,
+                });
+            }
+        }
+    }
+
+    pub(super) fn resume_waits(&mut self, due: Millis, t: Millis, batch: &mut Vec<Intent>) {
+        let waiting: Vec<(u16, u64)> = self
+            .st
+            .instances
+            .iter()
+            .filter(|i| i.deadline.is_some_and(|d| d <= due))
+            .map(|i| (i.j, i.key))
+            .collect();
+        for (j, key) in waiting {
+            let Some((idx, journey)) = self.live_instance(j, key, t) else {
+                continue;
+            };
+            let inst = &mut self.st.instances[idx];
+            inst.deadline = None;
+            let step = inst.step as usize;
+            let version = inst.version;
+            let target = match &journey.steps[step].kind {
+                StepKind::WaitFor(w) => {
+                    self.record(Some(j), version, Some(step), What::TimedOut, t);
+                    w.on_timeout
+                }
+                _ => journey.steps[step].next,
+            };
+            let event = self.st.instances[idx].event.clone();
+            self.run_steps(
+                idx,
+                &journey,
+                target,
+                t,
+                event.as_ref().map(view_of_stored),
+                batch,
+            );
+        }
+    }
+
+    pub(super) fn fire_inactivity(&mut self, due: Millis, t: Millis, batch: &mut Vec<Intent>) {
+        for j in 0..self.st.journeys.len() {
+            let j = j as u16;
+            let mem = &mut self.st.journeys[j as usize];
+            if mem.inactivity.as_ref().is_none_or(|a| a.due > due) {
+                continue;
+            }
+            let Some(arm) = mem.inactivity.take() else {
+                continue;
+            };
+            let current = self.engine.current.iter().find(|c| {
+                c.id == self.st.journeys[j as usize].id
+                    && matches!(c.entry.trigger, Trigger::Inactivity { .. })
+            });
+            let Some(journey) = current.cloned() else {
+                continue;
+            };
+            if self.st.instance_of(j).is_some() {
+                continue;
+            }
+            let seed = format!("inactivity:{}", arm.event.id);
+            let via = format!("inactivity:{}", arm.event.event_type);
+            self.try_enter(
+                &journey,
+                j,
+                Some(view_of_stored(&arm.event)),
+                &seed,
+                via,
+                t,
+                batch,
+            );
+        }
+    }
+}
