@@ -97,6 +97,7 @@ fn simulate_prints_actions_and_skips_bad_lines_with_exit_2() {
             "{broken\n",
             r#"{"event_id":"e2","customer_id":"c1","type":"app_opened","channel":"app","occurred_at":"2026-01-05T10:00:00Z"}"#, "\n",
             r#"{"event_id":"e3","customer_id":"c2","type":"signup","occurred_at":"2026-01-01T10:00:00Z"}"#, "\n",
+            r#"{"event_id":"e4","customer_id":"c1","type":"customer_merged","occurred_at":"2026-01-05T11:00:00Z"}"#, "\n",
         ),
     )
     .unwrap();
@@ -115,6 +116,11 @@ fn simulate_prints_actions_and_skips_bad_lines_with_exit_2() {
     assert!(stderr.contains(":2: error:"), "{stderr}");
     assert!(
         stderr.contains(":4: error:") && stderr.contains("back in time"),
+        "{stderr}"
+    );
+    // A merge without `into` is a bad line too, and merges nothing.
+    assert!(
+        stderr.contains(":5: error: customer_merged needs attribute `into`"),
         "{stderr}"
     );
     let actions: Vec<serde_json::Value> = text(&out.stdout)

@@ -100,6 +100,22 @@ fn invalid_event() {
     );
     let bytes = encode_touchpoint(&event_with(|e| e.event_type.clear()), Framing::SingleObject);
     assert_reason(&avro(&bytes), "invalid_event", "type");
+    // Contract v2: a merge without a surviving customer, in either encoding.
+    assert_reason(
+        &json(
+            br#"{"event_id":"m1","customer_id":"c","type":"customer_merged","occurred_at":"2026-01-05T09:00:00Z"}"#,
+        ),
+        "invalid_event",
+        "`into`",
+    );
+    let bytes = encode_touchpoint(
+        &event_with(|e| {
+            e.event_type = "customer_merged".into();
+            e.attributes.insert("into".into(), "".into());
+        }),
+        Framing::SingleObject,
+    );
+    assert_reason(&avro(&bytes), "invalid_event", "`into`");
 }
 
 #[test]

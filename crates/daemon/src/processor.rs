@@ -128,6 +128,7 @@ fn ending_name(e: &journeyd_engine::Ending) -> &'static str {
         StepLimit => "step_limit",
         VersionGone => "version_gone",
         Stopped => "stopped",
+        Merged => "merged",
     }
 }
 

@@ -163,6 +163,9 @@ impl Engine {
                     Ending::ExitStep => "the instance reached an exit step".to_owned(),
                     Ending::ExitOn(t) => format!("the instance exited on {t}"),
                     Ending::Stopped => "the journey was stopped".to_owned(),
+                    Ending::Merged => "merged: the customer was merged into one already in \
+                                       this journey"
+                        .to_owned(),
                     Ending::StepLimit => {
                         "the instance ran too many steps without a wait and was ended".to_owned()
                     }
@@ -205,6 +208,10 @@ impl Engine {
             What::Parked => (
                 "parked",
                 "the journey is paused: the send waits for it to resume".to_owned(),
+            ),
+            What::Merged { from } => (
+                "merged",
+                format!("customer {from} was merged into this one"),
             ),
             What::DatePassed { why } => (
                 "date_passed",

@@ -12,8 +12,10 @@ mod localtime;
 mod state;
 
 pub use engine::{
-    append_history, Effects, Engine, Input, Settings, TimerChange, CONSENT_CHANGED, PROFILE_UPDATED,
+    append_history, merge_history, Effects, Engine, Input, Merged, Settings, TimerChange,
+    CONSENT_CHANGED, PROFILE_UPDATED,
 };
 pub use eval::EventView;
 pub use history::HistoryLine;
+pub use journeyd_types::CUSTOMER_MERGED;
 pub use state::*;

@@ -38,6 +38,22 @@ pub struct CustomerState {
     /// The earliest time at which the engine has work for this customer (the pending timer).
     #[serde(with = "relative::opt")]
     pub wake: Option<Millis>,
+    /// Outstanding sends that came with a merged customer (contract v2, identity), with the
+    /// customer id their cancels carry. Stored after the other fields, only when not empty
+    /// (see [`CustomerState::to_bytes`]): a customer who was never merged pays nothing for it.
+    #[serde(skip)]
+    pub moved_sends: Vec<MovedSend>,
+}
+
+/// An outstanding send that came with a merged customer: its cancel carries that customer's id
+/// (a cancel goes to the topic and key of the send it cancels).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovedSend {
+    /// The send's action id.
+    #[serde(with = "fixed_u128")]
+    pub id: u128,
+    /// The customer id the send carried.
+    pub customer: String,
 }
 
 /// What the customer has had to do with one journey.
@@ -211,6 +227,9 @@ pub enum Ending {
     VersionGone,
     /// An operator stopped the journey (appended).
     Stopped,
+    /// The customer was merged into one who had an active instance of the same journey
+    /// (contract v2, identity; appended).
+    Merged,
 }
 
 /// A journey's status (contract v2): operators pause, drain, stop and resume journeys.
@@ -361,6 +380,12 @@ pub enum What {
         reason: CancelReason,
         /// The event that dropped it.
         event: String,
+    },
+    /// Another customer was merged into this one: their profile, consent, entry records,
+    /// instances and outstanding sends came here (contract v2, identity; appended).
+    Merged {
+        /// The merged customer's id.
+        from: String,
     },
 }
 
@@ -566,6 +591,7 @@ mod format0 {
                     .collect(),
                 sent: self.sent,
                 wake: self.wake,
+                moved_sends: Vec::new(),
             };
             (state, self.history)
         }
@@ -574,9 +600,18 @@ mod format0 {
 
 impl CustomerState {
     /// Serialises the state for the store: [`STATE_FORMAT`], then the fields in order.
+    ///
+    /// [`CustomerState::moved_sends`], when there are any, follow the fields (a reader before
+    /// merges existed refuses such a state, as bytes left over, rather than misread it).
     pub fn to_bytes(&self) -> Vec<u8> {
-        relative::with_base(self.clock, || postcard::to_extend(self, vec![STATE_FORMAT]))
-            .expect("serialising to memory cannot fail")
+        let mut bytes =
+            relative::with_base(self.clock, || postcard::to_extend(self, vec![STATE_FORMAT]))
+                .expect("serialising to memory cannot fail");
+        if !self.moved_sends.is_empty() {
+            bytes = postcard::to_extend(&self.moved_sends, bytes)
+                .expect("serialising to memory cannot fail");
+        }
+        bytes
     }
 
     /// Reads a stored state, of this format or an older one (an older state's history is
@@ -600,10 +635,17 @@ impl CustomerState {
                 } else {
                     0
                 };
-                let (state, rest) =
+                let (mut state, rest): (CustomerState, _) =
                     relative::with_base(base, || postcard::take_from_bytes(&bytes[1..]))?;
                 if !rest.is_empty() {
-                    return Err(postcard::Error::DeserializeBadEncoding);
+                    if format != STATE_FORMAT {
+                        return Err(postcard::Error::DeserializeBadEncoding);
+                    }
+                    let (moved, rest) = postcard::take_from_bytes::<Vec<MovedSend>>(rest)?;
+                    if !rest.is_empty() || moved.is_empty() {
+                        return Err(postcard::Error::DeserializeBadEncoding);
+                    }
+                    state.moved_sends = moved;
                 }
                 Ok((state, Vec::new()))
             }
@@ -754,9 +796,22 @@ mod tests {
         assert_eq!(again[0], STATE_FORMAT);
         assert_eq!(
             CustomerState::decode(&again).unwrap(),
-            (expected, Vec::new())
+            (expected.clone(), Vec::new())
         );
         assert!(again.len() < bytes.len());
+        // Sends that came with a merged customer follow the fields, and only when there are
+        // any: a state without them is byte for byte what it was.
+        let mut merged = expected.clone();
+        merged.moved_sends.push(MovedSend {
+            id: 7,
+            customer: "a".into(),
+        });
+        let with_tail = merged.to_bytes();
+        assert_eq!(&with_tail[..again.len()], &again[..]);
+        assert_eq!(CustomerState::from_bytes(&with_tail).unwrap(), merged);
+        let mut extra = with_tail.clone();
+        extra.push(0);
+        assert!(CustomerState::from_bytes(&extra).is_err());
     }
 
     #[test]

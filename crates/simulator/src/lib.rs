@@ -11,7 +11,10 @@ pub mod testing;
 
 pub use events::{read_events, read_inputs, BadLine, Control, Line};
 
-use journeyd_engine::{append_history, CustomerState, Effects, Engine, HistoryLine, Input, Record};
+use journeyd_engine::{
+    append_history, merge_history, CustomerState, Effects, Engine, HistoryLine, Input, Merged,
+    Record, CUSTOMER_MERGED,
+};
 use journeyd_journey::Trigger;
 use journeyd_types::{time, Action, Event, Millis};
 use serde::Serialize;
@@ -62,6 +65,9 @@ pub struct Simulator {
     counters: report::Counters,
     /// The next audience run of each audience journey, by journey id.
     runs: BTreeMap<String, Millis>,
+    /// Merged customers (contract v2, identity): each id merged away, to the id it was merged
+    /// into (which may itself have been merged since: chains resolve).
+    aliases: HashMap<String, String>,
 }
 
 /// One customer: the engine's state, and the history kept beside it (as the service keeps it
@@ -82,6 +88,7 @@ impl Simulator {
             clock: None,
             counters: report::Counters::default(),
             runs: BTreeMap::new(),
+            aliases: HashMap::new(),
         }
         .with_runs()
     }
@@ -140,14 +147,30 @@ impl Simulator {
         self.clock
     }
 
-    /// A customer's state.
+    /// The customer an id stands for: itself, or the customer it was merged into, through
+    /// every later merge.
+    pub fn resolve<'a>(&'a self, id: &'a str) -> &'a str {
+        let mut at = id;
+        // A chain is at most as long as there are aliases (merges never make a cycle: a merge
+        // is between two resolved, different customers).
+        for _ in 0..=self.aliases.len() {
+            match self.aliases.get(at) {
+                Some(next) => at = next,
+                None => break,
+            }
+        }
+        at
+    }
+
+    /// A customer's state (an alias gives the state of the customer it stands for).
     pub fn customer(&self, id: &str) -> Option<&CustomerState> {
-        self.customers.get(id).map(|c| &c.state)
+        self.customers.get(self.resolve(id)).map(|c| &c.state)
     }
 
     /// A customer's state, created empty if new (to give a test its starting profile).
     pub fn customer_mut(&mut self, id: &str) -> &mut CustomerState {
-        &mut self.customers.entry(id.to_owned()).or_default().state
+        let id = self.resolve(id).to_owned();
+        &mut self.customers.entry(id).or_default().state
     }
 
     /// All customers, by id.
@@ -160,13 +183,15 @@ impl Simulator {
 
     /// A customer's history records, oldest first (at most the engine's `history_limit`).
     pub fn history_records(&self, id: &str) -> &[Record] {
-        self.customers.get(id).map_or(&[], |c| &c.history)
+        self.customers
+            .get(self.resolve(id))
+            .map_or(&[], |c| &c.history)
     }
 
     /// A customer's history in words, oldest first.
     pub fn history(&self, id: &str) -> Vec<HistoryLine> {
         self.customers
-            .get(id)
+            .get(self.resolve(id))
             .map(|c| self.engine.history(&c.state, &c.history))
             .unwrap_or_default()
     }
@@ -202,14 +227,64 @@ impl Simulator {
         }
         if erased {
             self.customers.remove(customer);
+            // No alias is left pointing to them: a later event with such an id starts a new,
+            // unknown customer.
+            let gone: Vec<String> = self
+                .aliases
+                .keys()
+                .filter(|a| self.resolve(a) == customer)
+                .cloned()
+                .collect();
+            for a in gone {
+                self.aliases.remove(&a);
+            }
         }
-        actions
-            .into_iter()
-            .map(|action| Emitted {
-                at: action.created_at,
-                action,
-            })
-            .collect()
+        emitted(actions)
+    }
+
+    /// Merges customer `from` into `into` (both resolved, different) for a `customer_merged`
+    /// event, as the service does: the engine moves what A had, A becomes an alias of B, A's
+    /// history joins B's, and the event is processed as B's.
+    fn merge(&mut self, from: &str, into: &str, event: &Event) -> Vec<Emitted> {
+        let now = event.occurred_at;
+        let mut a = self.customers.remove(from).unwrap_or_default();
+        let b = self.customers.entry(into.to_owned()).or_default();
+        let Merged {
+            from: a_fx,
+            into: b_fx,
+            journeys,
+            moved,
+        } = self
+            .engine
+            .merge(&mut a.state, from, &mut b.state, into, event, now);
+        let limit = self.engine.settings().history_limit;
+        append_history(&mut a.history, &a_fx.records, limit);
+        // A's records (of what was due before the merge) are counted under A, named in B's
+        // journey table, where they now are; A's open experiment arms follow the instances
+        // that moved.
+        let mut a_records = a_fx.records;
+        for r in &mut a_records {
+            r.j = r.j.and_then(|j| journeys.get(usize::from(j)).copied());
+        }
+        self.counters
+            .observe(&self.engine, from, &b.state, &a_records);
+        self.counters.moved(from, into, &moved);
+        merge_history(&mut b.history, a.history, &journeys, limit);
+        self.counters
+            .observe(&self.engine, into, &b.state, &b_fx.records);
+        append_history(&mut b.history, &b_fx.records, limit);
+        for (customer, timer) in [(from, a_fx.timer), (into, b_fx.timer)] {
+            if let Some(old) = timer.clear {
+                self.timers.remove(&(old, customer.to_owned()));
+            }
+            if let Some(new) = timer.set {
+                self.timers.insert((new, customer.to_owned()));
+            }
+        }
+        self.aliases.insert(from.to_owned(), into.to_owned());
+        let mut out = emitted(a_fx.actions);
+        out.extend(emitted(b_fx.actions));
+        out
     }
 
     /// Advances the clock to `t`, firing every timer and audience run due at or before it, in
@@ -280,7 +355,26 @@ impl Simulator {
             });
         }
         let mut out = self.advance_to(event.occurred_at);
-        out.extend(self.apply(&event.customer_id, Input::Event(event), event.occurred_at));
+        let customer = self.resolve(&event.customer_id).to_owned();
+        let into = (event.event_type == CUSTOMER_MERGED)
+            .then(|| event.merged_into().map(|b| self.resolve(b).to_owned()))
+            .flatten();
+        match into {
+            // Merging a customer into itself (directly or through aliases) is no merge: the
+            // event is an ordinary one.
+            Some(into) if into != customer => out.extend(self.merge(&customer, &into, event)),
+            _ => out.extend(self.apply(&customer, Input::Event(event), event.occurred_at)),
+        }
         Ok(out)
     }
+}
+
+fn emitted(actions: Vec<journeyd_types::Action>) -> Vec<Emitted> {
+    actions
+        .into_iter()
+        .map(|action| Emitted {
+            at: action.created_at,
+            action,
+        })
+        .collect()
 }

@@ -83,6 +83,17 @@ impl Counters {
         }
     }
 
+    /// Customer `from` was merged into `into`: the split arms of the instances that moved (by
+    /// journey id) go with them; the rest of `from`'s are forgotten.
+    pub fn moved(&mut self, from: &str, into: &str, journeys: &[String]) {
+        for journey in journeys {
+            if let Some(arms) = self.open.remove(&(from.to_owned(), journey.clone())) {
+                self.open.insert((into.to_owned(), journey.clone()), arms);
+            }
+        }
+        self.forget(from);
+    }
+
     /// Forgets what is kept of `customer` (erased); the counts stay (they are not personal).
     pub fn forget(&mut self, customer: &str) {
         self.open.retain(|(c, _), _| c != customer);

@@ -4,6 +4,10 @@ use crate::time::{self, Millis};
 use crate::value::{Attributes, Value};
 use serde::{Deserialize, Serialize};
 
+/// The special event that merges its customer (A) into the customer named by its attribute
+/// `into` (B): contract v2, identity. An absent or empty `into` makes it invalid.
+pub const CUSTOMER_MERGED: &str = "customer_merged";
+
 /// One touchpoint event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +39,11 @@ pub enum EventError {
     /// A required field is empty.
     #[error("field `{0}` must not be empty")]
     Empty(&'static str),
+    /// A `customer_merged` event without a surviving customer.
+    #[error(
+        "customer_merged needs attribute `into`: the surviving customer's id, a non-empty string"
+    )]
+    MergeWithoutInto,
 }
 
 impl Event {
@@ -57,7 +66,19 @@ impl Event {
         if self.event_type.is_empty() {
             return Err(EventError::Empty("type"));
         }
+        if self.event_type == CUSTOMER_MERGED && self.merged_into().is_none() {
+            return Err(EventError::MergeWithoutInto);
+        }
         Ok(())
+    }
+
+    /// The surviving customer of a `customer_merged` event (its attribute `into`, when a
+    /// non-empty string).
+    pub fn merged_into(&self) -> Option<&str> {
+        match self.attributes.get("into") {
+            Some(Value::String(s)) if !s.is_empty() => Some(s),
+            _ => None,
+        }
     }
 
     /// Returns an attribute, if present.
@@ -107,5 +128,26 @@ mod tests {
             r#"{"event_id":"e1","customer_id":"c","type":"x","occurred_at":"2026-01-05T09:00:00Z","extra":1}"#,
         );
         assert!(matches!(unknown, Err(EventError::Malformed(m)) if m.contains("extra")));
+    }
+
+    #[test]
+    fn a_merge_needs_a_surviving_customer() {
+        let line = |attrs: &str| {
+            Event::from_json(&format!(
+                r#"{{"event_id":"e1","customer_id":"a","type":"customer_merged","occurred_at":"2026-01-05T09:00:00Z"{attrs}}}"#
+            ))
+        };
+        assert_eq!(line(""), Err(EventError::MergeWithoutInto));
+        assert_eq!(
+            line(r#","attributes":{"into":""}"#),
+            Err(EventError::MergeWithoutInto)
+        );
+        assert_eq!(
+            line(r#","attributes":{"into":7}"#),
+            Err(EventError::MergeWithoutInto)
+        );
+        let ok = line(r#","attributes":{"into":"b"}"#).unwrap();
+        assert_eq!(ok.merged_into(), Some("b"));
+        assert!(EventError::MergeWithoutInto.to_string().contains("`into`"));
     }
 }

@@ -10,6 +10,6 @@ pub mod time;
 mod value;
 
 pub use action::{Action, ActionKind, CancelReason};
-pub use event::{Event, EventError};
+pub use event::{Event, EventError, CUSTOMER_MERGED};
 pub use time::Millis;
 pub use value::{Attributes, Value};

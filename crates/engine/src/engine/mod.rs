@@ -16,7 +16,9 @@ use crate::localtime::{minute_of_day, next_local_time};
 use crate::state::*;
 use chrono_tz::Tz;
 use journeyd_journey::{Catalog, Category, Expr, Journey, Policies, StepKind, Target, Trigger};
-use journeyd_types::{Action, ActionKind, Attributes, CancelReason, Event, Millis, Value};
+use journeyd_types::{
+    Action, ActionKind, Attributes, CancelReason, Event, Millis, Value, CUSTOMER_MERGED,
+};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
@@ -197,7 +199,12 @@ impl Engine {
             }
         }
         let mut events: FastMap<Roles> = FastMap::default();
-        for t in [PROFILE_UPDATED, CONSENT_CHANGED, ERASURE_REQUESTED] {
+        for t in [
+            PROFILE_UPDATED,
+            CONSENT_CHANGED,
+            ERASURE_REQUESTED,
+            CUSTOMER_MERGED,
+        ] {
             events.entry(t.to_owned()).or_default();
         }
         for j in versions.values().flatten() {
@@ -288,6 +295,69 @@ impl Engine {
         input: Input<'_>,
         now: Millis,
     ) -> Effects {
+        self.drive(state, customer_id, now, |run, now| match input {
+            Input::Event(ev) => run.on_event(ev, now),
+            Input::Status(id) => run.on_status(id, now),
+            Input::Audience(id) => run.on_audience(id, now),
+            Input::Timer => {}
+        })
+    }
+
+    /// Merges customer `from` (A) into customer `into` (B) for a `customer_merged` event
+    /// (contract v2, identity), then processes the event as an ordinary event of B.
+    ///
+    /// Whatever is due for either customer runs first. Then A's profile and consent are added
+    /// to B's (B's values win), frequency-cap counts and entry records are combined (the later
+    /// entry counts; for an inactivity trigger, the later last event), and each active instance
+    /// of A moves to B with its position, timers, held and outstanding sends, unless B has an
+    /// active instance of the same journey: then A's ends (reason `merged`) and its outstanding
+    /// sends are cancelled (reason `exited`). A cancel carries the customer id of the send it
+    /// cancels, now and later. `from` is left blank: whoever keeps the customers makes A an
+    /// alias of B, drops A's state and timer, and moves A's history to B's with
+    /// [`merge_history`] and [`Merged::journeys`].
+    ///
+    /// The caller resolves aliases first: merging a customer into itself is not a merge (process
+    /// the event as an ordinary one).
+    pub fn merge(
+        &self,
+        from: &mut CustomerState,
+        from_id: &str,
+        into: &mut CustomerState,
+        into_id: &str,
+        event: &Event,
+        now: Millis,
+    ) -> Merged {
+        let now = now.max(from.clock);
+        let before = from.wake;
+        let mut from_fx = self.drive(from, from_id, now, |_, _| {});
+        let absorbed = std::mem::take(from);
+        // A's timer goes with A: whatever it was before the merge is cleared, nothing is set.
+        from_fx.timer = TimerChange {
+            clear: before,
+            set: None,
+        };
+        let mut moved = (Vec::new(), Vec::new());
+        let into_fx = self.drive(into, into_id, now, |run, now| {
+            moved = run.absorb(absorbed, from_id, now);
+            run.on_event(event, now);
+        });
+        Merged {
+            from: from_fx,
+            into: into_fx,
+            journeys: moved.0,
+            moved: moved.1,
+        }
+    }
+
+    /// Runs what is due for a customer at `now`, then `input`'s work, then what that made due;
+    /// prunes, and reports the timer change. Every input goes through here.
+    fn drive(
+        &self,
+        state: &mut CustomerState,
+        customer_id: &str,
+        now: Millis,
+        input: impl FnOnce(&mut Run<'_, '_>, Millis),
+    ) -> Effects {
         let before = state.wake;
         let now = now.max(state.clock);
         let mut run = Run {
@@ -297,24 +367,9 @@ impl Engine {
             fx: Effects::default(),
         };
         run.run_due(now);
-        match input {
-            Input::Event(ev) => {
-                run.st.clock = now;
-                run.on_event(ev, now);
-                run.run_due(now);
-            }
-            Input::Status(id) => {
-                run.st.clock = now;
-                run.on_status(id, now);
-                run.run_due(now);
-            }
-            Input::Audience(id) => {
-                run.st.clock = now;
-                run.on_audience(id, now);
-                run.run_due(now);
-            }
-            Input::Timer => {}
-        }
+        run.st.clock = now;
+        input(&mut run, now);
+        run.run_due(now);
         run.st.clock = now;
         run.prune(now);
         let after = run.st.next_deadline();
@@ -327,6 +382,37 @@ impl Engine {
             };
         }
         fx
+    }
+}
+
+/// What [`Engine::merge`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Merged {
+    /// The effects on the merged customer (A): what was due for them before the merge (their
+    /// actions carry A's id), and the clearing of their timer. The records are in A's journey
+    /// table: move them with A's history (see [`merge_history`]).
+    pub from: Effects,
+    /// The effects on the surviving customer (B): the merge, then the event.
+    pub into: Effects,
+    /// Where each entry of A's journey table went in B's (by A's index).
+    pub journeys: Vec<u16>,
+    /// The journeys (by id) whose active instance moved from A to B.
+    pub moved: Vec<String>,
+}
+
+/// Moves a merged customer's history (`from`, in their journey table) into the surviving
+/// customer's (`into`): journey references are mapped with `journeys` (see
+/// [`Merged::journeys`]), the two are interleaved by time (the surviving customer's first at
+/// equal times), and at most `limit` are kept (the oldest go first).
+pub fn merge_history(into: &mut Vec<Record>, from: Vec<Record>, journeys: &[u16], limit: usize) {
+    let moved = from.into_iter().map(|mut r| {
+        r.j = r.j.and_then(|j| journeys.get(usize::from(j)).copied());
+        r
+    });
+    into.extend(moved);
+    into.sort_by_key(|r| r.at);
+    if into.len() > limit {
+        into.drain(..into.len() - limit);
     }
 }
 
@@ -504,6 +590,7 @@ impl Run<'_, '_> {
 }
 
 mod events;
+mod merge;
 mod sends;
 mod steps;
 mod timers;

@@ -128,7 +128,14 @@ impl Run<'_, '_> {
         self.fx.actions.push(Action {
             action_id: ids::format_id(ids::cancel_id(o.id)),
             kind: ActionKind::Cancel,
-            customer_id: self.cid.to_owned(),
+            // A send that came with a merged customer is cancelled under their id.
+            customer_id: self
+                .st
+                .moved_sends
+                .iter()
+                .find(|m| m.id == o.id)
+                .map_or(self.cid, |m| m.customer.as_str())
+                .to_owned(),
             journey: self.st.journeys[o.j as usize].id.clone(),
             journey_version: o.version,
             step,
@@ -146,6 +153,12 @@ impl Run<'_, '_> {
 
     pub(super) fn prune(&mut self, now: Millis) {
         self.st.outstanding.retain(|o| o.expires_at > now);
+        if !self.st.moved_sends.is_empty() {
+            let outstanding = &self.st.outstanding;
+            self.st
+                .moved_sends
+                .retain(|m| outstanding.iter().any(|o| o.id == m.id));
+        }
         let window = self.engine.cap_window;
         self.st.sent.retain(|m| m.at > now - window);
         self.forget_entries(now);

@@ -1,0 +1,105 @@
+//! Identity merge (contract v2): the surviving customer takes in the merged one.
+
+use super::*;
+
+impl Run<'_, '_> {
+    /// Takes in customer `from_id`'s state `a` (whatever was due for them has run). Returns
+    /// where each of A's journeys went in this customer's journey table, and the journeys whose
+    /// instance moved here.
+    pub(super) fn absorb(
+        &mut self,
+        a: CustomerState,
+        from_id: &str,
+        now: Millis,
+    ) -> (Vec<u16>, Vec<String>) {
+        let journeys: Vec<u16> = a
+            .journeys
+            .iter()
+            .map(|m| self.st.journey_index(&m.id))
+            .collect();
+        let to = |j: u16| journeys[usize::from(j)];
+        for (k, v) in a.profile {
+            self.st.profile.entry(k).or_insert(v);
+        }
+        for (channel, granted) in a.consent {
+            if self.st.consent(&channel).is_none() {
+                self.st.set_consent(&channel, granted);
+            }
+        }
+        if !a.sent.is_empty() {
+            self.st.sent.extend(a.sent);
+            self.st.sent.sort_by_key(|m| m.at);
+        }
+        for (j, theirs) in a.journeys.into_iter().enumerate() {
+            let mine = &mut self.st.journeys[usize::from(journeys[j])];
+            // The later entry counts (an entry beats none).
+            if theirs.entered_at > mine.entered_at {
+                mine.entered_at = theirs.entered_at;
+                mine.version = theirs.version;
+                mine.converted = theirs.converted;
+            }
+            // For an inactivity entry, the later of the two last trigger events counts.
+            if let Some(armed) = theirs.inactivity {
+                let later = match &mine.inactivity {
+                    Some(m) => armed.event.occurred_at > m.event.occurred_at,
+                    None => true,
+                };
+                if later {
+                    mine.inactivity = Some(armed);
+                }
+            }
+        }
+        // Instances: moved, unless this customer has one of the same journey.
+        let mut ended: Vec<(u16, u64)> = Vec::new();
+        let mut moved = Vec::new();
+        for mut inst in a.instances {
+            let j = to(inst.j);
+            if self.st.instance_of(j).is_some() {
+                let what = What::Ended(Ending::Merged);
+                self.record(Some(j), inst.version, Some(inst.step.into()), what, now);
+                ended.push((j, inst.key));
+            } else {
+                inst.j = j;
+                moved.push(self.st.journeys[usize::from(j)].id.clone());
+                self.st.instances.push(inst);
+            }
+        }
+        // Outstanding sends come along, still carrying the customer id they were sent with;
+        // those of an instance that ended here are cancelled.
+        for mut o in a.outstanding {
+            o.j = to(o.j);
+            let customer = a
+                .moved_sends
+                .iter()
+                .find(|m| m.id == o.id)
+                .map_or(from_id, |m| m.customer.as_str());
+            if customer != self.cid {
+                self.st.moved_sends.push(MovedSend {
+                    id: o.id,
+                    customer: customer.to_owned(),
+                });
+            }
+            if ended.contains(&(o.j, o.key)) {
+                if o.expires_at > now {
+                    self.cancel(o, CancelReason::Exited, now);
+                }
+            } else {
+                self.st.outstanding.push(o);
+            }
+        }
+        for mut h in a.held {
+            h.j = to(h.j);
+            if ended.contains(&(h.j, h.key)) {
+                let what = What::Dropped { id: h.id };
+                self.record(Some(h.j), h.version, Some(h.step.into()), what, now);
+            } else {
+                self.st.held.push(h);
+            }
+        }
+        let what = What::Merged {
+            from: from_id.to_owned(),
+        };
+        self.record(None, 0, None, what, now);
+        (journeys, moved)
+    }
+}
