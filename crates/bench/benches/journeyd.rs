@@ -14,8 +14,8 @@
 //!   `JOURNEYD_BENCH_EVENTS` is under 100,000);
 //! - `JOURNEYD_BENCH_LATENCY_MAX_EPS`: skip the throughput runs and take this as the maximum
 //!   the latency rows run at a half and a tenth of;
-//! - `JOURNEYD_BENCH_CUSTOMERS`: customers of the scale row (1,000,000);
-//! - `JOURNEYD_BENCH_ROWS`: which rows, a comma list of `engine`, `rocksdb`, `kafka-mock`,
+//! - `JOURNEYD_BENCH_CUSTOMERS`: customers of the scale and audience rows (1,000,000);
+//! - `JOURNEYD_BENCH_ROWS`: which rows, a comma list of `engine`, `audience`, `rocksdb`, `kafka-mock`,
 //!   `kafka-tansu`, `kafka-far`, `latency`, `scale`, `restore`, `failover` (all). `latency` runs
 //!   on each selected Kafka; `failover` needs the release binary (`cargo build --release -p
 //!   journeyd`);
@@ -29,7 +29,7 @@
 
 use journeyd_bench::kafka_row::{self, Cluster, ClusterFactory, Mock, Tansu};
 use journeyd_bench::table::{Row, Table};
-use journeyd_bench::{engine_row, latency_row, restore_row, rocks_row, scale_row};
+use journeyd_bench::{audience_row, engine_row, latency_row, restore_row, rocks_row, scale_row};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -56,8 +56,9 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target").into())
 }
 
-const ALL: [&str; 9] = [
+const ALL: [&str; 10] = [
     "engine",
+    "audience",
     "rocksdb",
     "kafka-mock",
     "kafka-tansu",
@@ -138,6 +139,24 @@ fn main() {
              quarter or more on a shared machine).",
         );
         timed("engine", t);
+    }
+    if on("audience") {
+        let t = Instant::now();
+        eprintln!("journeyd bench: audience run ({customers} customers)");
+        table.extend(
+            audience_row::measure(customers)
+                .unwrap_or_else(|e| vec![Row::error("audience run", &e)]),
+        );
+        table.note(
+            "audience run",
+            "no machine limit to compare with, so the limit column is the target. One thread \
+             gives every customer in memory one run of the example monthly campaign \
+             (journeys/lapsed.yaml): the engine evaluates its CEL entry condition on the \
+             customer's profile (a name, a segment, a time zone, a balance and the time of the \
+             last transaction) and the run's time, and enters and sends to those it holds for. \
+             The median of three passes, each on fresh copies of the states.",
+        );
+        timed("audience", t);
     }
     if on("rocksdb") {
         let t = Instant::now();

@@ -7,6 +7,7 @@
 //! measured maximum, and a million customers with a million timers against the targets. See
 //! `docs/performance.md`.
 
+pub mod audience_row;
 pub mod engine_row;
 pub mod failover_row;
 pub mod kafka_row;

@@ -1,5 +1,6 @@
 //! CEL expressions, compiled once when a journey loads.
 
+use crate::prefilter::Prefilter;
 use std::fmt;
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ pub struct Expr {
     source: Arc<str>,
     program: Arc<cel::Program>,
     uses_event: bool,
+    prefilter: Arc<Prefilter>,
 }
 
 impl Expr {
@@ -43,10 +45,12 @@ impl Expr {
             ));
         }
         let uses_event = program.references().has_variable("event");
+        let prefilter = Arc::new(Prefilter::of(program.expression()));
         Ok(Expr {
             source: source.into(),
             program: Arc::new(program),
             uses_event,
+            prefilter,
         })
     }
 
@@ -58,6 +62,12 @@ impl Expr {
     /// The compiled program.
     pub fn program(&self) -> &cel::Program {
         &self.program
+    }
+
+    /// The tests on the profile that can rule the expression out as a condition without the
+    /// interpreter (see [`Prefilter`]).
+    pub fn prefilter(&self) -> &Prefilter {
+        &self.prefilter
     }
 
     /// Whether the expression reads `event`.

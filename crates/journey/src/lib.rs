@@ -11,6 +11,7 @@ mod duration;
 mod expr;
 mod load;
 mod model;
+mod prefilter;
 mod schema;
 mod yaml;
 
@@ -20,6 +21,7 @@ pub use duration::{format_duration, parse_duration, DurationError};
 pub use expr::Expr;
 pub use load::{load_dir, load_sources, Loaded};
 pub use model::*;
+pub use prefilter::{Prefilter, Scalar};
 pub use schema::json_schema;
 
 use std::path::PathBuf;

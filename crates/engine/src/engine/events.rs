@@ -131,6 +131,12 @@ impl Run<'_, '_> {
         else {
             return;
         };
+        // Most customers of a run fail a plain test on their profile: they cost no more.
+        if let Some(c) = &journey.entry.condition {
+            if ruled_out(c, &self.st.profile, now) {
+                return;
+            }
+        }
         let none = Attributes::new();
         let seed = format!("audience:{now}");
         let view = EventView {

@@ -10,7 +10,7 @@
 //! every cancel names a send emitted earlier to the same customer and channel; no send breaks a
 //! frequency cap; the same state, input and time give the same effects, action ids included.
 
-use crate::eval::{eval, eval_bool, EventView};
+use crate::eval::{eval, eval_bool, ruled_out, EventView};
 use crate::ids;
 use crate::localtime::{minute_of_day, next_local_time};
 use crate::state::*;
