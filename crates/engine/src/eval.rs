@@ -318,6 +318,12 @@ mod tests {
                 }),
                 1 => Just(Some(Value::from("2026-13-01T00:00:00Z"))),
                 1 => Just(Some(Value::from("0001-01-01T00:00:00Z"))),
+                // Beyond what a CEL duration holds (about 292 years either way).
+                2 => proptest::sample::select(vec![
+                    "2999-12-31T00:00:00Z", "2500-01-01T00:00:00Z", "1700-01-01T00:00:00Z",
+                    "1733-06-01T00:00:00+02:00", "2319-01-01T00:00:00Z", "9999-12-31T23:59:59Z",
+                ])
+                .prop_map(|s| Some(Value::from(s))),
             ]
         }
 

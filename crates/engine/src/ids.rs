@@ -18,6 +18,17 @@ pub fn instance_key(journey: &str, seed: &str) -> u64 {
     xxh3_64(&framed(&[b"instance", journey.as_bytes(), seed.as_bytes()]))
 }
 
+/// The key an instance (and its sends) takes when its customer is merged into another: keys
+/// are unique per customer, not across customers (every customer of an audience run enters with
+/// the same seed), so a moved instance must not keep one the survivor may use.
+pub fn rekey(key: u64, merged_from: &str) -> u64 {
+    xxh3_64(&framed(&[
+        b"merged",
+        &key.to_le_bytes(),
+        merged_from.as_bytes(),
+    ]))
+}
+
 /// The id of a send: customer, journey, instance, step and how many sends the instance made
 /// before it (a loop visits the same step more than once).
 pub fn send_id(customer: &str, journey: &str, instance: u64, step: &str, visit: u32) -> u128 {

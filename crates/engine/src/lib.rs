@@ -13,7 +13,7 @@ mod state;
 
 pub use engine::{
     append_history, merge_history, Effects, Engine, Input, Merged, Settings, TimerChange,
-    CONSENT_CHANGED, PROFILE_UPDATED,
+    CONSENT_CHANGED, ERASURE_REQUESTED, PROFILE_UPDATED,
 };
 pub use eval::EventView;
 pub use history::HistoryLine;

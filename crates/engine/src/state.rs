@@ -39,10 +39,16 @@ pub struct CustomerState {
     #[serde(with = "relative::opt")]
     pub wake: Option<Millis>,
     /// Outstanding sends that came with a merged customer (contract v2, identity), with the
-    /// customer id their cancels carry. Stored after the other fields, only when not empty
-    /// (see [`CustomerState::to_bytes`]): a customer who was never merged pays nothing for it.
+    /// customer id their cancels carry. Stored after the other fields, only when this or
+    /// [`CustomerState::later_entries`] is not empty (see [`CustomerState::to_bytes`]): a
+    /// customer who was never merged pays nothing for them.
     #[serde(skip)]
     pub moved_sends: Vec<MovedSend>,
+    /// Entries that came with a merged customer and are later than the one in `journeys`
+    /// (which keeps the goal of the instance that survived the merge): `reentry` counts from
+    /// them. By journey index; stored as `moved_sends` is.
+    #[serde(skip)]
+    pub later_entries: Vec<(u16, Millis)>,
 }
 
 /// An outstanding send that came with a merged customer: its cancel carries that customer's id
@@ -592,6 +598,7 @@ mod format0 {
                 sent: self.sent,
                 wake: self.wake,
                 moved_sends: Vec::new(),
+                later_entries: Vec::new(),
             };
             (state, self.history)
         }
@@ -601,17 +608,30 @@ mod format0 {
 impl CustomerState {
     /// Serialises the state for the store: [`STATE_FORMAT`], then the fields in order.
     ///
-    /// [`CustomerState::moved_sends`], when there are any, follow the fields (a reader before
+    /// What a merge left ([`CustomerState::moved_sends`] and
+    /// [`CustomerState::later_entries`]), when there is any, follows the fields (a reader before
     /// merges existed refuses such a state, as bytes left over, rather than misread it).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut bytes =
             relative::with_base(self.clock, || postcard::to_extend(self, vec![STATE_FORMAT]))
                 .expect("serialising to memory cannot fail");
-        if !self.moved_sends.is_empty() {
-            bytes = postcard::to_extend(&self.moved_sends, bytes)
+        if !self.moved_sends.is_empty() || !self.later_entries.is_empty() {
+            bytes = postcard::to_extend(&(&self.moved_sends, &self.later_entries), bytes)
                 .expect("serialising to memory cannot fail");
         }
         bytes
+    }
+
+    /// When the customer last entered journey `j`, for `reentry`: the entry in `journeys`,
+    /// or a later one that came with a merge.
+    pub fn last_entry(&self, j: u16) -> Option<Millis> {
+        let own = self.journeys.get(usize::from(j)).and_then(|m| m.entered_at);
+        let merged = self
+            .later_entries
+            .iter()
+            .find(|(x, _)| *x == j)
+            .map(|(_, at)| *at);
+        own.max(merged)
     }
 
     /// Reads a stored state, of this format or an older one (an older state's history is
@@ -641,11 +661,13 @@ impl CustomerState {
                     if format != STATE_FORMAT {
                         return Err(postcard::Error::DeserializeBadEncoding);
                     }
-                    let (moved, rest) = postcard::take_from_bytes::<Vec<MovedSend>>(rest)?;
-                    if !rest.is_empty() || moved.is_empty() {
+                    type Tail = (Vec<MovedSend>, Vec<(u16, Millis)>);
+                    let ((moved, later), rest) = postcard::take_from_bytes::<Tail>(rest)?;
+                    if !rest.is_empty() || (moved.is_empty() && later.is_empty()) {
                         return Err(postcard::Error::DeserializeBadEncoding);
                     }
                     state.moved_sends = moved;
+                    state.later_entries = later;
                 }
                 Ok((state, Vec::new()))
             }
@@ -806,9 +828,13 @@ mod tests {
             id: 7,
             customer: "a".into(),
         });
+        merged.later_entries.push((0, clock + 5));
         let with_tail = merged.to_bytes();
         assert_eq!(&with_tail[..again.len()], &again[..]);
         assert_eq!(CustomerState::from_bytes(&with_tail).unwrap(), merged);
+        let mut only = expected.clone();
+        only.later_entries.push((0, clock - 1));
+        assert_eq!(CustomerState::from_bytes(&only.to_bytes()).unwrap(), only);
         let mut extra = with_tail.clone();
         extra.push(0);
         assert!(CustomerState::from_bytes(&extra).is_err());

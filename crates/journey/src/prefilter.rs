@@ -184,10 +184,18 @@ impl Test {
                 ) else {
                     return false;
                 };
-                // Only within a thousand years either way: beyond that the interpreter's
-                // range checks may give an error, which is not "false".
-                let since = now.fixed_offset().signed_duration_since(then);
-                if since.num_days().abs() > 365_000 {
+                // Only where the interpreter computes the difference: both times in CEL's
+                // range (years 1 to 9999), and a difference that fits in i64 nanoseconds
+                // (about 292 years). Beyond, it gives an error, which is not "false".
+                let in_range = |t: chrono::DateTime<chrono::FixedOffset>| {
+                    (1..=9999).contains(&chrono::Datelike::year(&t.to_utc()))
+                };
+                let now = now.fixed_offset();
+                if !in_range(then) || !in_range(now) {
+                    return false;
+                }
+                let since = now.signed_duration_since(then);
+                if since.num_nanoseconds().is_none() {
                     return false;
                 }
                 cmp.holds(since, *bound) == Some(false)

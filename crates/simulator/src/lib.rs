@@ -360,10 +360,11 @@ impl Simulator {
             .then(|| event.merged_into().map(|b| self.resolve(b).to_owned()))
             .flatten();
         match into {
-            // Merging a customer into itself (directly or through aliases) is no merge: the
-            // event is an ordinary one.
             Some(into) if into != customer => out.extend(self.merge(&customer, &into, event)),
-            _ => out.extend(self.apply(&customer, Input::Event(event), event.occurred_at)),
+            // Merging a customer into itself (directly or through aliases) changes nothing:
+            // the event is not processed (what was due has run: the clock moved).
+            Some(_) => {}
+            None => out.extend(self.apply(&customer, Input::Event(event), event.occurred_at)),
         }
         Ok(out)
     }

@@ -194,11 +194,11 @@ fn chains_resolve_and_merging_into_oneself_changes_nothing() {
     assert_eq!(out.len(), 1);
     // A into C, through the aliases, is C into itself: nothing changes.
     let before = sim.customer("c").unwrap().clone();
+    let history = sim.history_records("c").len();
     let again = sim.push(&merged("2026-03-02T13:00:00Z", "a", "c")).unwrap();
     assert!(again.is_empty());
-    let after = sim.customer("c").unwrap();
-    assert_eq!(after.instances, before.instances);
-    assert_eq!(after.outstanding, before.outstanding);
+    assert_eq!(sim.customer("c").unwrap(), &before);
+    assert_eq!(sim.history_records("c").len(), history);
     assert_eq!(sim.resolve("c"), "c");
     // A's events reach C's instance: an exit under the first id ends it, and the send it made
     // under A is cancelled under A.
@@ -288,6 +288,101 @@ steps:
             "2026-03-12T22:30:00Z send email idle/miss_you b",
         ]
     );
+}
+
+#[test]
+fn a_goal_stays_with_the_instance_that_survives() {
+    const TRIAL: &str = r#"
+journey: trial
+version: 1
+entry: { event: signup, reentry: always }
+goal: { event: purchase, within: 30d }
+steps:
+  - id: arms
+    split:
+      - { weight: 1, next: hello }
+      - { weight: 1, next: hello }
+  - id: hello
+    send: { channel: email, template: hello }
+  - id: linger
+    wait: 60d
+"#;
+    let e = engine(&[("trial.yaml", TRIAL)]);
+    let (sim, _) = run_sim(
+        &e,
+        &[
+            ev("2026-03-01T10:00:00Z", "b", "signup"),
+            ev("2026-03-05T10:00:00Z", "b", "purchase"),
+            ev("2026-03-21T10:00:00Z", "a", "signup"),
+            merged("2026-03-25T10:00:00Z", "a", "b"),
+            // B's instance converted already: no second conversion.
+            ev("2026-03-26T10:00:00Z", "b", "purchase"),
+            // 40 days after B's entry: outside its window, whatever A's entry was.
+            ev("2026-04-10T10:00:00Z", "b", "purchase"),
+        ],
+        None,
+    );
+    let report = sim.report();
+    let trial = &report.journeys["trial"];
+    assert_eq!((trial.entered, trial.goal_reached), (2, 1), "{trial:?}");
+    let arms = &trial.splits["arms"].arms;
+    let converted: u64 = arms.iter().map(|a| a.converted).sum();
+    assert_eq!(converted, 1, "{arms:?}");
+
+    // A's instance moves (B never entered): its goal comes along, and so does its arm.
+    let (sim, _) = run_sim(
+        &e,
+        &[
+            ev("2026-03-01T10:00:00Z", "a", "signup"),
+            merged("2026-03-02T10:00:00Z", "a", "b"),
+            ev("2026-03-03T10:00:00Z", "b", "purchase"),
+        ],
+        None,
+    );
+    let trial = &sim.report().journeys["trial"];
+    let converted: u64 = trial.splits["arms"].arms.iter().map(|a| a.converted).sum();
+    assert_eq!((trial.goal_reached, converted), (1, 1), "{trial:?}");
+}
+
+#[test]
+fn moved_instances_take_keys_of_their_own() {
+    // Everyone of an audience run enters with the same seed: A's and B's instances had the
+    // same key. After the merge their sends must still have distinct ids, and an exit of the
+    // instance that moved must not cancel B's own earlier send.
+    const CAMP: &str = r#"
+journey: camp
+version: 1
+entry: { audience: { at: "2026-03-02T09:00:00Z" } }
+exit: { on: [closed] }
+steps:
+  - id: speed
+    branch:
+      - { if: 'has(profile.fast)', next: offer }
+      - { else: slow }
+  - id: slow
+    wait: 1d
+  - id: offer
+    send: { channel: email, template: offer, ttl: 7d }
+"#;
+    let e = engine(&[("camp.yaml", CAMP)]);
+    let mut sim = Simulator::new(e);
+    sim.customer_mut("a").profile = [("slow".into(), Value::Bool(true))].into();
+    sim.customer_mut("b").profile = [("fast".into(), Value::Bool(true))].into();
+    let mut out = sim.push(&merged("2026-03-02T10:00:00Z", "a", "b")).unwrap();
+    // B's instance finished at its send; A's (waiting) moved to B.
+    out.extend(sim.advance_to(time::parse_rfc3339("2026-03-03T10:00:00Z").unwrap()));
+    assert_eq!(
+        brief(&out),
+        [
+            "2026-03-02T09:00:00Z send email camp/offer b",
+            "2026-03-03T09:00:00Z send email camp/offer b",
+        ]
+    );
+    assert_ne!(out[0].action.action_id, out[1].action.action_id);
+    let exit = sim
+        .push(&ev("2026-03-03T11:00:00Z", "b", "closed"))
+        .unwrap();
+    assert!(exit.is_empty(), "{:?}", brief(&exit));
 }
 
 #[test]

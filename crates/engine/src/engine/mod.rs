@@ -327,7 +327,8 @@ impl Engine {
         event: &Event,
         now: Millis,
     ) -> Merged {
-        let now = now.max(from.clock);
+        // One time for both: whatever is due for either runs before the merge.
+        let now = now.max(from.clock).max(into.clock);
         let before = from.wake;
         let mut from_fx = self.drive(from, from_id, now, |_, _| {});
         let absorbed = std::mem::take(from);
@@ -396,7 +397,9 @@ pub struct Merged {
     pub into: Effects,
     /// Where each entry of A's journey table went in B's (by A's index).
     pub journeys: Vec<u16>,
-    /// The journeys (by id) whose active instance moved from A to B.
+    /// The journeys (by id) whose goal came from A to B: those whose active instance moved,
+    /// or whose later entry was A's when neither had an active instance. (Whoever counts
+    /// experiment arms per instance moves A's for these.)
     pub moved: Vec<String>,
 }
 

@@ -172,7 +172,9 @@ impl Run<'_, '_> {
     pub(super) fn forget_entries(&mut self, now: Millis) {
         for j in 0..self.st.journeys.len() {
             let mem = &self.st.journeys[j];
-            let Some(entered) = mem.entered_at else {
+            // Reentry counts from the latest entry (one may have come with a merge); the goal
+            // from the entry in `journeys`.
+            let Some(latest) = self.st.last_entry(j as u16) else {
                 continue;
             };
             if self.st.instances.iter().any(|i| usize::from(i.j) == j) {
@@ -186,7 +188,7 @@ impl Run<'_, '_> {
             let reentry_free = match current.entry.reentry {
                 journeyd_journey::Reentry::Never => false,
                 journeyd_journey::Reentry::Always => true,
-                journeyd_journey::Reentry::Cooldown(d) => now >= entered.saturating_add(d),
+                journeyd_journey::Reentry::Cooldown(d) => now >= latest.saturating_add(d),
             };
             if !reentry_free {
                 continue;
@@ -197,13 +199,17 @@ impl Run<'_, '_> {
                 .and_then(|jr| jr.goal.as_ref())
             {
                 None => true,
-                Some(goal) => mem.converted || now - entered > goal.within,
+                Some(goal) => match mem.entered_at {
+                    Some(entered) => mem.converted || now - entered > goal.within,
+                    None => true,
+                },
             };
             if goal_done {
                 let mem = &mut self.st.journeys[j];
                 mem.entered_at = None;
                 mem.version = 0;
                 mem.converted = false;
+                self.st.later_entries.retain(|(x, _)| usize::from(*x) != j);
             }
         }
     }

@@ -27,7 +27,7 @@ impl Run<'_, '_> {
             );
             return;
         }
-        if let Some(prev) = self.st.journeys[j as usize].entered_at {
+        if let Some(prev) = self.st.last_entry(j) {
             let skip = match journey.entry.reentry {
                 journeyd_journey::Reentry::Never => Some(Skip::ReentryNever),
                 journeyd_journey::Reentry::Always => None,
@@ -58,6 +58,8 @@ impl Run<'_, '_> {
         mem.entered_at = Some(now);
         mem.version = v;
         mem.converted = false;
+        // This entry is the latest now.
+        self.st.later_entries.retain(|(x, _)| *x != j);
         let stored_event = match (journey.steps_use_event, event) {
             (true, Some(e)) => Some(StoredEvent {
                 id: e.id.to_owned(),
