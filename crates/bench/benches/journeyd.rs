@@ -27,9 +27,11 @@
 //! journeyd-bench --bench journeyd` (a debug build, a tiny workload: it only checks that every
 //! row still runs; no figure of a debug build means anything).
 
-use journeyd_bench::kafka_row::{self, Cluster, ClusterFactory, Mock, Tansu};
+use journeyd_bench::support::kafka::{Cluster, ClusterFactory, Mock, Tansu};
 use journeyd_bench::table::{Row, Table};
-use journeyd_bench::{audience_row, engine_row, latency_row, restore_row, rocks_row, scale_row};
+use journeyd_bench::{
+    audience_row, engine_row, kafka_row, latency_row, restore_row, rocks_row, scale_row,
+};
 use std::path::PathBuf;
 use std::time::Instant;
 

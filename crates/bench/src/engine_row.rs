@@ -12,11 +12,12 @@
 //! and an id allocated per event cost something), and through the driver with no journeys
 //! loaded (the floor of the loop: map lookup, state creation, profile and consent updates).
 
+use crate::support::stream_window;
 use crate::table::{bytes, percent, thousands, Row, Verdict};
 use crate::workload;
 use journeyd_engine::{CustomerState, Engine, Input};
 use journeyd_simulator::Simulator;
-use journeyd_types::{time, Event, Millis};
+use journeyd_types::{Event, Millis};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,12 +26,6 @@ use std::time::Instant;
 pub const TARGET_EPS: f64 = 1_000_000.0;
 /// The target of the issue: bytes of state for a customer in one journey with one timer.
 pub const TARGET_STATE_BYTES: f64 = 256.0;
-
-/// The start and span of the engine's stream (30 days, so waits fall due inside it).
-pub fn stream_window() -> (Millis, Millis) {
-    let start = time::parse_rfc3339("2026-01-05T00:00:00Z").expect("a valid time");
-    (start, 30 * time::DAY)
-}
 
 /// The least a caller of the engine needs: states in a hash map, the timer index in a sorted
 /// set, every timer due before an event fired first (in due order), as the simulator does.

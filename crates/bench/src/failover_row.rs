@@ -16,7 +16,7 @@
 //! The probes of the other replica's partitions give the latency of the customers the kill
 //! did not touch, during the failover.
 
-use crate::kafka_row::{send_record_waiting, service_config, Cluster, Mock};
+use crate::support::kafka::{send_record_waiting, service_config, Cluster, Mock};
 use crate::table::Row;
 use crate::workload;
 use journeyd_codec::{encode_touchpoint, Framing};

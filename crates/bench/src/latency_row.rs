@@ -5,7 +5,7 @@
 //! to the arrival of their copies: the same producer, broker, fetches, batching and
 //! acknowledgements, without the service's work.
 
-use crate::kafka_row::{
+use crate::support::kafka::{
     collect, copy_batch, copy_clients, copy_topics, default_in_flight, send_waiting, Cluster,
     Service, FETCH_WAIT_MS,
 };

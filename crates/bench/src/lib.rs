@@ -6,6 +6,10 @@
 //! against a plain consume-and-produce copy through the same Kafka, latency at half the
 //! measured maximum, and a million customers with a million timers against the targets. See
 //! `docs/performance.md`.
+//!
+//! Each row is a `*_row` module ([`raw_firing`] is the scale row's machine limit). What several
+//! rows share is in [`support`] (the Kafka harness of the end-to-end rows in
+//! [`support::kafka`]), [`workload`] and [`table`], so that no row module imports another.
 
 pub mod audience_row;
 pub mod engine_row;
@@ -16,5 +20,6 @@ pub mod raw_firing;
 pub mod restore_row;
 pub mod rocks_row;
 pub mod scale_row;
+pub mod support;
 pub mod table;
 pub mod workload;

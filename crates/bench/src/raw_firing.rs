@@ -14,7 +14,7 @@
 //! written with the store's options. No engine, no encoding, no state cache, no overlap of
 //! batches.
 
-use crate::rocks_row::TIMER_BATCH;
+use crate::support::TIMER_BATCH;
 use journeyd::processor::{run_batch, Unwritten, Work};
 use journeyd_codec::{ActionEncoder, Format};
 use journeyd_store::Store;
@@ -160,7 +160,7 @@ pub fn fire_all(dir: &Path, options: &StoreOptions, template: &Template) -> anyh
     // Ids as long as the daemon's.
     let id_len = template.action_id.len();
 
-    let cpu_start = crate::scale_row::cpu_secs(std::process::id());
+    let cpu_start = crate::support::cpu_secs(std::process::id());
     let start = Instant::now();
     let upper = Table::Timers.upper_bound();
     let mut from = Table::Timers.lower_bound();
@@ -246,7 +246,7 @@ pub fn fire_all(dir: &Path, options: &StoreOptions, template: &Template) -> anyh
         timers += entries.len() as u64;
     }
     let secs = start.elapsed().as_secs_f64();
-    let cpu_secs = crate::scale_row::cpu_secs(std::process::id())
+    let cpu_secs = crate::support::cpu_secs(std::process::id())
         .zip(cpu_start)
         .map(|(b, a)| b - a);
     Ok(Fired {

@@ -9,8 +9,8 @@
 //! entry event), keyed for each customer. The restore is timed from the call to its return: the
 //! consumer's start, the records, the store writes, and its quiet end (two empty polls).
 
-use crate::kafka_row::{Cluster, Mock};
-use crate::rocks_row::daemon_store_options;
+use crate::support::daemon_store_options;
+use crate::support::kafka::{send_record_waiting, Cluster, Mock};
 use crate::table::{percent, thousands, Row, Verdict};
 use crate::workload;
 use journeyd::changelog::record::customer_key;
@@ -83,7 +83,7 @@ fn produce(bootstrap: &str, customers: usize, value: &[u8]) -> anyhow::Result<()
             &[(key.as_slice(), value)]
         };
         for (k, v) in records {
-            crate::kafka_row::send_record_waiting(
+            send_record_waiting(
                 &producer,
                 BaseRecord::<[u8], [u8]>::to(TOPIC)
                     .partition(0)

@@ -13,7 +13,7 @@
 //! bytes, same number per batch) into a fresh database opened with the same options
 //! (`journeyd_store_rocksdb::rocksdb_options`), one `WriteBatch` per batch, no reads.
 
-use crate::engine_row::stream_window;
+use crate::support::{daemon_store_options, dir_bytes, stream_window, BATCH, TIMER_BATCH};
 use crate::table::{percent, thousands, Row, Verdict};
 use crate::workload;
 use journeyd::processor::{run_batch, Position, Unwritten, Work};
@@ -26,21 +26,6 @@ use std::time::Instant;
 
 /// The target of issue 19: bytes on disk per customer with state (state, timers, history).
 pub const TARGET_DISK_BYTES: f64 = 256.0;
-/// Events per batch (the daemon's `processing.batch_max_messages`).
-pub const BATCH: usize = 1000;
-/// Due timers read per batch at most (the daemon's `processing.timer_batch`).
-pub const TIMER_BATCH: usize = 5000;
-
-/// The store options of the daemon's defaults (`[store]` in the config).
-pub fn daemon_store_options() -> StoreOptions {
-    let config = journeyd::config::Config::default();
-    StoreOptions {
-        block_cache_bytes: (config.store.block_cache_mb as usize) << 20,
-        state_cache_bytes: (config.store.state_cache_mb as usize) << 20,
-        sync_writes: config.store.sync_writes,
-        ..StoreOptions::default()
-    }
-}
 
 /// One raw operation: a put, a delete, or a merge (the history's appends).
 type RawBatch = Vec<(Vec<u8>, RawOp)>;
@@ -257,7 +242,7 @@ fn footprint(dir: &Path, options: &StoreOptions, seen: usize) -> anyhow::Result<
         db.flush()?;
         db.compact_range::<&[u8], &[u8]>(None, None);
     }
-    let (all, sst) = crate::scale_row::dir_bytes(&path)?;
+    let (all, sst) = dir_bytes(&path)?;
     Ok(Footprint {
         with_state,
         seen,

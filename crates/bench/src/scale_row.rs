@@ -18,8 +18,8 @@
 //! (each fired timer sends an email: the action is produced and acknowledged, the state and
 //! timer index written).
 
-use crate::kafka_row;
-use crate::rocks_row::{daemon_store_options, TIMER_BATCH};
+use crate::raw_firing;
+use crate::support::{self, cpu_secs, daemon_store_options, dir_bytes, BATCH, TIMER_BATCH};
 use crate::table::{bytes, percent, thousands, Row, Verdict};
 use crate::workload;
 use journeyd::processor::{run_batch, Unwritten, Work};
@@ -96,7 +96,7 @@ pub fn labelled(text: &str, name: &str, label: &str) -> Option<f64> {
 }
 
 /// The daemon's ms per batch while firing, from `journeyd_batch_seconds` over `secs` seconds:
-/// see [`kafka_row::STAGES_LINE`].
+/// see [`support::STAGES_LINE`].
 fn stages(text: &str, secs: f64) -> String {
     let stage = |s: &str| {
         let label = format!("stage=\"{s}\"");
@@ -112,7 +112,7 @@ fn stages(text: &str, secs: f64) -> String {
     let per = |x: f64| 1000.0 * x / batches;
     format!(
         "{batches:.0} batches: {}",
-        kafka_row::stages_figures(per(secs), kafka_row::STAGES.map(|s| per(stage(s).0)))
+        support::stages_figures(per(secs), support::STAGES.map(|s| per(stage(s).0)))
     )
 }
 
@@ -173,40 +173,12 @@ pub fn journeyd_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-/// Bytes of every file under `dir`, and of its SST files.
-pub(crate) fn dir_bytes(dir: &Path) -> std::io::Result<(u64, u64)> {
-    let (mut all, mut sst) = (0, 0);
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let meta = entry.metadata()?;
-        if meta.is_dir() {
-            let (a, s) = dir_bytes(&entry.path())?;
-            all += a;
-            sst += s;
-        } else {
-            all += meta.len();
-            if entry.path().extension().is_some_and(|e| e == "sst") {
-                sst += meta.len();
-            }
-        }
-    }
-    Ok((all, sst))
-}
-
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// The CPU time the process has used so far, all its threads (user + system), in seconds:
-/// fields 14 and 15 of `/proc/PID/stat`, in clock ticks (`USER_HZ`, which Linux fixes at 100
-/// for this interface).
-pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    cpu_secs_of(&stat)
 }
 
 /// "µs of CPU per timer; cores busy", from `cpu` CPU seconds spent firing `timers` timers in
@@ -218,15 +190,6 @@ fn cpu_line(cpu: Option<f64>, timers: f64, secs: f64) -> String {
         }
         _ => "not measured".into(),
     }
-}
-
-fn cpu_secs_of(stat: &str) -> Option<f64> {
-    // The command name (field 2) is in parentheses and may hold spaces or parentheses.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace().skip(11);
-    let user: u64 = fields.next()?.parse().ok()?;
-    let system: u64 = fields.next()?.parse().ok()?;
-    Some((user + system) as f64 / 100.0)
 }
 
 /// What the restarted daemon did.
@@ -267,7 +230,7 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
         let store = opened.store.clone();
         let mut n = 0;
         while n < customers {
-            let end = (n + crate::rocks_row::BATCH).min(customers);
+            let end = (n + BATCH).min(customers);
             let work: Vec<Work> = (n..end)
                 .map(|i| Work::Event {
                     event: workload::scale_entry(i, t0 + (i % 1000) as i64),
@@ -300,7 +263,7 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
             store.customer_count(),
             store.pending_timers()
         );
-        crate::raw_firing::Template::of(&opened.engine, store.as_ref(), &config)?
+        raw_firing::Template::of(&opened.engine, store.as_ref(), &config)?
     };
     let setup_secs = setup.elapsed().as_secs_f64();
     eprintln!("  scale: {customers} customers set up in {setup_secs:.1} s");
@@ -480,7 +443,7 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
 
     // The machine's limit: the same reads, writes and produces, raw, on the copy.
     eprintln!("  scale: firing the same timers the raw way");
-    let raw = crate::raw_firing::fire_all(&raw_dir, &options, &template)?;
+    let raw = raw_firing::fire_all(&raw_dir, &options, &template)?;
     anyhow::ensure!(
         raw.timers == customers as u64,
         "the raw loop fired {} timers, not {customers}",
@@ -539,7 +502,7 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
             format!("{cpu} / {raw_cpu}"),
         ),
         Row::info(
-            format!("{who}: the daemon's ms per batch while firing: {}", kafka_row::STAGES_LINE),
+            format!("{who}: the daemon's ms per batch while firing: {}", support::STAGES_LINE),
             stages,
         ),
         Row::info(
@@ -552,16 +515,6 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_time_is_user_plus_system_ticks_after_the_command_name() {
-        // A command name with a space and a parenthesis; utime 250, stime 50 ticks.
-        let stat = "4242 (jour) neyd) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0";
-        assert_eq!(cpu_secs_of(stat), Some(3.0));
-        assert_eq!(cpu_secs_of("4242 (journeyd) S 1"), None);
-        // This process has used some CPU, and /proc says so.
-        assert!(cpu_secs(std::process::id()).is_some());
-    }
 
     #[test]
     fn metrics_are_summed_over_labels() {
