@@ -261,6 +261,54 @@ impl Run<'_, '_> {
         }
     }
 
+    /// Applies what a status change does at once, if it has not been applied to this customer
+    /// yet: an instance or an outstanding send of a stopped journey, or an instance parked at a
+    /// send of a journey running again. Whoever changes a status applies it to every customer
+    /// at once ([`Input::Status`]: the simulator does); a service that cannot reach them all at
+    /// once is caught up here, at the customer's next input, before anything else runs.
+    pub(super) fn settle_status(&mut self, now: Millis) {
+        let mut due: Vec<String> = Vec::new();
+        if self.engine.any_status() {
+            for m in &self.st.journeys {
+                if self.engine.status(&m.id) != Status::Stopped {
+                    continue;
+                }
+                let j = self.st.journeys.iter().position(|x| x.id == m.id);
+                let touched = j.is_some_and(|j| {
+                    let j = j as u16;
+                    self.st.instances.iter().any(|i| i.j == j)
+                        || self.st.held.iter().any(|h| h.j == j)
+                        || self
+                            .st
+                            .outstanding
+                            .iter()
+                            .any(|o| o.j == j && o.expires_at > now)
+                });
+                if touched {
+                    due.push(m.id.clone());
+                }
+            }
+        }
+        for inst in &self.st.instances {
+            if inst.deadline.is_some() {
+                continue;
+            }
+            let id = &self.st.journeys[usize::from(inst.j)].id;
+            let parked = self.engine.status(id) == Status::Running
+                && self
+                    .engine
+                    .journey(id, inst.version)
+                    .and_then(|jr| jr.steps.get(usize::from(inst.step)))
+                    .is_some_and(|s| matches!(s.kind, StepKind::Send(_)));
+            if parked {
+                due.push(id.clone());
+            }
+        }
+        for id in due {
+            self.on_status(&id, now);
+        }
+    }
+
     pub(super) fn cancel_on(&self, o: &Outstanding) -> Option<Arc<Journey>> {
         self.journey_of(o.j, o.version)
     }

@@ -251,6 +251,11 @@ impl Engine {
         e
     }
 
+    /// Whether any journey's status is other than running.
+    pub fn any_status(&self) -> bool {
+        !self.status.is_empty()
+    }
+
     /// The status of journey `id`.
     pub fn status(&self, id: &str) -> Status {
         if self.status.is_empty() {
@@ -367,6 +372,7 @@ impl Engine {
             cid: customer_id,
             fx: Effects::default(),
         };
+        run.settle_status(now);
         run.run_due(now);
         run.st.clock = now;
         input(&mut run, now);
