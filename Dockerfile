@@ -61,17 +61,19 @@ COPY journeys/ /etc/journeyd/journeys/
 
 # What differs from deploy/journeyd.toml in a container. Environment variables override the
 # file; flags override both. The store is a sub-directory of the volume, so that a volume's own
-# entries (lost+found) are not in the RocksDB directory. http.listen defaults to 127.0.0.1,
-# which nothing outside the container can reach.
+# entries (lost+found) are not in the RocksDB directory. http.listen and admin.listen default
+# to 127.0.0.1, which nothing outside the container can reach. The operator API refuses every
+# call until tokens are given (JOURNEYD_ADMIN_TOKENS, or admin.tokens_file).
 ENV JOURNEYD__JOURNEYS__DIR=/etc/journeyd/journeys \
     JOURNEYD__STORE__PATH=/var/lib/journeyd/store \
-    JOURNEYD__HTTP__LISTEN=0.0.0.0:9464
+    JOURNEYD__HTTP__LISTEN=0.0.0.0:9464 \
+    JOURNEYD__ADMIN__LISTEN=0.0.0.0:9465
 
 USER journeyd
 WORKDIR /var/lib/journeyd
 VOLUME ["/var/lib/journeyd"]
-# /metrics, /healthz, /readyz, /customers/{id}
-EXPOSE 9464
+# /metrics, /healthz, /readyz; the operator API (tokens needed)
+EXPOSE 9464 9465
 # No HEALTHCHECK: the image has no HTTP client. Kubernetes probes /healthz and /readyz itself,
 # and docker-compose.yml has a check that needs only bash.
 ENTRYPOINT ["journeyd"]

@@ -66,7 +66,7 @@ impl Settings {
         }
         t += &format!(
             "\n[store]\npath = {:?}\nblock_cache_mb = 8\n\n[processing]\nbatch_max_messages = 200\n\
-             batch_linger_ms = 5\n{}guarantee = {:?}\nbatches_in_flight = {}\n\n[http]\nlisten = \"127.0.0.1:{}\"\n\n[log]\nformat = \"json\"\n\
+             batch_linger_ms = 5\n{}guarantee = {:?}\nbatches_in_flight = {}\n\n[http]\nlisten = \"127.0.0.1:{}\"\n\n[admin]\nlisten = \"\"\n\n[log]\nformat = \"json\"\n\
              level = \"info,journeyd::delivery=debug,journeyd::intake=debug\"\n",
             self.store,
             self.max_event_bytes

@@ -115,6 +115,7 @@ pub fn shared(config: Config, opened: Opened) -> Result<Arc<Shared>> {
         guards: Arc::default(),
         lanes: crate::service::Lanes::default(),
         reload: AtomicBool::new(false),
+        statuses: RwLock::default(),
         config,
     }))
 }

@@ -60,6 +60,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The operator API and the control topic.
+    pub admin: crate::admin::AdminConfig,
 }
 
 /// Where journeys come from.
@@ -256,6 +258,7 @@ impl Default for Config {
             processing: ProcessingConfig::default(),
             http: HttpConfig::default(),
             log: LogConfig::default(),
+            admin: crate::admin::AdminConfig::default(),
         }
     }
 }
@@ -343,6 +346,18 @@ impl Config {
             .get("group.id")
             .map_or("journeyd", String::as_str);
         Some(format!("{group}.changelog"))
+    }
+
+    /// The control topic (journey statuses): `admin.control_topic`, else `<group.id>.control`.
+    pub fn control_topic(&self) -> Option<String> {
+        if !self.admin.control_topic.is_empty() {
+            return Some(self.admin.control_topic.clone());
+        }
+        let group = self
+            .kafka
+            .get("group.id")
+            .map_or("journeyd", String::as_str);
+        Some(format!("{group}.control"))
     }
 
     /// The action topic of a channel.

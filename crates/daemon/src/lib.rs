@@ -2,6 +2,7 @@
 //! RocksDB, and produces actions to per-channel topics. `main.rs` wires it; the modules are a
 //! library so that the integration tests can run the service in-process.
 
+pub mod admin;
 pub mod app;
 pub mod catalog;
 pub mod changelog;

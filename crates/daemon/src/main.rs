@@ -53,6 +53,9 @@ struct RunArgs {
     /// The HTTP listen address (overrides http.listen).
     #[arg(long)]
     http: Option<String>,
+    /// The operator API's listen address (overrides admin.listen; empty disables it).
+    #[arg(long)]
+    admin: Option<String>,
     /// Start librdkafka's mock cluster in the process and use it (no broker to install).
     #[arg(long)]
     embedded_kafka: bool,
@@ -114,6 +117,9 @@ async fn run(args: RunArgs) -> Result<()> {
     if let Some(h) = args.http {
         config.http.listen = h;
     }
+    if let Some(a) = args.admin {
+        config.admin.listen = a;
+    }
     if let Some(s) = args.clock_speed {
         config.processing.clock_speed = s;
     }
@@ -135,6 +141,11 @@ async fn run(args: RunArgs) -> Result<()> {
         );
     }
     init_logging(&config);
+    // A bad tokens file stops the start, before anything else happens.
+    let tokens = journeyd::admin::tokens::Tokens::load(
+        config.admin.tokens_file.as_deref(),
+        std::env::var(journeyd::admin::tokens::ENV).ok().as_deref(),
+    )?;
 
     let opened = app::open(&config)?;
 
@@ -145,6 +156,9 @@ async fn run(args: RunArgs) -> Result<()> {
         topics.push((config.outputs.action_dead_letter_topic.clone(), 1));
         if let Some(changelog) = config.changelog_topic() {
             topics.push((changelog, 4));
+        }
+        if let Some(control) = config.control_topic() {
+            topics.push((control, 1));
         }
         let channels = app::channels(&opened.engine);
         topics.extend(channels.iter().map(|c| (config.actions_topic(c), 1)));
@@ -175,7 +189,7 @@ async fn run(args: RunArgs) -> Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", shared.config.http.listen))?;
         println!(
-            "journeyd: metrics, health and customer lookup on http://{}",
+            "journeyd: metrics and health on http://{}",
             listener.local_addr()?
         );
         let app = journeyd::http::router(shared.clone());
@@ -185,6 +199,32 @@ async fn run(args: RunArgs) -> Result<()> {
                 .with_graceful_shutdown(async move { stop.cancelled().await });
             if let Err(error) = serve.await {
                 tracing::error!(%error, "The HTTP endpoint failed.");
+            }
+        });
+    }
+
+    if !shared.config.admin.listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&shared.config.admin.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", shared.config.admin.listen))?;
+        if tokens.is_empty() {
+            tracing::warn!(
+                "No operator token (admin.tokens_file, JOURNEYD_ADMIN_TOKENS): the operator API \
+                 refuses every call."
+            );
+        }
+        println!(
+            "journeyd: operator API on http://{} ({} tokens)",
+            listener.local_addr()?,
+            tokens.len()
+        );
+        let app = journeyd::admin::router(shared.clone(), tokens)?;
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let serve = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await });
+            if let Err(error) = serve.await {
+                tracing::error!(%error, "The operator API failed.");
             }
         });
     }

@@ -18,7 +18,7 @@ fn write_config(rig: &Rig, path: &Path) {
 
 fn write_config_with(rig: &Rig, path: &Path, guarantee: &str) {
     let text = format!(
-        "[journeys]\ndir = {:?}\n[kafka]\n\"bootstrap.servers\" = {:?}\n\"group.id\" = {:?}\n\"session.timeout.ms\" = \"6000\"\n[store]\npath = {:?}\nblock_cache_mb = 8\n[processing]\nbatch_max_messages = 50\nbatch_linger_ms = 5\nguarantee = {guarantee:?}\n[http]\nlisten = \"\"\n[log]\nformat = \"json\"\nlevel = \"info,journeyd::delivery=debug\"\n",
+        "[journeys]\ndir = {:?}\n[kafka]\n\"bootstrap.servers\" = {:?}\n\"group.id\" = {:?}\n\"session.timeout.ms\" = \"6000\"\n[store]\npath = {:?}\nblock_cache_mb = 8\n[processing]\nbatch_max_messages = 50\nbatch_linger_ms = 5\nguarantee = {guarantee:?}\n[http]\nlisten = \"\"\n[admin]\nlisten = \"\"\n[log]\nformat = \"json\"\nlevel = \"info,journeyd::delivery=debug\"\n",
         rig.journeys_dir(),
         rig.cluster.bootstrap_servers(),
         rig.group,
@@ -293,6 +293,8 @@ fn the_main_job_shows_actions_flowing_on_the_embedded_kafka() {
                 "400",
                 "--http",
                 "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
             ])
             .arg("--journeys")
             .arg(&journeys)
@@ -307,9 +309,11 @@ fn the_main_job_shows_actions_flowing_on_the_embedded_kafka() {
     let start = Instant::now();
     let mut seen = Vec::new();
     let mut bootstrap = false;
+    let mut admin = false;
     for line in stdout.lines() {
         let line = line.unwrap();
         bootstrap |= line.contains("embedded Kafka (librdkafka mock cluster) at 127.0.0.1:");
+        admin |= line.starts_with("journeyd: operator API on http://127.0.0.1:");
         let flowing = line.starts_with("demo: clock") && !line.contains("sends: none yet");
         seen.push(line);
         if flowing || start.elapsed() > Duration::from_secs(90) {
@@ -319,6 +323,7 @@ fn the_main_job_shows_actions_flowing_on_the_embedded_kafka() {
     signal(&child, "TERM");
     let status = wait_exit(&mut child, Duration::from_secs(30));
     assert!(bootstrap, "the bootstrap address is printed: {seen:#?}");
+    assert!(admin, "the operator API's address is printed: {seen:#?}");
     assert!(
         seen.last().is_some_and(|l| l.starts_with("demo: clock")
             && l.contains("sends: ")
@@ -342,7 +347,7 @@ fn a_fast_clock_is_refused_with_a_real_broker() {
 /// `exactly_once`, with its store in `store`.
 fn replica_config(rig: &Rig, group: &str, input: &str, store: &Path, path: &Path) {
     let text = format!(
-        "[journeys]\ndir = {:?}\n[kafka]\n\"bootstrap.servers\" = {:?}\n\"group.id\" = {group:?}\n\"session.timeout.ms\" = \"6000\"\n[[inputs]]\ntopic = {input:?}\nformat = \"avro\"\n[store]\npath = {store:?}\nblock_cache_mb = 8\n[processing]\nbatch_max_messages = 50\nbatch_linger_ms = 5\nguarantee = \"exactly_once\"\n[http]\nlisten = \"\"\n[log]\nformat = \"json\"\nlevel = \"info,journeyd::delivery=debug\"\n",
+        "[journeys]\ndir = {:?}\n[kafka]\n\"bootstrap.servers\" = {:?}\n\"group.id\" = {group:?}\n\"session.timeout.ms\" = \"6000\"\n[[inputs]]\ntopic = {input:?}\nformat = \"avro\"\n[store]\npath = {store:?}\nblock_cache_mb = 8\n[processing]\nbatch_max_messages = 50\nbatch_linger_ms = 5\nguarantee = \"exactly_once\"\n[http]\nlisten = \"\"\n[admin]\nlisten = \"\"\n[log]\nformat = \"json\"\nlevel = \"info,journeyd::delivery=debug\"\n",
         rig.journeys_dir(),
         rig.cluster.bootstrap_servers(),
     );
@@ -358,6 +363,9 @@ async fn three_replicas_under_exactly_once_lose_nothing_as_partitions_move() {
     rig.cluster.create_topic(&input, 4).unwrap();
     rig.cluster
         .create_topic(&format!("{group}.changelog"), 4)
+        .unwrap();
+    rig.cluster
+        .create_topic(&format!("{group}.control"), 1)
         .unwrap();
     let dir = rig.dir.path();
     let start = |name: &str| {

@@ -241,7 +241,8 @@ async fn a_customer_whose_processing_fails_is_quarantined_and_everyone_else_goes
         m.contains("journeyd_events_rejected_total{reason=\"processing_failed\"} 2"),
         "{m}"
     );
-    let (status, body) = get(addr, "/customers/poison").await;
+    let admin = serve_admin(&running, TOKENS).await;
+    let (status, body) = request(admin, "GET", "/customers/poison", Some(ONCALL)).await;
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(

@@ -273,6 +273,7 @@ async fn the_http_endpoint_serves_metrics_health_and_customers() {
     let addr = listener.local_addr().unwrap();
     let app = journeyd::http::router(running.shared.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
+    let admin = serve_admin(&running, TOKENS).await;
     assert_eq!(get(addr, "/healthz").await.0, 200);
     running.until_ready().await;
     assert_eq!(get(addr, "/readyz").await.0, 200);
@@ -289,7 +290,7 @@ async fn the_http_endpoint_serves_metrics_health_and_customers() {
     // so the state may lag the action by a moment.
     let mut v = serde_json::Value::Null;
     for _ in 0..100 {
-        let (status, body) = get(addr, "/customers/c9").await;
+        let (status, body) = request(admin, "GET", "/customers/c9", Some(ONCALL)).await;
         if status == 200 {
             v = serde_json::from_str(&body).unwrap();
             if v["instances"][0]["step"] == "pause" {
@@ -312,7 +313,14 @@ async fn the_http_endpoint_serves_metrics_health_and_customers() {
         kinds.contains(&"entered") && kinds.contains(&"sent") && kinds.contains(&"waiting"),
         "{kinds:?}"
     );
-    assert_eq!(get(addr, "/customers/nobody").await.0, 404);
+    // Customers show personal data: not on the open endpoint any more.
+    assert_eq!(get(addr, "/customers/c9").await.0, 404);
+    assert_eq!(
+        request(admin, "GET", "/customers/nobody", Some(ONCALL))
+            .await
+            .0,
+        404
+    );
     let (status, metrics) = get(addr, "/metrics").await;
     assert_eq!(status, 200);
     for name in [

@@ -144,13 +144,23 @@ fn partition_counts(
 }
 
 async fn create(client: &ClientConfig, topic: &str, partitions: usize) -> Result<(), TopicError> {
-    let fail = |reason: String| TopicError::Create {
-        topic: topic.to_owned(),
-        partitions,
-        reason,
-    };
-    let admin: AdminClient<DefaultClientContext> =
-        client.create().map_err(|e| fail(e.to_string()))?;
+    create_compacted(client, topic, partitions)
+        .await
+        .map_err(|reason| TopicError::Create {
+            topic: topic.to_owned(),
+            partitions,
+            reason,
+        })
+}
+
+/// Creates a compacted topic (the broker's default replication factor); one that another
+/// replica created meanwhile is fine. The error is the broker's or the client's reason.
+pub(crate) async fn create_compacted(
+    client: &ClientConfig,
+    topic: &str,
+    partitions: usize,
+) -> Result<(), String> {
+    let admin: AdminClient<DefaultClientContext> = client.create().map_err(|e| e.to_string())?;
     let new = NewTopic::new(
         topic,
         partitions as i32,
@@ -164,13 +174,13 @@ async fn create(client: &ClientConfig, topic: &str, partitions: usize) -> Result
     let results = admin
         .create_topics([&new], &options)
         .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     for r in results {
         match r {
             Ok(_) => {}
             // Another replica created it meanwhile.
             Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => return Err(fail(code.to_string())),
+            Err((_, code)) => return Err(code.to_string()),
         }
     }
     Ok(())

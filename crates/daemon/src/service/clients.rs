@@ -291,7 +291,7 @@ const PRODUCER_ONLY: &[&str] = &[
 
 /// Which client a set of settings is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Role {
+pub(crate) enum Role {
     /// The group member that consumes the input.
     Consumer,
     /// The client that asks for watermarks: a consumer outside the group.
@@ -302,7 +302,7 @@ pub(super) enum Role {
 
 /// The `[kafka]` settings that belong to `role`: each client gets the settings for both and
 /// its own, so none logs a warning for another's.
-pub(super) fn client_config(config: &Config, role: Role) -> ClientConfig {
+pub(crate) fn client_config(config: &Config, role: Role) -> ClientConfig {
     let foreign: &[&str] = match role {
         Role::Consumer | Role::Probe => PRODUCER_ONLY,
         Role::Producer => CONSUMER_ONLY,

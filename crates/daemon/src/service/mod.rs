@@ -53,10 +53,11 @@ use crate::dead_letters::DeadLetter;
 use crate::metrics::Metrics;
 use crate::processor::{run_batch_logged, Output, Prefetched, Unwritten, Work};
 use crate::sending::{InFlight, Sender, Sent};
-use clients::probe_client_config;
+pub(crate) use clients::probe_client_config;
+pub(crate) use clients::{client_config, Role};
 use intake::{prepare, Decoders};
 use journeyd_codec::{ActionEncoder, Format};
-use journeyd_engine::Engine;
+use journeyd_engine::{Engine, Status};
 use journeyd_store::{Millis, Store, WriteSet};
 use landing::{Handover, Landing};
 use rdkafka::consumer::Consumer;
@@ -93,6 +94,9 @@ pub struct Shared {
     pub lanes: Lanes,
     /// Set by SIGHUP: reload the journeys between batches.
     pub reload: AtomicBool,
+    /// Journey statuses other than running, as the control topic says, with the time each
+    /// was set (see [`crate::admin::control`]). The engine in use has them; a reload keeps them.
+    pub statuses: RwLock<std::collections::BTreeMap<String, (Status, Millis)>>,
 }
 
 impl Shared {
@@ -102,6 +106,47 @@ impl Shared {
             .read()
             .map(|e| e.clone())
             .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// The statuses other than running, by journey id, with when each was set.
+    pub fn statuses(&self) -> std::collections::BTreeMap<String, (Status, Millis)> {
+        self.statuses
+            .read()
+            .map(|m| m.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// The status of journey `id`.
+    pub fn status_of(&self, id: &str) -> Status {
+        self.statuses().get(id).map_or(Status::Running, |(s, _)| *s)
+    }
+
+    /// Sets journey `id`'s status (from the control topic): recorded, and the engine in use
+    /// swapped for one with it.
+    pub fn set_status(&self, id: &str, status: Status, at: Millis) {
+        {
+            let mut map = self
+                .statuses
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if status == Status::Running {
+                map.remove(id);
+            } else {
+                map.insert(id.to_owned(), (status, at));
+            }
+        }
+        let mut engine = self
+            .engine
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *engine = Arc::new(engine.with_status(id, status));
+    }
+
+    /// `engine` with the statuses in force.
+    fn with_statuses(&self, engine: Engine) -> Engine {
+        self.statuses()
+            .iter()
+            .fold(engine, |e, (id, (status, _))| e.with_status(id, *status))
     }
 
     /// Whether the service is ready (`/readyz`): it holds an assignment, every assigned
@@ -141,12 +186,14 @@ pub fn reload(shared: &Shared) {
                 return;
             }
             let n = loaded.engine.journeys().len();
+            // The new journeys keep the statuses the control topic set.
+            let engine = shared.with_statuses(loaded.engine);
             // A panic elsewhere while the lock was held leaves the old engine whole (it is
             // swapped in one assignment): take the lock all the same.
             *shared
                 .engine
                 .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(loaded.engine);
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(engine);
             shared.metrics.reloads.with_label_values(&["ok"]).inc();
             tracing::info!(
                 journeys = n,
@@ -189,6 +236,30 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             }
         }
     }
+    // Every journey status recorded so far is in force before any input is processed.
+    let _control = match shared.config.control_topic() {
+        Some(topic) => loop {
+            let followed = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                r = async {
+                    crate::admin::control::ensure(&shared.config, &topic).await?;
+                    crate::admin::control::follow(shared.clone(), topic.clone(), shutdown.clone()).await
+                } => r,
+            };
+            match followed {
+                Ok(thread) => break Some(thread),
+                Err(error) if error.is_transient() => {
+                    tracing::warn!(%error, "Cannot read the control topic yet; trying again in 2 s.");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    }
+                }
+                Err(error) => return Err(error.into()),
+            }
+        },
+        None => None,
+    };
     let (consumer, producer) = clients(&shared)?;
     let _standby = match &changelog {
         Some(topic) if shared.config.store.standby_replicas > 0 => Some(standby::start(

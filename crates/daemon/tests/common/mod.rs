@@ -57,6 +57,7 @@ impl Rig {
         let group = unique("journeyd");
         // The mock cluster cannot create topics for a client: the changelog is made here.
         topics.push((format!("{group}.changelog"), 2));
+        topics.push((format!("{group}.control"), 1));
         let cluster = Embedded::start(&topics).unwrap();
         Rig {
             cluster,
@@ -290,6 +291,52 @@ pub fn welcome(wait: &str) -> String {
     format!(
         "journey: welcome\nversion: 1\nentry: {{ event: signup }}\nexit: {{ on: [account_closed] }}\nsteps:\n  - id: hello\n    send: {{ channel: email, template: welcome, cancel_on: [app_opened] }}\n  - id: pause\n    wait: {wait}\n  - id: nudge\n    send: {{ channel: push, template: nudge }}\n"
     )
+}
+
+/// Serves the operator API of `running` with `tokens` (the tokens file's text) on a free port.
+pub async fn serve_admin(running: &Running, tokens: &str) -> std::net::SocketAddr {
+    let tokens = journeyd::admin::tokens::Tokens::load(None, Some(tokens)).unwrap();
+    let app = journeyd::admin::router(running.shared.clone(), tokens).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// The tokens of the operator API in tests: `viewer` may read, `oncall` may write.
+pub const TOKENS: &str =
+    "viewer read viewer-secret-0123456789,oncall write oncall-secret-0123456789";
+/// The read token's secret.
+pub const VIEWER: &str = "viewer-secret-0123456789";
+/// The write token's secret.
+pub const ONCALL: &str = "oncall-secret-0123456789";
+
+/// A plain HTTP request with an optional bearer token: the status and the body.
+pub async fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
+    s.write_all(
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }
 
 /// A plain HTTP GET: the status and the body.
