@@ -50,7 +50,13 @@ pub struct Settings {
     pub session_timeout_ms: u32,
     /// `processing.guarantee = exactly_once` (else at_least_once).
     pub exactly_once: bool,
+    /// The operator API's port, with [`OPERATOR_TOKEN`] (write) as its one token; `None`
+    /// leaves it off.
+    pub admin_port: Option<u16>,
 }
+
+/// The operator API's token in the end-to-end tests (write access).
+pub const OPERATOR_TOKEN: &str = "e2e-operator-secret-0123456789";
 
 impl Settings {
     /// The configuration file's text.
@@ -66,7 +72,7 @@ impl Settings {
         }
         t += &format!(
             "\n[store]\npath = {:?}\nblock_cache_mb = 8\n\n[processing]\nbatch_max_messages = 200\n\
-             batch_linger_ms = 5\n{}guarantee = {:?}\nbatches_in_flight = {}\n\n[http]\nlisten = \"127.0.0.1:{}\"\n\n[admin]\nlisten = \"\"\n\n[log]\nformat = \"json\"\n\
+             batch_linger_ms = 5\n{}guarantee = {:?}\nbatches_in_flight = {}\n\n[http]\nlisten = \"127.0.0.1:{}\"\n\n{}\n[log]\nformat = \"json\"\n\
              level = \"info,journeyd::delivery=debug,journeyd::intake=debug\"\n",
             self.store,
             self.max_event_bytes
@@ -77,9 +83,21 @@ impl Settings {
                 "at_least_once"
             },
             self.batches_in_flight,
-            self.http_port
+            self.http_port,
+            match self.admin_port {
+                Some(port) => format!(
+                    "[admin]\nlisten = \"127.0.0.1:{port}\"\ntokens_file = {:?}\n",
+                    self.journeys_tokens_file()
+                ),
+                None => "[admin]\nlisten = \"\"\n".to_owned(),
+            }
         );
         t
+    }
+
+    /// The operator tokens file (beside the store).
+    pub fn journeys_tokens_file(&self) -> PathBuf {
+        self.store.with_extension("tokens")
     }
 }
 
@@ -98,6 +116,13 @@ impl Journeyd {
     pub fn start(dir: &Path, settings: &Settings) -> Journeyd {
         let config = dir.join("journeyd.toml");
         std::fs::write(&config, settings.toml()).unwrap();
+        if settings.admin_port.is_some() {
+            std::fs::write(
+                settings.journeys_tokens_file(),
+                format!("e2e write {OPERATOR_TOKEN}\n"),
+            )
+            .unwrap();
+        }
         let mut j = Journeyd {
             child: None,
             config,
@@ -259,12 +284,23 @@ impl Drop for Journeyd {
 
 /// A minimal HTTP/1.1 GET on loopback: (status, body).
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_request(port, "GET", path, None)
+}
+
+/// An HTTP request with an optional bearer token: the status and the body.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut text = String::new();

@@ -46,7 +46,8 @@ impl Rng {
     }
 }
 
-fn event(id: String, customer: &str, kind: &str, channel: Option<&str>, at: i64) -> Event {
+/// A touchpoint event.
+pub fn event(id: String, customer: &str, kind: &str, channel: Option<&str>, at: i64) -> Event {
     Event {
         event_id: id,
         customer_id: customer.to_owned(),

@@ -7,7 +7,7 @@
 
 use journeyd_codec::{encode_touchpoint, Framing};
 use journeyd_tests::client::{Publisher, Reader};
-use journeyd_tests::journeyd::{http_port, Journeyd, Settings};
+use journeyd_tests::journeyd::{http_port, http_request, Journeyd, Settings, OPERATOR_TOKEN};
 use journeyd_tests::proxy::Proxy;
 use journeyd_tests::scenario::{self, Rng, CHANNELS};
 use journeyd_tests::tansu::Broker;
@@ -67,6 +67,7 @@ impl World {
             max_event_bytes: Some(2000),
             session_timeout_ms: 6000,
             exactly_once: false,
+            admin_port: None,
         };
         World {
             broker,
@@ -724,4 +725,173 @@ async fn exactly_once_on_a_broker_without_transactions_stops_the_start_clearly()
     let mut reader = world.reader();
     reader.settle(Duration::from_secs(2));
     assert!(reader.actions.is_empty(), "{:?}", reader.actions);
+}
+
+/// A replica with the operator API on a port of its own.
+fn operated_replica(world: &World, name: &str) -> (Journeyd, u16) {
+    let dir = world.dir.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let admin = free_port();
+    let settings = Settings {
+        store: dir.join("store"),
+        http_port: http_port(),
+        admin_port: Some(admin),
+        ..world.settings.clone()
+    };
+    (Journeyd::start(&dir, &settings), admin)
+}
+
+/// The status `GET /journeys` on `admin` gives journey `id`.
+fn status_on(admin: u16, id: &str) -> Option<String> {
+    let (code, body) = http_request(admin, "GET", "/journeys", Some(OPERATOR_TOKEN))?;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["journeys"]
+        .as_array()?
+        .iter()
+        .find(|j| j["id"] == id)
+        .and_then(|j| j["status"].as_str().map(str::to_owned))
+}
+
+fn until_status(admins: &[u16], id: &str, want: &str) {
+    let start = std::time::Instant::now();
+    for admin in admins {
+        while status_on(*admin, id).as_deref() != Some(want) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "replica on {admin}: {id} is not {want}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Asks for a status change; returns the time the API accepted it.
+fn set_status(admin: u16, id: &str, action: &str) -> i64 {
+    let path = format!("/journeys/{id}/{action}");
+    let (code, body) = http_request(admin, "POST", &path, Some(OPERATOR_TOKEN)).unwrap();
+    assert_eq!(code, 202, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    journeyd_types::time::parse_rfc3339(v["at"].as_str().unwrap()).unwrap()
+}
+
+/// Entries into the offer journey for `n` customers at `at` (each finishes within 8 s).
+fn offers(prefix: &str, n: usize, at: i64) -> Vec<Event> {
+    (0..n)
+        .map(|i| {
+            let mut e = scenario::event(
+                format!("{prefix}-{i}-e1"),
+                &format!("{prefix}-{i}"),
+                "risk_flagged",
+                Some("web"),
+                at + i as i64,
+            );
+            e.attributes
+                .insert("score".into(), journeyd_types::Value::Float(0.9));
+            e
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journey_status_through_the_operator_api_agrees_with_the_simulator() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let world = World::new(false, 1);
+    let (mut a, a_admin) = operated_replica(&world, "a");
+    let (mut b, b_admin) = operated_replica(&world, "b");
+    for j in [&mut a, &mut b] {
+        j.wait_ready(Duration::from_secs(60));
+    }
+    let publisher = world.publisher();
+    let mut reader = world.reader();
+    let mut events = Vec::new();
+    let mut controls = Vec::new();
+
+    // Running: customers enter; their instances end within 8 s (before the pause).
+    let before = offers("before", 20, now_ms());
+    play(&publisher, &before, |_| {}).await;
+    events.extend(before);
+    std::thread::sleep(Duration::from_secs(9));
+
+    // Paused through one replica's API: both apply it.
+    let paused_at = set_status(a_admin, "offer", "pause");
+    controls.push(journeyd_simulator::Control {
+        journey: "offer".into(),
+        status: journeyd_engine::Status::Paused,
+        at: paused_at,
+    });
+    until_status(&[a_admin, b_admin], "offer", "paused");
+    let during = offers("during", 20, now_ms());
+    play(&publisher, &during, |_| {}).await;
+    events.extend(during);
+
+    // b is SIGKILLed and comes back after the session timeout: still paused.
+    b.kill();
+    std::thread::sleep(Duration::from_millis(
+        u64::from(world.settings.session_timeout_ms) + 1000,
+    ));
+    b.spawn();
+    b.wait_ready(Duration::from_secs(60));
+    assert_eq!(status_on(b_admin, "offer").as_deref(), Some("paused"));
+
+    // Resumed through the other replica.
+    let resumed_at = set_status(b_admin, "offer", "resume");
+    controls.push(journeyd_simulator::Control {
+        journey: "offer".into(),
+        status: journeyd_engine::Status::Running,
+        at: resumed_at,
+    });
+    until_status(&[a_admin, b_admin], "offer", "running");
+    let after = offers("after", 20, now_ms());
+    play(&publisher, &after, |_| {}).await;
+    events.extend(after);
+
+    // The simulator on the same events, with control lines at the times the API accepted.
+    let engine = std::sync::Arc::new(journeyd_engine::Engine::new(
+        journeyd_journey::load_dir(&scenario::journeys_dir())
+            .unwrap()
+            .catalog,
+    ));
+    let mut sim = journeyd_simulator::Simulator::new(engine);
+    let mut lines: Vec<(i64, Option<&Event>, Option<&journeyd_simulator::Control>)> = events
+        .iter()
+        .map(|e| (e.occurred_at, Some(e), None))
+        .chain(controls.iter().map(|c| (c.at, None, Some(c))))
+        .collect();
+    lines.sort_by_key(|l| l.0);
+    let mut expected = BTreeMap::new();
+    for (_, e, c) in lines {
+        let out = match (e, c) {
+            (Some(e), _) => sim.push(e).unwrap(),
+            (_, Some(c)) => sim.control(c).unwrap(),
+            _ => unreachable!(),
+        };
+        for x in out {
+            expected.insert(x.action.action_id.clone(), x.action);
+        }
+    }
+    let end = now_ms() + 10_000;
+    for x in sim.advance_to(end) {
+        expected.insert(x.action.action_id.clone(), x.action);
+    }
+    assert!(
+        expected
+            .values()
+            .all(|a| !a.customer_id.starts_with("during")),
+        "nobody enters a paused journey"
+    );
+    assert!(expected
+        .values()
+        .any(|a| a.customer_id.starts_with("after")));
+    print_summary("pause and resume", &expected);
+    wait_for_all(&mut reader, &expected, &events, &b);
+    let duplicates = scenario::check(&expected, &reader.actions);
+    println!(
+        "pause and resume through the API, a replica SIGKILLed while paused: {} actions, \
+         {duplicates} duplicates",
+        reader.actions.len()
+    );
+    for mut j in [a, b] {
+        assert!(j.terminate(Duration::from_secs(30)).success());
+    }
 }

@@ -147,6 +147,9 @@ pub fn measure(
     let engine = workload::engine_for(&base.journeys.dir)?;
     cluster.create_topic(&base.inputs[0].topic, PARTITIONS)?;
     cluster.create_topic(&base.outputs.dead_letter_topic, 1)?;
+    if let Some(topic) = base.control_topic() {
+        cluster.create_topic(&topic, 1)?;
+    }
     for c in journeyd::app::channels(&engine) {
         cluster.create_topic(&base.actions_topic(&c), 1)?;
     }

@@ -305,6 +305,7 @@ pub fn measure(customers: usize) -> anyhow::Result<Vec<Row>> {
         .arg("--journeys")
         .arg(journeys.path())
         .args(["--http", &addr])
+        .args(["--admin", ""])
         .arg(format!("--clock-speed={speed:.3}"))
         .env("JOURNEYD__LOG__LEVEL", "warn")
         .stdout(Stdio::null())

@@ -172,6 +172,7 @@ pub fn service_config(
     workload::example_journeys_in_zone(&c.journeys.dir, &zone)?;
     c.store.path = dir.join("store");
     c.http.listen = String::new();
+    c.admin.listen = String::new();
     Ok(c)
 }
 
@@ -231,6 +232,9 @@ impl Service {
         }
         if let Some(topic) = config.changelog_topic() {
             cluster.create_topic(&topic, 4)?;
+        }
+        if let Some(topic) = config.control_topic() {
+            cluster.create_topic(&topic, 1)?;
         }
         cluster.create_topic(&config.outputs.dead_letter_topic, 1)?;
         for c in app::channels(&opened.engine) {
