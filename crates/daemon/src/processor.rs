@@ -40,6 +40,18 @@ pub enum Work {
         /// changelog records how far each customer's events were applied.
         read_at: Option<(Arc<str>, i64)>,
     },
+    /// A customer of a partition swept after a journey status change (see
+    /// [`crate::service::Sweep`]): processed as a timer at `at`, which applies the status to
+    /// them (the engine catches a customer up on a status before anything else), with no entry
+    /// of the timer index fired.
+    Settle {
+        /// The customer.
+        customer: String,
+        /// The input partition they are listed under.
+        partition: i32,
+        /// When the status changed.
+        at: Millis,
+    },
     /// A due entry of the timer index.
     Timer {
         /// When it fell due.
@@ -232,6 +244,11 @@ pub fn run_batch_logged(
                 partition,
                 ..
             } => (customer.as_str(), *partition),
+            Work::Settle {
+                customer,
+                partition,
+                ..
+            } => (customer.as_str(), Some(*partition)),
         };
         let i = *index.entry(id).or_insert_with(|| {
             slots.push(Slot::new(id));
@@ -242,7 +259,7 @@ pub fn run_batch_logged(
         // entry's.
         let slot = &mut slots[i];
         match (w, partition) {
-            (Work::Event { .. }, Some(p)) => slot.owner = Some(p),
+            (Work::Event { .. } | Work::Settle { .. }, Some(p)) => slot.owner = Some(p),
             (Work::Timer { .. }, Some(p)) => {
                 slot.owner.get_or_insert(p);
             }
@@ -296,6 +313,7 @@ pub fn run_batch_logged(
                 slot.fired.push(*due);
                 (Input::Timer, *due)
             }
+            Work::Settle { at, .. } => (Input::Timer, *at),
         };
         if slot.poison.is_some() {
             continue;
@@ -366,6 +384,7 @@ pub fn run_batch_logged(
         .map(|w| match w {
             Work::Event { event, .. } => event.occurred_at,
             Work::Timer { due, .. } => *due,
+            Work::Settle { at, .. } => *at,
         })
         .max()
         .unwrap_or(0);
@@ -407,6 +426,9 @@ pub fn run_batch_logged(
             // history with them); the changelog gets a tombstone.
             out.write.customers.push((id.to_owned(), None));
             out.owners.push(slot.owner);
+            if let Some(p) = slot.owner {
+                out.write.owners.push((id.to_owned(), p));
+            }
             existed.push(slot.existed);
             if let (true, Some(p)) = (changelog, slot.owner) {
                 out.changes.push(Change {
@@ -453,6 +475,10 @@ pub fn run_batch_logged(
         }
         out.write.customers.push((id.to_owned(), Some(bytes)));
         out.owners.push(slot.owner);
+        if let Some(p) = slot.owner {
+            // Listed under their partition, for sweeps (see `Store::customers_of`).
+            out.write.owners.push((id.to_owned(), p));
+        }
         existed.push(slot.existed);
     }
     out.write.customers_existed = Some(existed);
@@ -583,6 +609,7 @@ mod tests {
                 .map(|w| match w {
                     Work::Event { event, .. } => event.occurred_at,
                     Work::Timer { due, .. } => *due,
+                    Work::Settle { at, .. } => *at,
                 })
                 .max()
                 .unwrap();

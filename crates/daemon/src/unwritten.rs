@@ -199,7 +199,7 @@ impl Unwritten {
             .iter()
             .filter_map(|w| match w {
                 Work::Timer { due, customer, .. } => Some((*due, customer.clone())),
-                Work::Event { .. } => None,
+                Work::Event { .. } | Work::Settle { .. } => None,
             })
             .collect();
         next.push(Arc::new(WriteSet {
@@ -513,6 +513,7 @@ mod tests {
             .write(&WriteSet {
                 set_timers: vec![t(1, "a"), t(2, "b"), t(3, "c")],
                 timer_partitions: vec![("a".into(), 0), ("b".into(), 0), ("c".into(), 0)],
+                owners: vec![],
                 ..WriteSet::default()
             })
             .unwrap();
@@ -521,6 +522,7 @@ mod tests {
         unwritten.push(Arc::new(WriteSet {
             set_timers: vec![t(1, "a"), t(4, "d")],
             timer_partitions: vec![("a".into(), 1), ("d".into(), 0)],
+            owners: vec![],
             ..WriteSet::default()
         }));
         let owned = |p: i32| p == 0;

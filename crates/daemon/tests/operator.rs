@@ -268,3 +268,76 @@ async fn an_erasure_goes_through_the_input_topic_and_the_audit_names_no_customer
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_cancels_every_outstanding_send_on_every_replica_at_once() {
+    logs();
+    let rig = Rig::new(&[("welcome.yaml", &welcome("60s"))]);
+    let first = rig.start(rig.config());
+    let mut second_config = rig.config();
+    second_config.store.path = rig.dir.path().join("store-2");
+    let second = rig.start(second_config);
+    first.until_ready().await;
+    second.until_ready().await;
+    let api = serve_admin(&first, TOKENS).await;
+
+    let t = now();
+    let customers: Vec<String> = (0..30).map(|i| format!("stop-{i:02}")).collect();
+    let signups: Vec<_> = customers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| event(&format!("s{i}"), c, "signup", Some("web"), t))
+        .collect();
+    rig.publish(&signups).await;
+    let mut reader = rig.reader();
+    reader
+        .until("every welcome email", Duration::from_secs(30), |r| {
+            r.actions.len() >= customers.len()
+        })
+        .await;
+    // Both replicas hold some of them: the stop must reach both.
+    let held = |r: &common::Running| {
+        customers
+            .iter()
+            .filter(|c| r.shared.store.customer(c).unwrap().is_some())
+            .count()
+    };
+    until("the states are written", Duration::from_secs(10), || {
+        held(&first) + held(&second) >= customers.len()
+    })
+    .await;
+
+    let (status, body) = request(api, "POST", "/journeys/welcome/stop", Some(ONCALL)).await;
+    assert_eq!(status, 202, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let at = journeyd_types::time::parse_rfc3339(v["at"].as_str().unwrap()).unwrap();
+    // No customer sends anything more: the cancels come from the sweep, at the stop's time.
+    reader
+        .until("a cancel for every email", Duration::from_secs(30), |r| {
+            r.actions
+                .iter()
+                .filter(|a| a.kind == ActionKind::Cancel)
+                .count()
+                >= customers.len()
+        })
+        .await;
+    reader.settle(Duration::from_secs(1)).await;
+    let cancels: Vec<_> = reader
+        .actions
+        .iter()
+        .filter(|a| a.kind == ActionKind::Cancel)
+        .collect();
+    assert_eq!(cancels.len(), customers.len(), "one cancel per email");
+    for c in &cancels {
+        assert_eq!(c.reason, Some(CancelReason::Stopped), "{c:?}");
+        assert_eq!(c.created_at, at, "at the stop's time: {c:?}");
+        let send = reader
+            .actions
+            .iter()
+            .find(|a| Some(&a.action_id) == c.cancels.as_ref())
+            .expect("the cancel names an email that was sent");
+        assert_eq!(send.customer_id, c.customer_id);
+    }
+    first.stop().await;
+    second.stop().await;
+}

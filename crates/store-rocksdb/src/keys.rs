@@ -7,6 +7,7 @@
 //! | offsets   | `0x03` | topic length (`u16` BE), topic, partition (`i32` BE, sign flipped) |
 //! | journeys  | `0x04` | id length (`u8`), id, version (`u32` BE)                        |
 //! | history   | `0x05` | customer id (UTF-8)                                             |
+//! | owners    | `0x06` | partition (`i32` BE, sign flipped), customer id (UTF-8)         |
 //! | meta      | `0x7f` | name (UTF-8)                                                    |
 //!
 //! Invariants:
@@ -35,6 +36,8 @@ pub enum Table {
     Journeys,
     /// Customer history, by customer id; values are entry lists kept by a merge operator.
     History,
+    /// The customers of each input partition (empty values): what a sweep of a partition reads.
+    Owners,
     /// Store metadata (format version, counters), by name.
     Meta,
 }
@@ -44,12 +47,13 @@ pub const RETIRED_PREFIXES: &[u8] = &[];
 
 impl Table {
     /// Every live table.
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 7] = [
         Table::Customers,
         Table::Timers,
         Table::Offsets,
         Table::Journeys,
         Table::History,
+        Table::Owners,
         Table::Meta,
     ];
 
@@ -61,6 +65,7 @@ impl Table {
             Table::Offsets => 0x03,
             Table::Journeys => 0x04,
             Table::History => 0x05,
+            Table::Owners => 0x06,
             Table::Meta => 0x7f,
         }
     }
@@ -78,6 +83,7 @@ impl Table {
             Table::Offsets => "offsets",
             Table::Journeys => "journeys",
             Table::History => "history",
+            Table::Owners => "owners",
             Table::Meta => "meta",
         }
     }
@@ -197,6 +203,25 @@ pub fn journey(id: &str, version: u32) -> Result<Vec<u8>, Error> {
     Ok(key)
 }
 
+/// The key of a customer's entry in their input partition's list.
+pub fn owner(partition: i32, id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(5 + id.len());
+    key.push(Table::Owners.prefix());
+    key.extend_from_slice(&flip_i32(partition));
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+/// The first key of a partition's list, and the first after it.
+pub fn owners_of(partition: i32) -> (Vec<u8>, Vec<u8>) {
+    let from = owner(partition, "");
+    let to = match partition.checked_add(1) {
+        Some(next) => owner(next, ""),
+        None => Table::Owners.upper_bound(),
+    };
+    (from, to)
+}
+
 /// The key of a meta entry.
 pub fn meta(name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + name.len());
@@ -233,6 +258,13 @@ pub enum Key {
         /// The version.
         version: u32,
     },
+    /// A customer in their input partition's list.
+    Owner {
+        /// The partition.
+        partition: i32,
+        /// The customer.
+        customer: String,
+    },
     /// A meta entry.
     Meta(String),
 }
@@ -246,6 +278,7 @@ impl Key {
             Key::Timer { .. } => Table::Timers,
             Key::Offset { .. } => Table::Offsets,
             Key::Journey { .. } => Table::Journeys,
+            Key::Owner { .. } => Table::Owners,
             Key::Meta(_) => Table::Meta,
         }
     }
@@ -258,6 +291,10 @@ impl Key {
             Key::Timer { due, customer: c } => timer(*due, c),
             Key::Offset { topic, partition } => offset(topic, *partition)?,
             Key::Journey { id, version } => journey(id, *version)?,
+            Key::Owner {
+                partition,
+                customer: c,
+            } => owner(*partition, c),
             Key::Meta(name) => meta(name),
         })
     }
@@ -324,6 +361,15 @@ impl Key {
                     version: u32::from_be_bytes(version),
                 })
             }
+            Table::Owners => {
+                let (partition, customer) = rest
+                    .split_first_chunk::<4>()
+                    .ok_or_else(|| corrupt("an owner key is shorter than its partition"))?;
+                Ok(Key::Owner {
+                    partition: unflip_i32(*partition),
+                    customer: text(customer, "customer id")?,
+                })
+            }
             Table::Meta => Ok(Key::Meta(text(rest, "meta name")?)),
         }
     }
@@ -342,6 +388,10 @@ impl fmt::Display for Key {
             Key::Timer { due, customer } => write!(f, "timers/{due}/{}", quote(customer)),
             Key::Offset { topic, partition } => write!(f, "offsets/{}/{partition}", quote(topic)),
             Key::Journey { id, version } => write!(f, "journeys/{}/v{version}", quote(id)),
+            Key::Owner {
+                partition,
+                customer,
+            } => write!(f, "owners/{partition}/{}", quote(customer)),
             Key::Meta(name) => write!(f, "meta/{}", quote(name)),
         }
     }
@@ -399,6 +449,7 @@ mod tests {
             (Table::Offsets, 0x03),
             (Table::Journeys, 0x04),
             (Table::History, 0x05),
+            (Table::Owners, 0x06),
             (Table::Meta, 0x7f),
         ];
         for (table, prefix) in pinned {
@@ -410,6 +461,7 @@ mod tests {
         );
         assert_eq!(offset("t", 0).unwrap(), [0x03, 0, 1, b't', 0x80, 0, 0, 0]);
         assert_eq!(journey("j", 2).unwrap(), [0x04, 1, b'j', 0, 0, 0, 2]);
+        assert_eq!(owner(1, "c"), [0x06, 0x80, 0, 0, 1, b'c']);
     }
 
     #[test]
@@ -451,6 +503,10 @@ mod tests {
             (any::<String>(), any::<i32>())
                 .prop_map(|(topic, partition)| Key::Offset { topic, partition }),
             ("\\PC{0,60}", any::<u32>()).prop_map(|(id, version)| Key::Journey { id, version }),
+            (any::<i32>(), any::<String>()).prop_map(|(partition, customer)| Key::Owner {
+                partition,
+                customer
+            }),
             any::<String>().prop_map(Key::Meta),
         ]
     }
@@ -461,6 +517,19 @@ mod tests {
             let bytes = key.encode().unwrap();
             prop_assert_eq!(bytes[0], key.table().prefix());
             prop_assert_eq!(Key::decode(&bytes).unwrap(), key);
+        }
+
+        #[test]
+        fn owner_keys_sort_by_partition_and_stay_in_its_range(
+            a in (any::<i32>(), any::<String>()),
+            b in (any::<i32>(), any::<String>()),
+        ) {
+            prop_assert_eq!(owner(a.0, &a.1).cmp(&owner(b.0, &b.1)), a.cmp(&b));
+            let (from, to) = owners_of(a.0);
+            let key = owner(a.0, &a.1);
+            prop_assert!(from <= key && key < to);
+            let other = owner(b.0, &b.1);
+            prop_assert_eq!(from <= other && other < to, a.0 == b.0);
         }
 
         #[test]

@@ -798,6 +798,14 @@ impl Store for RocksStore {
         for (key, operand) in history_merges(set) {
             batch.merge(key, operand);
         }
+        for (id, partition) in &set.owners {
+            // The customer's last operation in this write decides.
+            match customers.get(&keys::customer(id)) {
+                Some((_, Some(_))) => batch.put(keys::owner(*partition, id), []),
+                Some((_, None)) => batch.delete(keys::owner(*partition, id)),
+                None => {}
+            }
+        }
         let counters = Counters {
             timers: adjust(guard.timers, timer_delta, meta::TIMER_COUNT)?,
             customers: adjust(guard.customers, customer_delta, meta::CUSTOMER_COUNT)?,
@@ -858,6 +866,38 @@ impl Store for RocksStore {
     fn size_bytes(&self) -> u64 {
         let prop = |name| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
         prop(properties::TOTAL_SST_FILES_SIZE) + prop(properties::SIZE_ALL_MEM_TABLES)
+    }
+
+    fn customers_of(
+        &self,
+        partition: i32,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, Error> {
+        let (from, to) = keys::owners_of(partition);
+        let from = match after {
+            // The first key after `after`'s: its key with a zero byte appended.
+            Some(a) => {
+                let mut k = keys::owner(partition, a);
+                k.push(0);
+                k
+            }
+            None => from,
+        };
+        let mut out = Vec::new();
+        for item in self.scan(from, to).take(limit) {
+            let (key, _) = item.map_err(backend("customers of a partition"))?;
+            match keys::Key::decode(&key)? {
+                keys::Key::Owner { customer, .. } => out.push(customer),
+                other => {
+                    return Err(Error::Corrupt {
+                        key: other.to_string(),
+                        reason: "found in the owners table".into(),
+                    })
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn customer_count(&self) -> u64 {

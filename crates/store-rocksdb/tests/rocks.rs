@@ -81,6 +81,7 @@ fn reopening_keeps_everything() {
             ("carol".into(), Some(Vec::new())),
         ],
         timer_partitions: vec![("alice".into(), 3)],
+        owners: vec![],
         clear_timers: vec![],
         set_timers: vec![
             (-5, "alice".into()),

@@ -72,6 +72,10 @@ pub const CASES: &[Case] = &[
     ("size_grows_with_writes", size_grows_with_writes),
     ("random_writes_match_model", random_writes_match_model),
     ("history_appends_and_trims", history_appends_and_trims),
+    (
+        "customers_of_lists_each_partition_in_pages",
+        customers_of_lists_each_partition_in_pages,
+    ),
 ];
 
 /// Runs every behaviour in [`CASES`], each against a new store from `make`.
@@ -591,6 +595,7 @@ pub fn offsets_overwrite_per_partition(store: &dyn Store) {
     let set = WriteSet {
         offsets: vec![offset("aa", 0, 8), offset("", i32::MAX, i64::MAX)],
         timer_partitions: vec![],
+        owners: vec![],
         ..WriteSet::default()
     };
     write(store, &set);
@@ -609,6 +614,7 @@ pub fn offsets_overwrite_per_partition(store: &dyn Store) {
         &WriteSet {
             offsets: vec![offset(&long, i32::MIN, 0)],
             timer_partitions: vec![],
+            owners: vec![],
             ..WriteSet::default()
         },
     );
@@ -683,6 +689,7 @@ pub fn write_all_parts_together(store: &dyn Store) {
             set_timers: vec![timer(10, "a"), timer(20, "b")],
             offsets: vec![offset("events", 3, 100)],
             timer_partitions: vec![],
+            owners: vec![],
             history: vec![("a".into(), b"h1".to_vec()), ("b".into(), b"h1".to_vec())],
             history_limit: 8,
             customers_existed: None,
@@ -697,6 +704,7 @@ pub fn write_all_parts_together(store: &dyn Store) {
             set_timers: vec![timer(15, "a")],
             offsets: vec![offset("events", 3, 101), offset("events", 4, 7)],
             timer_partitions: vec![],
+            owners: vec![],
             history: vec![("a".into(), b"h2".to_vec())],
             history_limit: 8,
             customers_existed: None,
@@ -746,6 +754,7 @@ pub fn write_refused_changes_nothing(store: &dyn Store) {
             set_timers: vec![timer(1, "a")],
             offsets: vec![offset("events", 0, 5)],
             timer_partitions: vec![],
+            owners: vec![],
             history: vec![("a".into(), b"h".to_vec())],
             history_limit: 4,
             customers_existed: None,
@@ -759,6 +768,7 @@ pub fn write_refused_changes_nothing(store: &dyn Store) {
         clear_timers: vec![timer(1, "a")],
         set_timers: vec![timer(2, "c")],
         timer_partitions: vec![("c".into(), 0)],
+        owners: vec![],
         offsets: vec![
             offset("events", 0, 6),
             offset(&"t".repeat(MAX_TOPIC_BYTES + 1), 0, 1),
@@ -1059,4 +1069,53 @@ pub fn history_appends_and_trims(store: &dyn Store) {
     let large = vec![7u8; 100_000];
     store.write(&history_write(&[("c3", &large)], 1)).unwrap();
     assert_eq!(store.history("c3").unwrap(), vec![large]);
+}
+
+/// [`Store::customers_of`] lists the customers written with an owner, per partition, in id
+/// order and in pages; a delete takes them off; a customer written without an owner is not
+/// listed; the last operation of a write decides.
+pub fn customers_of_lists_each_partition_in_pages(store: &dyn Store) {
+    let mut set = WriteSet {
+        customers: ["b", "a", "c", "d", "n"]
+            .iter()
+            .map(|id| put(id, b"s"))
+            .collect(),
+        ..WriteSet::default()
+    };
+    set.owners = vec![
+        ("a".into(), 0),
+        ("b".into(), 0),
+        ("c".into(), 0),
+        ("d".into(), 1),
+        ("x".into(), 1),
+    ];
+    store.write(&set).unwrap();
+    assert_eq!(store.customers_of(0, None, 10).unwrap(), ["a", "b", "c"]);
+    assert_eq!(store.customers_of(0, None, 2).unwrap(), ["a", "b"]);
+    assert_eq!(store.customers_of(0, Some("b"), 2).unwrap(), ["c"]);
+    assert_eq!(
+        store.customers_of(0, Some("c"), 2).unwrap(),
+        Vec::<String>::new()
+    );
+    // "x" was not written, "n" has no owner: neither is listed.
+    assert_eq!(store.customers_of(1, None, 10).unwrap(), ["d"]);
+    assert!(store.customers_of(2, None, 10).unwrap().is_empty());
+    assert!(store.customers_of(-1, None, 10).unwrap().is_empty());
+    // A delete takes the customer off; a put then a delete in one write leaves them off.
+    let gone = WriteSet {
+        customers: vec![delete("b"), put("e", b"s"), delete("e")],
+        owners: vec![("b".into(), 0), ("e".into(), 0)],
+        ..WriteSet::default()
+    };
+    store.write(&gone).unwrap();
+    assert_eq!(store.customers_of(0, None, 10).unwrap(), ["a", "c"]);
+    // Partitions at the ends of the range keep apart.
+    let ends = WriteSet {
+        customers: vec![put("lo", b"s"), put("hi", b"s")],
+        owners: vec![("lo".into(), i32::MIN), ("hi".into(), i32::MAX)],
+        ..WriteSet::default()
+    };
+    store.write(&ends).unwrap();
+    assert_eq!(store.customers_of(i32::MIN, None, 10).unwrap(), ["lo"]);
+    assert_eq!(store.customers_of(i32::MAX, None, 10).unwrap(), ["hi"]);
 }

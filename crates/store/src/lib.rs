@@ -89,6 +89,10 @@ pub struct WriteSet {
     /// partition their events come from). A timer set for a customer not named here belongs
     /// to every partition. See [`Store::due_timers_in`].
     pub timer_partitions: Vec<(String, i32)>,
+    /// The input partition that owns each customer this write puts or deletes (their events
+    /// come from it): a put lists the customer under it, a delete takes them off. See
+    /// [`Store::customers_of`]. A customer not named here is not listed (nor taken off).
+    pub owners: Vec<(String, i32)>,
     /// Consumed positions, each overwriting the one stored for its `(topic, partition)`.
     pub offsets: Vec<Offset>,
     /// History entries to append, `(customer, entry)`, in order (after `customers`: deleting a
@@ -239,6 +243,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn size_bytes(&self) -> u64;
     /// Counts the stored customers, in O(1).
     fn customer_count(&self) -> u64;
+    /// The customers listed under input partition `partition` (see [`WriteSet::owners`]), in
+    /// id order (bytewise), those after `after` only, at most `limit`: a sweep of a
+    /// partition's customers reads them a page at a time.
+    fn customers_of(
+        &self,
+        partition: i32,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, Error>;
 }
 
 /// What can go wrong with a store.
@@ -373,6 +386,14 @@ mod tests {
         }
         fn customer_count(&self) -> u64 {
             self.inner.customer_count()
+        }
+        fn customers_of(
+            &self,
+            partition: i32,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<String>, Error> {
+            self.inner.customers_of(partition, after, limit)
         }
     }
 

@@ -23,6 +23,8 @@ struct Inner {
     offsets: BTreeMap<(String, i32), i64>,
     journeys: BTreeMap<(String, u32), StoredJourney>,
     history: BTreeMap<String, std::collections::VecDeque<Vec<u8>>>,
+    /// The customers of each input partition.
+    owners: std::collections::BTreeSet<(i32, String)>,
 }
 
 impl MemoryStore {
@@ -124,6 +126,18 @@ impl Store for MemoryStore {
                 inner.history.remove(id);
             }
         }
+        for (id, partition) in &set.owners {
+            // The customer's last operation in this write decides.
+            match set.customers.iter().rev().find(|(c, _)| c == id) {
+                Some((_, Some(_))) => {
+                    inner.owners.insert((*partition, id.clone()));
+                }
+                Some((_, None)) => {
+                    inner.owners.remove(&(*partition, id.clone()));
+                }
+                None => {}
+            }
+        }
         for (id, entry) in &set.history {
             inner
                 .history
@@ -186,6 +200,27 @@ impl Store for MemoryStore {
             .map(|(k, h)| 1 + k.len() + h.iter().map(|e| 4 + e.len()).sum::<usize>())
             .sum();
         (customers + timers + offsets + journeys + history) as u64
+    }
+
+    fn customers_of(
+        &self,
+        partition: i32,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, Error> {
+        use std::ops::Bound;
+        let inner = self.lock();
+        let from = match after {
+            Some(a) => Bound::Excluded((partition, a.to_owned())),
+            None => Bound::Included((partition, String::new())),
+        };
+        Ok(inner
+            .owners
+            .range((from, Bound::Unbounded))
+            .take_while(|(p, _)| *p == partition)
+            .take(limit)
+            .map(|(_, id)| id.clone())
+            .collect())
     }
 
     fn customer_count(&self) -> u64 {

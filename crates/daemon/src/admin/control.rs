@@ -256,6 +256,7 @@ pub async fn follow(
         statuses = shared.statuses().len(),
         "Read the control topic: journey statuses in force."
     );
+    shared.sweeps.ready();
     let thread = std::thread::Builder::new()
         .name("journeyd-control".into())
         .spawn(move || {

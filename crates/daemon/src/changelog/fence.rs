@@ -60,6 +60,12 @@ pub fn owned_part(
             .filter(|(id, _)| keep(id))
             .cloned()
             .collect(),
+        owners: write
+            .owners
+            .iter()
+            .filter(|(id, _)| keep(id))
+            .cloned()
+            .collect(),
         offsets: write
             .offsets
             .iter()
@@ -95,6 +101,7 @@ mod tests {
             clear_timers: vec![(5, "a".into()), (5, "b".into())],
             set_timers: vec![(9, "a".into()), (9, "b".into()), (9, "q".into())],
             timer_partitions: vec![("a".into(), 0), ("b".into(), 1), ("q".into(), 1)],
+            owners: vec![],
             offsets: vec![
                 Offset {
                     topic: "t".into(),

@@ -487,9 +487,13 @@ fn apply_chunk(
                 for e in slot.history {
                     set.history.push((slot.id.clone(), e));
                 }
+                set.owners.push((slot.id.clone(), partition));
                 set.customers.push((slot.id, Some(r.state)));
             }
-            None => set.customers.push((slot.id, None)),
+            None => {
+                set.owners.push((slot.id.clone(), partition));
+                set.customers.push((slot.id, None));
+            }
         }
     }
     cleared_existed.extend(set_existed);

@@ -39,6 +39,7 @@ mod partitions;
 mod readiness;
 mod restoring;
 mod standby;
+mod sweep;
 mod transaction;
 
 pub use clients::{clients, producer, Context};
@@ -46,6 +47,7 @@ pub use intake::{collect, BATCH_GAP};
 pub use partitions::Partitions;
 pub use readiness::Progress;
 pub use standby::Lanes;
+pub use sweep::Sweeps;
 
 use crate::clock::{wall_now, Clock};
 use crate::config::{Config, Encoding};
@@ -97,6 +99,8 @@ pub struct Shared {
     /// Journey statuses other than running, as the control topic says, with the time each
     /// was set (see [`crate::admin::control`]). The engine in use has them; a reload keeps them.
     pub statuses: RwLock<std::collections::BTreeMap<String, (Status, Millis)>>,
+    /// The sweeps under way after a stop or a resume (see [`sweep`]).
+    pub sweeps: Sweeps,
 }
 
 impl Shared {
@@ -124,22 +128,33 @@ impl Shared {
     /// Sets journey `id`'s status (from the control topic): recorded, and the engine in use
     /// swapped for one with it.
     pub fn set_status(&self, id: &str, status: Status, at: Millis) {
-        {
+        let before = {
             let mut map = self
                 .statuses
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let before = map.get(id).map_or(Status::Running, |(s, _)| *s);
             if status == Status::Running {
                 map.remove(id);
             } else {
                 map.insert(id.to_owned(), (status, at));
             }
-        }
+            before
+        };
         let mut engine = self
             .engine
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *engine = Arc::new(engine.with_status(id, status));
+        drop(engine);
+        // A stop ends instances and cancels sends; a resume releases parked sends: at once,
+        // for every customer (pause and drain change nothing until a customer's next step).
+        let sweeps = status != before
+            && (status == Status::Stopped
+                || (status == Status::Running && before == Status::Paused));
+        if sweeps {
+            self.sweeps.start(id, at, self.partitions.owned());
+        }
     }
 
     /// `engine` with the statuses in force.
@@ -433,6 +448,16 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                         customer: t.customer,
                         partition: t.partition,
                     }));
+                    // A page of a sweep after a status change, between live batches.
+                    if s.sweeps.pending() {
+                        match s.sweeps.next_page(s.store.as_ref(), &partitions, limit) {
+                            Ok(page) => {
+                                p.backlogged |= !page.is_empty();
+                                p.work.extend(page);
+                            }
+                            Err(error) => tracing::error!(%error, "Cannot read a page of a sweep; trying again."),
+                        }
+                    }
                 }
                 Some(p)
             })
