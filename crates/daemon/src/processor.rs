@@ -51,6 +51,10 @@ pub enum Work {
         partition: i32,
         /// When the status changed.
         at: Millis,
+        /// The journey whose status changed.
+        journey: Arc<str>,
+        /// The status it changed to (applied as it was then, even if it has changed since).
+        status: journeyd_engine::Status,
     },
     /// A due entry of the timer index.
     Timer {
@@ -188,6 +192,10 @@ struct Slot<'a> {
     applied: Vec<(Arc<str>, i64)>,
     /// Erased in this batch (`erasure_requested`): the stored state and history go.
     erased: bool,
+    /// Whether the batch changed anything of the customer worth writing: any event or timer
+    /// does; a sweep's settle only when it did something (a sweep must not rewrite, or bring
+    /// back, customers it leaves as they were).
+    changed: bool,
 }
 
 impl<'a> Slot<'a> {
@@ -204,6 +212,7 @@ impl<'a> Slot<'a> {
             actions: Vec::new(),
             applied: Vec::new(),
             erased: false,
+            changed: false,
         }
     }
 }
@@ -313,8 +322,20 @@ pub fn run_batch_logged(
                 slot.fired.push(*due);
                 (Input::Timer, *due)
             }
-            Work::Settle { at, .. } => (Input::Timer, *at),
+            Work::Settle {
+                at,
+                journey,
+                status,
+                ..
+            } => {
+                // Nobody to settle: the customer is not stored (erased meanwhile, or never).
+                if !slot.existed && !slot.changed {
+                    continue;
+                }
+                (Input::Apply(journey, *status), *at)
+            }
         };
+        let settle = matches!(w, Work::Settle { .. });
         if slot.poison.is_some() {
             continue;
         }
@@ -338,6 +359,11 @@ pub fn run_batch_logged(
                 continue;
             }
         };
+        slot.changed |= !settle
+            || fx.erased
+            || !fx.records.is_empty()
+            || !fx.actions.is_empty()
+            || fx.timer.clear != fx.timer.set;
         if fx.erased {
             // Nothing recorded before the erasure is kept.
             slot.erased = true;
@@ -405,6 +431,10 @@ pub fn run_batch_logged(
                 error,
                 work: (0..order.len()).filter(|&k| order[k] == i).collect(),
             });
+            continue;
+        }
+        if !slot.changed {
+            // Only swept, and the sweep found nothing to do: nothing is written.
             continue;
         }
         if slot.state.wake != slot.original {
@@ -637,6 +667,53 @@ mod tests {
             store.write(&w).unwrap();
         }
         actions
+    }
+
+    #[test]
+    fn a_sweep_applies_the_status_it_carries_and_writes_only_what_it_changed() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/journeys");
+        let engine = Engine::new(journeyd_journey::load_dir(&dir).unwrap().catalog);
+        let store = MemoryStore::new();
+        let at: Millis = 1_700_000_000_000;
+        let first = vec![
+            event("in", "cart_abandoned", at, 120.0),
+            event("bystander", "page_view", at, 0.0),
+        ];
+        let out = run_batch_logged(&engine, &store, &Unwritten::none(), &first, &[], true).unwrap();
+        store.write(&out.write).unwrap();
+        assert!(store.customer("bystander").unwrap().is_some());
+        // The stop is swept after the journey was resumed: the engine says running, and the
+        // stop still ends what it ended at its time.
+        let settle = |c: &str| Work::Settle {
+            customer: c.into(),
+            partition: 0,
+            at: at + 500,
+            journey: "basket".into(),
+            status: journeyd_engine::Status::Stopped,
+        };
+        let work = vec![settle("in"), settle("bystander"), settle("nobody")];
+        let out = run_batch_logged(&engine, &store, &Unwritten::none(), &work, &[], true).unwrap();
+        let written: Vec<&str> = out
+            .write
+            .customers
+            .iter()
+            .map(|(c, _)| c.as_str())
+            .collect();
+        assert_eq!(
+            written,
+            ["in"],
+            "nobody else is rewritten, nor brought back"
+        );
+        assert_eq!(
+            out.tally.exits.get(&("basket".to_owned(), "stopped")),
+            Some(&1)
+        );
+        let state = CustomerState::from_bytes(out.write.customers[0].1.as_ref().unwrap()).unwrap();
+        assert!(state.instances.is_empty());
+        for other in ["bystander", "nobody"] {
+            let key = changelog::customer_key(other);
+            assert!(out.changes.iter().all(|c| c.key != key), "{other}");
+        }
     }
 
     #[test]

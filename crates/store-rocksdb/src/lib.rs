@@ -756,7 +756,12 @@ impl Store for RocksStore {
 
         let mut batch = WriteBatch::default();
         let mut customer_delta = 0i64;
+        // The customers stored before this write: only a new one is listed under its partition.
+        let mut stored_before: std::collections::HashSet<&[u8]> = Default::default();
         for ((key, (_, value)), existed) in customers.iter().zip(customers_existed) {
+            if existed {
+                stored_before.insert(key.as_slice());
+            }
             match value {
                 Some(bytes) => {
                     batch.put(key, bytes);
@@ -799,11 +804,15 @@ impl Store for RocksStore {
             batch.merge(key, operand);
         }
         for (id, partition) in &set.owners {
-            // The customer's last operation in this write decides.
-            match customers.get(&keys::customer(id)) {
-                Some((_, Some(_))) => batch.put(keys::owner(*partition, id), []),
+            // The customer's last operation in this write decides; a customer stored before is
+            // listed already (one key less per customer and write).
+            let key = keys::customer(id);
+            match customers.get(&key) {
+                Some((_, Some(_))) if !stored_before.contains(key.as_slice()) => {
+                    batch.put(keys::owner(*partition, id), [])
+                }
                 Some((_, None)) => batch.delete(keys::owner(*partition, id)),
-                None => {}
+                _ => {}
             }
         }
         let counters = Counters {

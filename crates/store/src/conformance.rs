@@ -1109,6 +1109,15 @@ pub fn customers_of_lists_each_partition_in_pages(store: &dyn Store) {
     };
     store.write(&gone).unwrap();
     assert_eq!(store.customers_of(0, None, 10).unwrap(), ["a", "c"]);
+    // A customer stored before stays listed where they were.
+    let again = WriteSet {
+        customers: vec![put("a", b"t")],
+        owners: vec![("a".into(), 1)],
+        ..WriteSet::default()
+    };
+    store.write(&again).unwrap();
+    assert_eq!(store.customers_of(0, None, 10).unwrap(), ["a", "c"]);
+    assert_eq!(store.customers_of(1, None, 10).unwrap(), ["d"]);
     // Partitions at the ends of the range keep apart.
     let ends = WriteSet {
         customers: vec![put("lo", b"s"), put("hi", b"s")],

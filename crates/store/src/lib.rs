@@ -90,8 +90,9 @@ pub struct WriteSet {
     /// to every partition. See [`Store::due_timers_in`].
     pub timer_partitions: Vec<(String, i32)>,
     /// The input partition that owns each customer this write puts or deletes (their events
-    /// come from it): a put lists the customer under it, a delete takes them off. See
-    /// [`Store::customers_of`]. A customer not named here is not listed (nor taken off).
+    /// come from it): a put of a customer not stored before lists them under it, a delete
+    /// takes them off. See [`Store::customers_of`]. A customer not named here is not listed
+    /// (nor taken off); one stored before stays listed where they were.
     pub owners: Vec<(String, i32)>,
     /// Consumed positions, each overwriting the one stored for its `(topic, partition)`.
     pub offsets: Vec<Offset>,

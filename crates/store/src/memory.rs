@@ -111,6 +111,13 @@ impl Store for MemoryStore {
     fn write(&self, set: &WriteSet) -> Result<(), Error> {
         set.validate()?;
         let mut inner = self.lock();
+        // Only a customer not stored before is listed under its partition.
+        let new: std::collections::HashSet<&str> = set
+            .owners
+            .iter()
+            .map(|(id, _)| id.as_str())
+            .filter(|id| !inner.customers.contains_key(*id))
+            .collect();
         for (id, value) in &set.customers {
             match value {
                 Some(bytes) => {
@@ -129,13 +136,13 @@ impl Store for MemoryStore {
         for (id, partition) in &set.owners {
             // The customer's last operation in this write decides.
             match set.customers.iter().rev().find(|(c, _)| c == id) {
-                Some((_, Some(_))) => {
+                Some((_, Some(_))) if new.contains(id.as_str()) => {
                     inner.owners.insert((*partition, id.clone()));
                 }
                 Some((_, None)) => {
                     inner.owners.remove(&(*partition, id.clone()));
                 }
-                None => {}
+                _ => {}
             }
         }
         for (id, entry) in &set.history {

@@ -105,6 +105,8 @@ fn reader_config(config: &Config) -> ClientConfig {
     c.set("enable.auto.commit", "false");
     c.set("enable.auto.offset.store", "false");
     c.set("isolation.level", "read_committed");
+    // The end of the partition is found from the watermarks, not reported as an error.
+    c.set("enable.partition.eof", "false");
     // A broker that holds a fetch for its whole wait would delay every change by it.
     c.set("fetch.wait.max.ms", "50");
     // librdkafka wants a group even to assign partitions by hand; none is joined.
@@ -170,8 +172,12 @@ pub async fn publish(
 
 /// Applies one record of the control topic; a record that cannot be read is logged and
 /// skipped (it cannot be fixed by reading it again).
-fn apply(shared: &Shared, payload: Option<&[u8]>, offset: i64) {
+fn apply(shared: &Shared, key: Option<&[u8]>, payload: Option<&[u8]>, offset: i64) {
     let Some(payload) = payload else {
+        // A tombstone (someone deleted the journey's record): no status but running.
+        if let Some(journey) = key.and_then(|k| std::str::from_utf8(k).ok()) {
+            shared.set_status(journey, Status::Running, shared.clock.now());
+        }
         return;
     };
     match serde_json::from_slice::<StatusChange>(payload) {
@@ -190,13 +196,32 @@ fn apply(shared: &Shared, payload: Option<&[u8]>, offset: i64) {
     }
 }
 
+/// The thread that follows the control topic: stopped and joined when dropped (it holds the
+/// shared state, and with it the store).
+#[derive(Debug)]
+pub struct Follower {
+    stop: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Reads the control topic to its end (every status recorded so far is in force before any
-/// input is processed), then follows it on a thread of its own until `shutdown`.
+/// input is processed), then follows it on a thread of its own until `shutdown`, or until the
+/// [`Follower`] is dropped.
 pub async fn follow(
     shared: Arc<Shared>,
     topic: String,
     shutdown: CancellationToken,
-) -> Result<std::thread::JoinHandle<()>, ControlError> {
+) -> Result<Follower, ControlError> {
+    let shutdown = shutdown.child_token();
     let consumer: BaseConsumer =
         reader_config(&shared.config)
             .create()
@@ -218,11 +243,13 @@ pub async fn follow(
             topic: topic2.clone(),
             reason: e.to_string(),
         };
-        let (_, high) = consumer
+        let (low, high) = consumer
             .fetch_watermarks(&topic2, 0, Duration::from_secs(10))
             .map_err(kafka)?;
         let started = Instant::now();
-        let mut next = 0;
+        // From the first offset the topic still has (compaction or retention may have removed
+        // the ones before); an empty topic has nothing to read.
+        let mut next = low;
         while next < high {
             if started.elapsed() > Duration::from_secs(60) {
                 return Err(ControlError::Kafka {
@@ -232,7 +259,7 @@ pub async fn follow(
             }
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
-                    apply(&shared2, m.payload(), m.offset());
+                    apply(&shared2, m.key(), m.payload(), m.offset());
                     next = m.offset() + 1;
                 }
                 Some(Err(e)) => return Err(kafka(e)),
@@ -257,12 +284,13 @@ pub async fn follow(
         "Read the control topic: journey statuses in force."
     );
     shared.sweeps.ready();
+    let stop = shutdown.clone();
     let thread = std::thread::Builder::new()
         .name("journeyd-control".into())
         .spawn(move || {
             while !shutdown.is_cancelled() {
                 match consumer.poll(Duration::from_millis(100)) {
-                    Some(Ok(m)) => apply(&shared, m.payload(), m.offset()),
+                    Some(Ok(m)) => apply(&shared, m.key(), m.payload(), m.offset()),
                     Some(Err(error)) => {
                         tracing::warn!(%error, "Reading the control topic; trying again.");
                         std::thread::sleep(Duration::from_millis(500));
@@ -275,7 +303,10 @@ pub async fn follow(
             topic,
             reason: format!("cannot start its reader: {e}"),
         })?;
-    Ok(thread)
+    Ok(Follower {
+        stop,
+        thread: Some(thread),
+    })
 }
 
 #[cfg(test)]

@@ -134,9 +134,10 @@ impl Tokens {
             let access = match access {
                 "read" => Access::Read,
                 "write" => Access::Write,
-                other => {
+                // Not echoed: with the columns swapped it would be the secret.
+                _ => {
                     return Err(bad(format!(
-                        "token `{name}`: access `{other}` is neither `read` nor `write`"
+                        "token `{name}`: the second word (the access) must be `read` or `write`"
                     )))
                 }
             };
@@ -231,8 +232,11 @@ mod tests {
         check(
             "ok read 0123456789abcdef,b admin 0123456789abcdef0",
             2,
-            "neither",
+            "must be `read` or `write`",
         );
+        // Columns swapped: the secret is not printed.
+        let e = Tokens::load(None, Some("a 0123456789abcdefXYZ write")).unwrap_err();
+        assert!(!e.to_string().contains("XYZ"), "{e}");
         check("a read short", 1, "shorter than 16");
         check("a/b read 0123456789abcdef", 1, "may only have");
         check(

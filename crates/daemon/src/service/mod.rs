@@ -128,40 +128,53 @@ impl Shared {
     /// Sets journey `id`'s status (from the control topic): recorded, and the engine in use
     /// swapped for one with it.
     pub fn set_status(&self, id: &str, status: Status, at: Millis) {
-        let before = {
-            let mut map = self
-                .statuses
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let before = map.get(id).map_or(Status::Running, |(s, _)| *s);
-            if status == Status::Running {
-                map.remove(id);
-            } else {
-                map.insert(id.to_owned(), (status, at));
-            }
-            before
-        };
+        // The statuses' lock is held across the engine swap, and a reload takes them in the
+        // same order: a reload racing a change cannot swap in an engine without it.
+        let mut map = self
+            .statuses
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = map.get(id).map_or(Status::Running, |(s, _)| *s);
+        if status == Status::Running {
+            map.remove(id);
+        } else {
+            map.insert(id.to_owned(), (status, at));
+        }
         let mut engine = self
             .engine
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *engine = Arc::new(engine.with_status(id, status));
         drop(engine);
+        drop(map);
         // A stop ends instances and cancels sends; a resume releases parked sends: at once,
         // for every customer (pause and drain change nothing until a customer's next step).
+        // (A resume from draining too: a drain after a pause leaves instances parked.)
         let sweeps = status != before
             && (status == Status::Stopped
-                || (status == Status::Running && before == Status::Paused));
+                || (status == Status::Running
+                    && matches!(before, Status::Paused | Status::Draining)));
         if sweeps {
-            self.sweeps.start(id, at, self.partitions.owned());
+            self.sweeps.start(id, status, at, self.partitions.owned());
         }
     }
 
-    /// `engine` with the statuses in force.
-    fn with_statuses(&self, engine: Engine) -> Engine {
-        self.statuses()
+    /// Swaps in `engine` with the statuses in force (taking the locks in the order
+    /// [`Shared::set_status`] does).
+    fn swap_engine(&self, engine: Engine) {
+        let map = self
+            .statuses
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let engine = map
             .iter()
-            .fold(engine, |e, (id, (status, _))| e.with_status(id, *status))
+            .fold(engine, |e, (id, (status, _))| e.with_status(id, *status));
+        // A panic elsewhere while the lock was held leaves the old engine whole (it is
+        // swapped in one assignment): take the lock all the same.
+        *self
+            .engine
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(engine);
     }
 
     /// Whether the service is ready (`/readyz`): it holds an assignment, every assigned
@@ -202,13 +215,7 @@ pub fn reload(shared: &Shared) {
             }
             let n = loaded.engine.journeys().len();
             // The new journeys keep the statuses the control topic set.
-            let engine = shared.with_statuses(loaded.engine);
-            // A panic elsewhere while the lock was held leaves the old engine whole (it is
-            // swapped in one assignment): take the lock all the same.
-            *shared
-                .engine
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(engine);
+            shared.swap_engine(loaded.engine);
             shared.metrics.reloads.with_label_values(&["ok"]).inc();
             tracing::info!(
                 journeys = n,

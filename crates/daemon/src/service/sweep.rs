@@ -22,7 +22,8 @@ use std::sync::Mutex;
 /// One sweep under way.
 #[derive(Debug, Clone)]
 struct Sweep {
-    journey: String,
+    journey: std::sync::Arc<str>,
+    status: journeyd_engine::Status,
     at: Millis,
     /// The partitions still to sweep, the first under way.
     partitions: VecDeque<i32>,
@@ -49,7 +50,13 @@ impl Sweeps {
 
     /// Starts a sweep of `partitions` for journey `journey`'s change at `at`, when the control
     /// topic is being followed.
-    pub fn start(&self, journey: &str, at: Millis, partitions: impl IntoIterator<Item = i32>) {
+    pub fn start(
+        &self,
+        journey: &str,
+        status: journeyd_engine::Status,
+        at: Millis,
+        partitions: impl IntoIterator<Item = i32>,
+    ) {
         if !self.ready.load(Ordering::SeqCst) {
             return;
         }
@@ -63,7 +70,8 @@ impl Sweeps {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push_back(Sweep {
-                journey: journey.to_owned(),
+                journey: journey.into(),
+                status,
                 at,
                 partitions,
                 after: None,
@@ -119,13 +127,15 @@ impl Sweeps {
                 continue;
             }
             sweep.customers += page.len() as u64;
-            let at = sweep.at;
+            let (at, status) = (sweep.at, sweep.status);
             return Ok(page
                 .into_iter()
                 .map(|customer| Work::Settle {
                     customer,
                     partition: p,
                     at,
+                    journey: sweep.journey.clone(),
+                    status,
                 })
                 .collect());
         }

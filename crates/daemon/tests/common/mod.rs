@@ -339,6 +339,26 @@ pub async fn request(
     (status, body)
 }
 
+/// A request line (`METHOD PATH`) with this `Authorization` header, as a client may send it.
+pub async fn request_raw(
+    addr: std::net::SocketAddr,
+    line: &str,
+    authorization: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("{line} HTTP/1.1\r\nHost: test\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, buf)
+}
+
 /// A plain HTTP GET: the status and the body.
 pub async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

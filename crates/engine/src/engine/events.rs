@@ -191,11 +191,17 @@ impl Run<'_, '_> {
     /// the journey (reason `stopped`); a resume releases the send a paused instance stopped at,
     /// and the instance goes on.
     pub(super) fn on_status(&mut self, id: &str, now: Millis) {
+        self.apply_status(id, self.engine.status(id), now);
+    }
+
+    /// What `status` does to this customer's part in journey `id` at once (see
+    /// [`Input::Apply`]).
+    pub(super) fn apply_status(&mut self, id: &str, status: Status, now: Millis) {
         let Some(j) = self.st.journeys.iter().position(|m| m.id == id) else {
             return;
         };
         let j = j as u16;
-        match self.engine.status(id) {
+        match status {
             Status::Stopped => {
                 let mut i = 0;
                 while i < self.st.held.len() {

@@ -67,6 +67,10 @@ pub enum Input<'a> {
     /// does to the customer at once (a stop ends their instance and cancels the journey's
     /// outstanding sends; a resume releases the sends their paused instance stopped at).
     Status(&'a str),
+    /// What `status` does to the customer's part in journey `id` at once, whatever the
+    /// journey's status is now: a sweep after a change that may have been undone since (a stop
+    /// then a resume: the stop still ends what it ended at its time, as a control line does).
+    Apply(&'a str, Status),
 }
 
 /// A change to the customer's pending timer: clear the old due time, set the new one.
@@ -303,6 +307,7 @@ impl Engine {
         self.drive(state, customer_id, now, |run, now| match input {
             Input::Event(ev) => run.on_event(ev, now),
             Input::Status(id) => run.on_status(id, now),
+            Input::Apply(id, status) => run.apply_status(id, status, now),
             Input::Audience(id) => run.on_audience(id, now),
             Input::Timer => {}
         })
