@@ -311,24 +311,13 @@ pub const VIEWER: &str = "viewer-secret-0123456789";
 /// The write token's secret.
 pub const ONCALL: &str = "oncall-secret-0123456789";
 
-/// A plain HTTP request with an optional bearer token: the status and the body.
-pub async fn request(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-) -> (u16, String) {
+/// Sends one HTTP/1.1 request (`line` is `METHOD PATH`, `headers` each end with CRLF) and
+/// reads the answer: its status and body.
+async fn exchange(addr: std::net::SocketAddr, line: &str, headers: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
-    s.write_all(
-        format!(
-            "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
+    let head = format!("{line} HTTP/1.1\r\nHost: test\r\n{headers}Connection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.unwrap();
     let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -337,6 +326,22 @@ pub async fn request(
         .map(|x| x.1.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// A plain HTTP request with an optional bearer token: the status and the body.
+pub async fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let auth = token.map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
+    exchange(
+        addr,
+        &format!("{method} {path}"),
+        &format!("{auth}Content-Length: 0\r\n"),
+    )
+    .await
 }
 
 /// A request line (`METHOD PATH`) with this `Authorization` header, as a client may send it.
@@ -345,37 +350,12 @@ pub async fn request_raw(
     line: &str,
     authorization: &str,
 ) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("{line} HTTP/1.1\r\nHost: test\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, buf)
+    exchange(addr, line, &format!("Authorization: {authorization}\r\n")).await
 }
 
 /// A plain HTTP GET: the status and the body.
 pub async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let status = buf.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    exchange(addr, &format!("GET {path}"), "").await
 }
 
 /// What the simulator sends for `events`, by action id, with the time advanced to `until`.
