@@ -67,6 +67,17 @@ pub enum Work {
     },
 }
 
+impl Work {
+    /// The time it is processed at: the event's, the timer's due time, the status change's.
+    pub fn at(&self) -> Millis {
+        match self {
+            Work::Event { event, .. } => event.occurred_at,
+            Work::Timer { due, .. } => *due,
+            Work::Settle { at, .. } => *at,
+        }
+    }
+}
+
 /// Counts for metrics, applied once the batch is written.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tally {
@@ -405,15 +416,7 @@ pub fn run_batch_logged(
     // Every customer written was read first: the store need not look again.
     let mut existed = Vec::with_capacity(slots.len());
     // The batch's latest time, events' and timers' alike.
-    let latest = work
-        .iter()
-        .map(|w| match w {
-            Work::Event { event, .. } => event.occurred_at,
-            Work::Timer { due, .. } => *due,
-            Work::Settle { at, .. } => *at,
-        })
-        .max()
-        .unwrap_or(0);
+    let latest = work.iter().map(Work::at).max().unwrap_or(0);
     for (i, slot) in slots.into_iter().enumerate() {
         let id = slot.id;
         if let Some(error) = slot.poison {
@@ -634,15 +637,7 @@ mod tests {
         let mut actions = Vec::new();
         let mut unwritten = Unwritten::none();
         for batch in batches {
-            let last = batch
-                .iter()
-                .map(|w| match w {
-                    Work::Event { event, .. } => event.occurred_at,
-                    Work::Timer { due, .. } => *due,
-                    Work::Settle { at, .. } => *at,
-                })
-                .max()
-                .unwrap();
+            let last = batch.iter().map(Work::at).max().unwrap();
             let mut work = batch.clone();
             let due = unwritten.due_timers_in(store, last, 4, &|_| true).unwrap();
             work.extend(due.into_iter().map(|t| Work::Timer {

@@ -13,7 +13,7 @@ pub use events::{read_events, read_inputs, BadLine, Control, Line};
 
 use journeyd_engine::{
     append_history, merge_history, CustomerState, Effects, Engine, HistoryLine, Input, Merged,
-    Record, CUSTOMER_MERGED,
+    Record, TimerChange, CUSTOMER_MERGED,
 };
 use journeyd_journey::Trigger;
 use journeyd_types::{time, Action, Event, Millis};
@@ -219,12 +219,7 @@ impl Simulator {
             .observe(&self.engine, customer, &c.state, &records);
         let limit = self.engine.settings().history_limit;
         append_history(&mut c.history, &records, limit);
-        if let Some(old) = timer.clear {
-            self.timers.remove(&(old, customer.to_owned()));
-        }
-        if let Some(new) = timer.set {
-            self.timers.insert((new, customer.to_owned()));
-        }
+        self.move_timer(customer, timer);
         if erased {
             self.customers.remove(customer);
             // No alias is left pointing to them: a later event with such an id starts a new,
@@ -240,6 +235,16 @@ impl Simulator {
             }
         }
         emitted(actions)
+    }
+
+    /// Applies a change of `customer`'s pending timer to the timer index.
+    fn move_timer(&mut self, customer: &str, timer: TimerChange) {
+        if let Some(old) = timer.clear {
+            self.timers.remove(&(old, customer.to_owned()));
+        }
+        if let Some(new) = timer.set {
+            self.timers.insert((new, customer.to_owned()));
+        }
     }
 
     /// Merges customer `from` into `into` (both resolved, different) for a `customer_merged`
@@ -273,14 +278,8 @@ impl Simulator {
         self.counters
             .observe(&self.engine, into, &b.state, &b_fx.records);
         append_history(&mut b.history, &b_fx.records, limit);
-        for (customer, timer) in [(from, a_fx.timer), (into, b_fx.timer)] {
-            if let Some(old) = timer.clear {
-                self.timers.remove(&(old, customer.to_owned()));
-            }
-            if let Some(new) = timer.set {
-                self.timers.insert((new, customer.to_owned()));
-            }
-        }
+        self.move_timer(from, a_fx.timer);
+        self.move_timer(into, b_fx.timer);
         self.aliases.insert(from.to_owned(), into.to_owned());
         let mut out = emitted(a_fx.actions);
         out.extend(emitted(b_fx.actions));

@@ -96,6 +96,14 @@ impl ControlError {
     pub fn is_transient(&self) -> bool {
         matches!(self, ControlError::Kafka { .. })
     }
+
+    /// The error of a Kafka call on `topic`.
+    fn kafka(topic: &str) -> impl Fn(rdkafka::error::KafkaError) -> ControlError + Copy + '_ {
+        move |e| ControlError::Kafka {
+            topic: topic.to_owned(),
+            reason: e.to_string(),
+        }
+    }
 }
 
 /// The settings of the control topic's reader: the service's client settings without the
@@ -122,10 +130,7 @@ pub async fn ensure(config: &Config, topic: &str) -> Result<(), ControlError> {
         tokio::task::spawn_blocking(move || -> Result<bool, ControlError> {
             let mut client = client;
             client.set("allow.auto.create.topics", "false");
-            let kafka = |e: rdkafka::error::KafkaError| ControlError::Kafka {
-                topic: topic.clone(),
-                reason: e.to_string(),
-            };
+            let kafka = ControlError::kafka(&topic);
             let consumer: BaseConsumer = client.create().map_err(kafka)?;
             let metadata = consumer
                 .fetch_metadata(Some(&topic), Duration::from_secs(5))
@@ -222,27 +227,17 @@ pub async fn follow(
     shutdown: CancellationToken,
 ) -> Result<Follower, ControlError> {
     let shutdown = shutdown.child_token();
-    let consumer: BaseConsumer =
-        reader_config(&shared.config)
-            .create()
-            .map_err(|e| ControlError::Kafka {
-                topic: topic.clone(),
-                reason: e.to_string(),
-            })?;
-    let kafka = |e: rdkafka::error::KafkaError| ControlError::Kafka {
-        topic: topic.clone(),
-        reason: e.to_string(),
-    };
+    let consumer: BaseConsumer = reader_config(&shared.config)
+        .create()
+        .map_err(ControlError::kafka(&topic))?;
+    let kafka = ControlError::kafka(&topic);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(&topic, 0, Offset::Beginning)
         .map_err(kafka)?;
     consumer.assign(&tpl).map_err(kafka)?;
     let (consumer, shared2, topic2) = (consumer, shared.clone(), topic.clone());
     let consumer = tokio::task::spawn_blocking(move || -> Result<BaseConsumer, ControlError> {
-        let kafka = |e: rdkafka::error::KafkaError| ControlError::Kafka {
-            topic: topic2.clone(),
-            reason: e.to_string(),
-        };
+        let kafka = ControlError::kafka(&topic2);
         let (low, high) = consumer
             .fetch_watermarks(&topic2, 0, Duration::from_secs(10))
             .map_err(kafka)?;
