@@ -6,6 +6,7 @@
 //! Nothing here writes: running the same batch again from the same stored states gives the same
 //! actions (ids and content) and the same write. That is what makes a crash anywhere safe.
 
+use journeyd_engine::report::Counts;
 use journeyd_engine::{append_history, CustomerState, Engine, Input, Record, Suppression, What};
 use journeyd_store::{Offset, Store, WriteSet};
 use journeyd_types::{Action, Event, Millis};
@@ -197,6 +198,8 @@ struct Slot<'a> {
     fired: Vec<Millis>,
     /// Why the customer is quarantined, once their processing failed.
     poison: Option<String>,
+    /// What the batch changed of the counts kept with the customer's partition.
+    counts: Counts,
     /// The ranges of the batch's actions that this customer's inputs emitted.
     actions: Vec<std::ops::Range<usize>>,
     /// The offset of the customer's last event applied in the batch, per input topic.
@@ -220,6 +223,7 @@ impl<'a> Slot<'a> {
             history: Vec::new(),
             fired: Vec::new(),
             poison: None,
+            counts: Counts::default(),
             actions: Vec::new(),
             applied: Vec::new(),
             erased: false,
@@ -308,6 +312,8 @@ pub fn run_batch_logged(
             }
         };
         slot.original = slot.state.wake;
+        // The instances leave the steps they wait at; the final state's take theirs.
+        slot.counts.waiting(engine, &slot.state, -1);
     }
     // Whether each entry of `clear_timers` is known to be in the index (see `WriteSet`).
     let mut clear_known: Vec<Option<bool>> = Vec::new();
@@ -383,6 +389,7 @@ pub fn run_batch_logged(
         for r in &fx.records {
             count(&mut out.tally, &slot.state, r);
         }
+        slot.counts.observe(engine, &slot.state.journeys, &fx);
         if !fx.records.is_empty() {
             append_history(&mut slot.history, &fx.records, limit);
         }
@@ -417,6 +424,8 @@ pub fn run_batch_logged(
     let mut existed = Vec::with_capacity(slots.len());
     // The batch's latest time, events' and timers' alike.
     let latest = work.iter().map(Work::at).max().unwrap_or(0);
+    // What the batch changed of each partition's counts.
+    let mut by_partition: BTreeMap<i32, Counts> = BTreeMap::new();
     for (i, slot) in slots.into_iter().enumerate() {
         let id = slot.id;
         if let Some(error) = slot.poison {
@@ -439,6 +448,16 @@ pub fn run_batch_logged(
         if !slot.changed {
             // Only swept, and the sweep found nothing to do: nothing is written.
             continue;
+        }
+        if let Some(p) = slot.owner {
+            let mut counts = slot.counts;
+            counts.waiting(engine, &slot.state, 1);
+            match by_partition.get_mut(&p) {
+                Some(c) => c.add(&counts),
+                None => {
+                    by_partition.insert(p, counts);
+                }
+            }
         }
         if slot.state.wake != slot.original {
             if let Some(old) = slot.original {
@@ -550,6 +569,26 @@ pub fn run_batch_logged(
             next,
         })
         .collect();
+    for (p, delta) in by_partition {
+        let mut counts = match unwritten.counts(store, p)? {
+            // Unreadable counts (a newer journeyd's) start again rather than stop the batch.
+            Some(bytes) => Counts::from_bytes(&bytes).unwrap_or_else(|error| {
+                tracing::error!(partition = p, %error, "The stored counts of a partition are unreadable: they start again from zero.");
+                Counts::default()
+            }),
+            None => Counts::default(),
+        };
+        counts.add(&delta);
+        let bytes = counts.to_bytes();
+        if changelog {
+            out.changes.push(Change {
+                partition: p,
+                key: changelog::counts_key(),
+                value: Some(changelog::encode_counts(&bytes)),
+            });
+        }
+        out.write.counts.push((p, bytes));
+    }
     if changelog {
         // After the customers: a position says the records before it in its partition are in.
         out.changes.extend(out.write.offsets.iter().map(|o| Change {
@@ -848,7 +887,7 @@ mod tests {
             "offer_viewed",
         ];
         let mut at: Millis = 1_700_000_000_000;
-        let batches: Vec<Vec<Work>> = (0..60)
+        let mut batches: Vec<Vec<Work>> = (0..60)
             .map(|_| {
                 (0..1 + rng.below(6))
                     .map(|_| {
@@ -860,6 +899,12 @@ mod tests {
                     .collect()
             })
             .collect();
+        // The last carts are left waiting.
+        batches.push(
+            ["c1", "c22", "c333"]
+                .map(|c| event(c, "cart_abandoned", at + 1000, 120.0))
+                .to_vec(),
+        );
         let (serial, pipelined) = (MemoryStore::new(), MemoryStore::new());
         let expected = run_all(&engine, &serial, &batches, false);
         let got = run_all(&engine, &pipelined, &batches, true);
@@ -873,7 +918,8 @@ mod tests {
             "the stream cancels"
         );
         assert_eq!(got, expected);
-        let ids: Vec<String> = (0..15).map(|i| format!("c{i}")).collect();
+        let mut ids: Vec<String> = (0..15).map(|i| format!("c{i}")).collect();
+        ids.extend(["c22".into(), "c333".into()]);
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         assert_eq!(
             pipelined.customers(&ids).unwrap(),
@@ -883,5 +929,50 @@ mod tests {
             pipelined.due_timers(Millis::MAX, 1000).unwrap(),
             serial.due_timers(Millis::MAX, 1000).unwrap()
         );
+        // The counts kept with each partition read through the unwritten writes as well, and
+        // together they count what the states hold: every active instance waits at a step.
+        let counts = |store: &MemoryStore| {
+            (0..3)
+                .map(|p| {
+                    store
+                        .counts(p)
+                        .unwrap()
+                        .map(|b| Counts::from_bytes(&b).unwrap())
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(counts(&pipelined), counts(&serial));
+        let mut total = Counts::default();
+        for c in counts(&serial).into_iter().flatten() {
+            total.add(&c);
+        }
+        let mut held = Counts::default();
+        for state in serial.customers(&ids).unwrap().into_iter().flatten() {
+            held.waiting(&engine, &CustomerState::from_bytes(&state).unwrap(), 1);
+        }
+        let waiting = |c: &Counts| -> Vec<(String, String, i64)> {
+            c.journeys
+                .iter()
+                .flat_map(|(j, jc)| {
+                    jc.steps
+                        .iter()
+                        .map(move |(s, sc)| (j.clone(), s.clone(), sc.waiting))
+                })
+                .filter(|w| w.2 != 0)
+                .collect()
+        };
+        assert!(!waiting(&held).is_empty(), "instances wait at the end");
+        assert_eq!(waiting(&total), waiting(&held));
+        let sent: u64 = total
+            .journeys
+            .values()
+            .flat_map(|j| j.steps.values())
+            .flat_map(|s| s.sent.values())
+            .sum();
+        let sends = expected
+            .iter()
+            .filter(|a| a.kind.as_str() == "send")
+            .count();
+        assert_eq!(sent, sends as u64, "every send is counted at its step");
     }
 }

@@ -65,6 +65,25 @@ impl Unwritten {
             .collect())
     }
 
+    /// A partition's counts (see [`WriteSet::counts`]) as they are after every unwritten write.
+    pub fn counts(
+        &self,
+        store: &dyn Store,
+        partition: i32,
+    ) -> Result<Option<Vec<u8>>, journeyd_store::Error> {
+        let newest = self.0.iter().rev().find_map(|w| {
+            w.counts
+                .iter()
+                .rev()
+                .find(|(p, _)| *p == partition)
+                .map(|(_, c)| c.clone())
+        });
+        match newest {
+            Some(c) => Ok(Some(c)),
+            None => store.counts(partition),
+        }
+    }
+
     /// [`Store::due_timers_in`] as it reads after every unwritten write: without the entries
     /// they clear, with the due entries they set.
     pub fn due_timers_in(

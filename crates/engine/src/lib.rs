@@ -9,10 +9,11 @@ mod eval;
 mod history;
 pub mod ids;
 mod localtime;
+pub mod report;
 mod state;
 
 pub use engine::{
-    append_history, merge_history, Effects, Engine, Input, Merged, Settings, TimerChange,
+    append_history, merge_history, ArmEvent, Effects, Engine, Input, Merged, Settings, TimerChange,
     CONSENT_CHANGED, ERASURE_REQUESTED, PROFILE_UPDATED,
 };
 pub use eval::EventView;

@@ -49,6 +49,24 @@ pub struct CustomerState {
     /// them. By journey index; stored as `moved_sends` is.
     #[serde(skip)]
     pub later_entries: Vec<(u16, Millis)>,
+    /// The split arms the customer's latest entry of each journey took, the first time it
+    /// passed each split step (contract v2, experiment results): a goal reached later counts
+    /// for each of them. Stored after the fields as `moved_sends` is, only when there are any.
+    #[serde(skip)]
+    pub splits_taken: Vec<SplitTaken>,
+}
+
+/// A split arm an entry took (see [`CustomerState::splits_taken`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitTaken {
+    /// The journey index.
+    pub j: u16,
+    /// The journey version the entry runs.
+    pub version: u32,
+    /// The split step's index.
+    pub step: u16,
+    /// The arm index.
+    pub arm: u16,
 }
 
 /// An outstanding send that came with a merged customer: its cancel carries that customer's id
@@ -599,6 +617,7 @@ mod format0 {
                 wake: self.wake,
                 moved_sends: Vec::new(),
                 later_entries: Vec::new(),
+                splits_taken: Vec::new(),
             };
             (state, self.history)
         }
@@ -609,14 +628,21 @@ impl CustomerState {
     /// Serialises the state for the store: [`STATE_FORMAT`], then the fields in order.
     ///
     /// What a merge left ([`CustomerState::moved_sends`] and
-    /// [`CustomerState::later_entries`]), when there is any, follows the fields (a reader before
-    /// merges existed refuses such a state, as bytes left over, rather than misread it).
+    /// [`CustomerState::later_entries`]) and the split arms taken
+    /// ([`CustomerState::splits_taken`]), when there are any, follow the fields: first the two
+    /// lists of a merge, then the arms when there are any (a reader before merges existed
+    /// refuses such a state, as bytes left over, rather than misread it).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut bytes =
             relative::with_base(self.clock, || postcard::to_extend(self, vec![STATE_FORMAT]))
                 .expect("serialising to memory cannot fail");
-        if !self.moved_sends.is_empty() || !self.later_entries.is_empty() {
+        let arms = !self.splits_taken.is_empty();
+        if !self.moved_sends.is_empty() || !self.later_entries.is_empty() || arms {
             bytes = postcard::to_extend(&(&self.moved_sends, &self.later_entries), bytes)
+                .expect("serialising to memory cannot fail");
+        }
+        if arms {
+            bytes = postcard::to_extend(&self.splits_taken, bytes)
                 .expect("serialising to memory cannot fail");
         }
         bytes
@@ -663,11 +689,21 @@ impl CustomerState {
                     }
                     type Tail = (Vec<MovedSend>, Vec<(u16, Millis)>);
                     let ((moved, later), rest) = postcard::take_from_bytes::<Tail>(rest)?;
-                    if !rest.is_empty() || (moved.is_empty() && later.is_empty()) {
+                    let arms = if rest.is_empty() {
+                        Vec::new()
+                    } else {
+                        let (arms, rest) = postcard::take_from_bytes::<Vec<SplitTaken>>(rest)?;
+                        if !rest.is_empty() || arms.is_empty() {
+                            return Err(postcard::Error::DeserializeBadEncoding);
+                        }
+                        arms
+                    };
+                    if moved.is_empty() && later.is_empty() && arms.is_empty() {
                         return Err(postcard::Error::DeserializeBadEncoding);
                     }
                     state.moved_sends = moved;
                     state.later_entries = later;
+                    state.splits_taken = arms;
                 }
                 Ok((state, Vec::new()))
             }
@@ -835,6 +871,22 @@ mod tests {
         let mut only = expected.clone();
         only.later_entries.push((0, clock - 1));
         assert_eq!(CustomerState::from_bytes(&only.to_bytes()).unwrap(), only);
+        // Split arms taken follow the merge's lists, with or without a merge.
+        let arm = SplitTaken {
+            j: 0,
+            version: 2,
+            step: 3,
+            arm: 1,
+        };
+        let mut arms = expected.clone();
+        arms.splits_taken.push(arm);
+        let arms_bytes = arms.to_bytes();
+        assert_eq!(&arms_bytes[..again.len()], &again[..]);
+        assert_eq!(CustomerState::from_bytes(&arms_bytes).unwrap(), arms);
+        merged.splits_taken.push(arm);
+        let both = merged.to_bytes();
+        assert_eq!(&both[..with_tail.len()], &with_tail[..]);
+        assert_eq!(CustomerState::from_bytes(&both).unwrap(), merged);
         let mut extra = with_tail.clone();
         extra.push(0);
         assert!(CustomerState::from_bytes(&extra).is_err());

@@ -6,10 +6,10 @@
 //! tests compare the service with.
 
 mod events;
-pub mod report;
 pub mod testing;
 
 pub use events::{read_events, read_inputs, BadLine, Control, Line};
+pub use journeyd_engine::report;
 
 use journeyd_engine::{
     append_history, merge_history, CustomerState, Effects, Engine, HistoryLine, Input, Merged,
@@ -61,8 +61,8 @@ pub struct Simulator {
     customers: HashMap<String, Customer>,
     timers: BTreeSet<(Millis, String)>,
     clock: Option<Millis>,
-    /// The experiment counters (see [`report`]).
-    counters: report::Counters,
+    /// The counters (see [`report`]).
+    counters: report::Counts,
     /// The next audience run of each audience journey, by journey id.
     runs: BTreeMap<String, Millis>,
     /// Merged customers (contract v2, identity): each id merged away, to the id it was merged
@@ -86,7 +86,7 @@ impl Simulator {
             customers: HashMap::new(),
             timers: BTreeSet::new(),
             clock: None,
-            counters: report::Counters::default(),
+            counters: report::Counts::default(),
             runs: BTreeMap::new(),
             aliases: HashMap::new(),
         }
@@ -135,6 +135,12 @@ impl Simulator {
     /// The experiment results so far (contract v2, `journey simulate --report`).
     pub fn report(&self) -> report::Report {
         self.counters.report(&self.engine)
+    }
+
+    /// The counts so far: the report's, and the live ones (instances waiting at each step,
+    /// sends by channel, suppressions by reason).
+    pub fn counts(&self) -> &report::Counts {
+        &self.counters
     }
 
     /// The engine.
@@ -203,20 +209,22 @@ impl Simulator {
             Some(c) => c,
             None => self.customers.entry(customer.to_owned()).or_default(),
         };
+        self.counters.waiting(&self.engine, &c.state, -1);
+        let fx = self.engine.process(&mut c.state, customer, input, now);
+        self.counters.waiting(&self.engine, &c.state, 1);
+        self.counters.observe(&self.engine, &c.state.journeys, &fx);
         let Effects {
             actions,
             timer,
             records,
             erased,
-        } = self.engine.process(&mut c.state, customer, input, now);
+            ..
+        } = fx;
         if erased {
             // Nothing of them is kept: not their state, not their history (an erased customer
             // is no longer known: audience runs pass them by).
             c.history.clear();
-            self.counters.forget(customer);
         }
-        self.counters
-            .observe(&self.engine, customer, &c.state, &records);
         let limit = self.engine.settings().history_limit;
         append_history(&mut c.history, &records, limit);
         self.move_timer(customer, timer);
@@ -254,29 +262,32 @@ impl Simulator {
         let now = event.occurred_at;
         let mut a = self.customers.remove(from).unwrap_or_default();
         let b = self.customers.entry(into.to_owned()).or_default();
+        self.counters.waiting(&self.engine, &a.state, -1);
+        self.counters.waiting(&self.engine, &b.state, -1);
         let Merged {
-            from: a_fx,
+            from: mut a_fx,
             into: b_fx,
             journeys,
-            moved,
+            ..
         } = self
             .engine
             .merge(&mut a.state, from, &mut b.state, into, event, now);
+        self.counters.waiting(&self.engine, &b.state, 1);
         let limit = self.engine.settings().history_limit;
         append_history(&mut a.history, &a_fx.records, limit);
         // A's records (of what was due before the merge) are counted under A, named in B's
-        // journey table, where they now are; A's open experiment arms follow the instances
-        // that moved.
-        let mut a_records = a_fx.records;
-        for r in &mut a_records {
+        // journey table, where they now are (A's split arms came with the goals that moved).
+        for r in &mut a_fx.records {
             r.j = r.j.and_then(|j| journeys.get(usize::from(j)).copied());
         }
+        for e in &mut a_fx.experiment {
+            e.taken.j = journeys[usize::from(e.taken.j)];
+        }
         self.counters
-            .observe(&self.engine, from, &b.state, &a_records);
-        self.counters.moved(from, into, &moved);
+            .observe(&self.engine, &b.state.journeys, &a_fx);
         merge_history(&mut b.history, a.history, &journeys, limit);
         self.counters
-            .observe(&self.engine, into, &b.state, &b_fx.records);
+            .observe(&self.engine, &b.state.journeys, &b_fx);
         append_history(&mut b.history, &b_fx.records, limit);
         self.move_timer(from, a_fx.timer);
         self.move_timer(into, b_fx.timer);

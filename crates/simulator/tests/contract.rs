@@ -1437,3 +1437,68 @@ steps:
         "nothing before the erasure: {history:#?}"
     );
 }
+
+/// The live counts the service keeps with each partition (and the web page draws): times each
+/// step was reached, instances waiting at it now, sends by channel and suppressions by reason.
+#[test]
+fn live_counts_follow_the_instances_and_the_sends() {
+    let j = r#"
+journey: nudge
+version: 1
+entry: { event: visit, reentry: always }
+steps:
+  - id: hello
+    send: { channel: email, template: hi }
+  - id: pause
+    wait: 1d
+  - id: again
+    send: { channel: email, template: again }
+"#;
+    let e = engine(&[("policies.yaml", POLICIES), ("nudge.yaml", j)]);
+    let mut sim = Simulator::new(e.clone());
+    sim.push(&consented("2026-01-05T09:00:00Z", "c1", "email"))
+        .unwrap();
+    sim.push(&consented("2026-01-05T09:00:00Z", "c2", "email"))
+        .unwrap();
+    for c in ["c1", "c2", "c3"] {
+        sim.push(&ev("2026-01-05T10:00:00Z", c, "visit")).unwrap();
+    }
+    let step = |sim: &Simulator, s: &str| sim.counts().journeys["nudge"].steps[s].clone();
+    let hello = step(&sim, "hello");
+    assert_eq!(hello.reached, 3);
+    assert_eq!(hello.waiting, 0);
+    assert_eq!(hello.sent.get("email"), Some(&2));
+    assert_eq!(hello.suppressed.get("no_consent"), Some(&1), "c3 gave none");
+    assert_eq!(step(&sim, "pause").waiting, 3);
+    // c2 withdraws consent; a day later everyone moves on and the instances end.
+    sim.push(
+        &ev("2026-01-05T11:00:00Z", "c2", "consent_changed")
+            .attr("channel", "email")
+            .attr("granted", false),
+    )
+    .unwrap();
+    sim.advance_to(time::parse_rfc3339("2026-01-06T12:00:00Z").unwrap());
+    let pause = step(&sim, "pause");
+    assert_eq!((pause.reached, pause.waiting), (3, 0));
+    let again = step(&sim, "again");
+    assert_eq!(again.sent.get("email"), Some(&1));
+    assert_eq!(again.suppressed.get("no_consent"), Some(&2));
+    // The waiting counts are what the states hold, step by step.
+    let active: usize = sim.customers().values().map(|s| s.instances.len()).sum();
+    let waiting: i64 = sim.counts().journeys["nudge"]
+        .steps
+        .values()
+        .map(|s| s.waiting)
+        .sum();
+    assert_eq!((active, waiting), (0, 0));
+    // A re-entry waits again; an erasure takes the customer's instance off the count.
+    sim.push(&ev("2026-01-07T10:00:00Z", "c1", "visit"))
+        .unwrap();
+    sim.push(&ev("2026-01-07T10:00:00Z", "c3", "visit"))
+        .unwrap();
+    assert_eq!(step(&sim, "pause").waiting, 2);
+    sim.push(&ev("2026-01-07T11:00:00Z", "c3", "erasure_requested"))
+        .unwrap();
+    assert_eq!(step(&sim, "pause").waiting, 1);
+    assert_eq!(sim.counts().journeys["nudge"].entered, 5);
+}

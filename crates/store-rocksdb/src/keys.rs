@@ -8,6 +8,7 @@
 //! | journeys  | `0x04` | id length (`u8`), id, version (`u32` BE)                        |
 //! | history   | `0x05` | customer id (UTF-8)                                             |
 //! | owners    | `0x06` | partition (`i32` BE, sign flipped), customer id (UTF-8)         |
+//! | counts    | `0x07` | partition (`i32` BE, sign flipped)                              |
 //! | meta      | `0x7f` | name (UTF-8)                                                    |
 //!
 //! Invariants:
@@ -38,6 +39,8 @@ pub enum Table {
     History,
     /// The customers of each input partition (empty values): what a sweep of a partition reads.
     Owners,
+    /// The counts kept with each input partition's customers (opaque values), by partition.
+    Counts,
     /// Store metadata (format version, counters), by name.
     Meta,
 }
@@ -47,13 +50,14 @@ pub const RETIRED_PREFIXES: &[u8] = &[];
 
 impl Table {
     /// Every live table.
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 8] = [
         Table::Customers,
         Table::Timers,
         Table::Offsets,
         Table::Journeys,
         Table::History,
         Table::Owners,
+        Table::Counts,
         Table::Meta,
     ];
 
@@ -66,6 +70,7 @@ impl Table {
             Table::Journeys => 0x04,
             Table::History => 0x05,
             Table::Owners => 0x06,
+            Table::Counts => 0x07,
             Table::Meta => 0x7f,
         }
     }
@@ -84,6 +89,7 @@ impl Table {
             Table::Journeys => "journeys",
             Table::History => "history",
             Table::Owners => "owners",
+            Table::Counts => "counts",
             Table::Meta => "meta",
         }
     }
@@ -222,6 +228,14 @@ pub fn owners_of(partition: i32) -> (Vec<u8>, Vec<u8>) {
     (from, to)
 }
 
+/// The key of a partition's counts.
+pub fn counts(partition: i32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(5);
+    key.push(Table::Counts.prefix());
+    key.extend_from_slice(&flip_i32(partition));
+    key
+}
+
 /// The key of a meta entry.
 pub fn meta(name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + name.len());
@@ -265,6 +279,8 @@ pub enum Key {
         /// The customer.
         customer: String,
     },
+    /// A partition's counts.
+    Counts(i32),
     /// A meta entry.
     Meta(String),
 }
@@ -279,6 +295,7 @@ impl Key {
             Key::Offset { .. } => Table::Offsets,
             Key::Journey { .. } => Table::Journeys,
             Key::Owner { .. } => Table::Owners,
+            Key::Counts(_) => Table::Counts,
             Key::Meta(_) => Table::Meta,
         }
     }
@@ -295,6 +312,7 @@ impl Key {
                 partition,
                 customer: c,
             } => owner(*partition, c),
+            Key::Counts(partition) => counts(*partition),
             Key::Meta(name) => meta(name),
         })
     }
@@ -370,6 +388,12 @@ impl Key {
                     customer: text(customer, "customer id")?,
                 })
             }
+            Table::Counts => {
+                let partition: [u8; 4] = rest
+                    .try_into()
+                    .map_err(|_| corrupt("a counts key must be 5 bytes long"))?;
+                Ok(Key::Counts(unflip_i32(partition)))
+            }
             Table::Meta => Ok(Key::Meta(text(rest, "meta name")?)),
         }
     }
@@ -392,6 +416,7 @@ impl fmt::Display for Key {
                 partition,
                 customer,
             } => write!(f, "owners/{partition}/{}", quote(customer)),
+            Key::Counts(partition) => write!(f, "counts/{partition}"),
             Key::Meta(name) => write!(f, "meta/{}", quote(name)),
         }
     }
@@ -450,6 +475,7 @@ mod tests {
             (Table::Journeys, 0x04),
             (Table::History, 0x05),
             (Table::Owners, 0x06),
+            (Table::Counts, 0x07),
             (Table::Meta, 0x7f),
         ];
         for (table, prefix) in pinned {
@@ -507,6 +533,7 @@ mod tests {
                 partition,
                 customer
             }),
+            any::<i32>().prop_map(Key::Counts),
             any::<String>().prop_map(Key::Meta),
         ]
     }

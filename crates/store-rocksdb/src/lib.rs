@@ -815,6 +815,9 @@ impl Store for RocksStore {
                 _ => {}
             }
         }
+        for (partition, counts) in &set.counts {
+            batch.put(keys::counts(*partition), counts);
+        }
         let counters = Counters {
             timers: adjust(guard.timers, timer_delta, meta::TIMER_COUNT)?,
             customers: adjust(guard.customers, customer_delta, meta::CUSTOMER_COUNT)?,
@@ -860,6 +863,12 @@ impl Store for RocksStore {
         *guard = counters;
         self.publish(counters);
         Ok(())
+    }
+
+    fn counts(&self, partition: i32) -> Result<Option<Vec<u8>>, Error> {
+        self.db
+            .get(keys::counts(partition))
+            .map_err(backend("read a partition's counts"))
     }
 
     fn history(&self, id: &str) -> Result<Vec<Vec<u8>>, Error> {

@@ -99,6 +99,7 @@ fn reopening_keeps_everything() {
             ("bob".into(), b"h1".to_vec()),
         ],
         history_limit: 8,
+        counts: vec![(2, b"counted".to_vec())],
         customers_existed: Some(vec![false, false, false]),
         timers_existed: None,
     };
@@ -129,6 +130,7 @@ fn reopening_keeps_everything() {
         vec![(-5, "alice".into()), (10, "carol".into())]
     );
     assert_eq!(store.offsets().unwrap(), set.offsets);
+    assert_eq!(store.counts(2).unwrap(), Some(b"counted".to_vec()));
     assert_eq!(
         store.history("alice").unwrap(),
         vec![b"h1".to_vec(), b"h2".to_vec()],

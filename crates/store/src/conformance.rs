@@ -692,6 +692,7 @@ pub fn write_all_parts_together(store: &dyn Store) {
             owners: vec![],
             history: vec![("a".into(), b"h1".to_vec()), ("b".into(), b"h1".to_vec())],
             history_limit: 8,
+            counts: vec![(3, b"n1".to_vec())],
             customers_existed: None,
             timers_existed: None,
         },
@@ -707,6 +708,7 @@ pub fn write_all_parts_together(store: &dyn Store) {
             owners: vec![],
             history: vec![("a".into(), b"h2".to_vec())],
             history_limit: 8,
+            counts: vec![(3, b"n2".to_vec()), (-4, b"x".to_vec())],
             customers_existed: None,
             timers_existed: None,
         },
@@ -728,6 +730,10 @@ pub fn write_all_parts_together(store: &dyn Store) {
     );
     assert_eq!(store.customer_count(), 1);
     assert_eq!(store.pending_timers(), 1);
+    // Each partition's counts are the last written for it.
+    assert_eq!(store.counts(3).unwrap().as_deref(), Some(&b"n2"[..]));
+    assert_eq!(store.counts(-4).unwrap().as_deref(), Some(&b"x"[..]));
+    assert_eq!(store.counts(4).unwrap(), None);
 }
 
 fn snapshot(store: &dyn Store, ids: &[&str]) -> impl PartialEq + std::fmt::Debug {
@@ -741,6 +747,7 @@ fn snapshot(store: &dyn Store, ids: &[&str]) -> impl PartialEq + std::fmt::Debug
         ids.iter()
             .map(|id| store.history(id).unwrap())
             .collect::<Vec<_>>(),
+        store.counts(0).unwrap(),
     )
 }
 
@@ -757,6 +764,7 @@ pub fn write_refused_changes_nothing(store: &dyn Store) {
             owners: vec![],
             history: vec![("a".into(), b"h".to_vec())],
             history_limit: 4,
+            counts: vec![(0, b"n".to_vec())],
             customers_existed: None,
             timers_existed: None,
         },
@@ -775,6 +783,7 @@ pub fn write_refused_changes_nothing(store: &dyn Store) {
         ],
         history: vec![("a".into(), b"x".to_vec()), ("c".into(), b"x".to_vec())],
         history_limit: 1,
+        counts: vec![(0, b"m".to_vec())],
         customers_existed: None,
         timers_existed: None,
     };

@@ -96,6 +96,9 @@ pub struct WriteSet {
     pub owners: Vec<(String, i32)>,
     /// Consumed positions, each overwriting the one stored for its `(topic, partition)`.
     pub offsets: Vec<Offset>,
+    /// The counts kept with each input partition's customers (opaque bytes, the caller's),
+    /// each overwriting the ones stored for its partition. See [`Store::counts`].
+    pub counts: Vec<(i32, Vec<u8>)>,
     /// History entries to append, `(customer, entry)`, in order (after `customers`: deleting a
     /// customer deletes their history first). Entries are opaque bytes, like states.
     pub history: Vec<(String, Vec<u8>)>,
@@ -125,6 +128,7 @@ impl WriteSet {
             && self.set_timers.is_empty()
             && self.offsets.is_empty()
             && self.history.is_empty()
+            && self.counts.is_empty()
     }
 
     /// The partition that owns each customer's timers in this write: the last one
@@ -238,6 +242,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn put_journeys(&self, journeys: &[StoredJourney]) -> Result<(), Error>;
     /// Applies a write set atomically: all of it or none of it.
     fn write(&self, set: &WriteSet) -> Result<(), Error>;
+    /// Reads the counts last written for input partition `partition` (see
+    /// [`WriteSet::counts`]), if any.
+    fn counts(&self, partition: i32) -> Result<Option<Vec<u8>>, Error>;
     /// Reads a customer's history entries, oldest first (empty for an unknown customer).
     fn history(&self, id: &str) -> Result<Vec<Vec<u8>>, Error>;
     /// Approximates the store's size in bytes (on disk, or in memory).
@@ -381,6 +388,9 @@ mod tests {
         }
         fn history(&self, id: &str) -> Result<Vec<Vec<u8>>, Error> {
             self.inner.history(id)
+        }
+        fn counts(&self, partition: i32) -> Result<Option<Vec<u8>>, Error> {
+            self.inner.counts(partition)
         }
         fn size_bytes(&self) -> u64 {
             self.inner.size_bytes()

@@ -25,6 +25,7 @@ struct Inner {
     history: BTreeMap<String, std::collections::VecDeque<Vec<u8>>>,
     /// The customers of each input partition.
     owners: std::collections::BTreeSet<(i32, String)>,
+    counts: std::collections::BTreeMap<i32, Vec<u8>>,
 }
 
 impl MemoryStore {
@@ -145,6 +146,9 @@ impl Store for MemoryStore {
                 _ => {}
             }
         }
+        for (partition, counts) in &set.counts {
+            inner.counts.insert(*partition, counts.clone());
+        }
         for (id, entry) in &set.history {
             inner
                 .history
@@ -171,6 +175,10 @@ impl Store for MemoryStore {
             inner.offsets.insert((o.topic.clone(), o.partition), o.next);
         }
         Ok(())
+    }
+
+    fn counts(&self, partition: i32) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.lock().counts.get(&partition).cloned())
     }
 
     fn history(&self, id: &str) -> Result<Vec<Vec<u8>>, Error> {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 
 /// The part of `write` this replica may still make, when some of it belongs to partitions
 /// `owned` refuses: without their customers (state, timers, history) and input positions.
-/// `owners` gives each entry of `write.customers` its input partition. `None` when all of
+/// The partitions' counts follow their positions. `owners` gives each entry of `write.customers` its input partition. `None` when all of
 /// it may be written.
 pub fn owned_part(
     write: &WriteSet,
@@ -30,7 +30,8 @@ pub fn owned_part(
             gone.insert(id);
         }
     }
-    let positions_gone = write.offsets.iter().any(|o| !owned(o.partition));
+    let positions_gone = write.offsets.iter().any(|o| !owned(o.partition))
+        || write.counts.iter().any(|(p, _)| !owned(*p));
     if gone.is_empty() && !positions_gone {
         return None;
     }
@@ -79,6 +80,12 @@ pub fn owned_part(
             .cloned()
             .collect(),
         history_limit: write.history_limit,
+        counts: write
+            .counts
+            .iter()
+            .filter(|(p, _)| owned(*p))
+            .cloned()
+            .collect(),
         // The store finds out itself.
         customers_existed: None,
         timers_existed: None,
@@ -116,6 +123,7 @@ mod tests {
             ],
             history: vec![("a".into(), vec![7]), ("b".into(), vec![8])],
             history_limit: 5,
+            counts: vec![(0, vec![1]), (1, vec![2])],
             customers_existed: Some(vec![true, true, false]),
             timers_existed: Some(vec![None; 5]),
         };
@@ -132,6 +140,7 @@ mod tests {
         assert_eq!(part.offsets.len(), 1);
         assert_eq!(part.offsets[0].partition, 0);
         assert_eq!(part.history, [("a".to_owned(), vec![7])]);
+        assert_eq!(part.counts, [(0, vec![1])]);
         assert_eq!(part.customers_existed, None);
     }
 }

@@ -3,8 +3,11 @@
 //! it applied), and an input position (how far the batches before it read one input topic's
 //! partition).
 //!
-//! Keys: `c` + the customer id, `o` + the input topic. The prefix keeps a customer named like
-//! a topic from compacting away a position. A customer record with no value is a tombstone.
+//! and the counts kept with the partition's customers (see `journeyd_engine::report`).
+//!
+//! Keys: `c` + the customer id, `o` + the input topic, `n` for the counts. The prefix keeps a
+//! customer named like a topic from compacting away a position. A customer record with no
+//! value is a tombstone.
 //! Values start with a format byte ([`VERSION`]), then postcard.
 
 use serde::{Deserialize, Serialize};
@@ -13,6 +16,8 @@ use serde::{Deserialize, Serialize};
 pub const CUSTOMER: u8 = b'c';
 /// The key prefix of an input position.
 pub const POSITION: u8 = b'o';
+/// The key of the partition's counts.
+pub const COUNTS: u8 = b'n';
 /// The format byte every value starts with.
 pub const VERSION: u8 = 1;
 
@@ -48,6 +53,9 @@ pub enum Record {
         /// The next offset to read.
         next: i64,
     },
+    /// The counts kept with the partition's customers, as the store keeps them
+    /// ([`journeyd_engine::report::Counts::to_bytes`]; checked when decoded).
+    Counts(Vec<u8>),
 }
 
 /// The key of a customer's record.
@@ -64,6 +72,19 @@ pub fn position_key(topic: &str) -> Vec<u8> {
     k.push(POSITION);
     k.extend_from_slice(topic.as_bytes());
     k
+}
+
+/// The key of the partition's counts.
+pub fn counts_key() -> Vec<u8> {
+    vec![COUNTS]
+}
+
+/// Encodes the partition's counts (as the store keeps them).
+pub fn encode_counts(counts: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(counts.len() + 1);
+    v.push(VERSION);
+    v.extend_from_slice(counts);
+    v
 }
 
 /// Encodes a customer's record.
@@ -117,8 +138,15 @@ pub fn decode(key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Record, String
                 next,
             })
         }
+        COUNTS if name.is_empty() => {
+            let v = value.ok_or("the counts without a value")?;
+            let bytes = body(v)?;
+            journeyd_engine::report::Counts::from_bytes(bytes)
+                .map_err(|e| format!("the counts do not decode: {e}"))?;
+            Ok(Record::Counts(bytes.to_vec()))
+        }
         other => Err(format!(
-            "unknown record kind {:?} (keys start with `c` or `o`)",
+            "unknown record kind {:?} (keys start with `c` or `o`, or are `n`)",
             other as char
         )),
     }
@@ -152,6 +180,9 @@ mod tests {
                 record: None
             }
         );
+        let counts = journeyd_engine::report::Counts::default().to_bytes();
+        let got = decode(Some(&counts_key()), Some(&encode_counts(&counts))).unwrap();
+        assert_eq!(got, Record::Counts(counts));
         let got = decode(Some(&position_key("t")), Some(&encode_position(7))).unwrap();
         assert_eq!(
             got,
@@ -174,5 +205,9 @@ mod tests {
         assert!(e.contains("does not decode"), "{e}");
         let e = decode(Some(b"ot"), None).unwrap_err();
         assert!(e.contains("without a value"), "{e}");
+        let e = decode(Some(b"n"), Some(&[VERSION, 1, 200])).unwrap_err();
+        assert!(e.contains("the counts do not decode"), "{e}");
+        let e = decode(Some(b"nx"), Some(&[VERSION])).unwrap_err();
+        assert!(e.contains("unknown record kind 'n'"), "{e}");
     }
 }

@@ -392,8 +392,10 @@ fn apply_chunk(
     let mut index: Map<String, usize> = Map::default();
     let mut slots: Vec<Slot> = Vec::new();
     let mut positions: Vec<Offset> = Vec::new();
+    let mut counts = None;
     for (offset, r) in chunk {
         match r {
+            Record::Counts(bytes) => counts = Some(bytes),
             Record::Customer { id, record } => {
                 match &record {
                     Some(rec) => {
@@ -499,6 +501,7 @@ fn apply_chunk(
     cleared_existed.extend(set_existed);
     set.timers_existed = Some(cleared_existed);
     set.offsets = positions;
+    set.counts.extend(counts.map(|c| (partition, c)));
     // Not past a record whose guard is still needed: a restart reads it again.
     set.offsets.push(Offset {
         topic: topic.to_owned(),

@@ -437,6 +437,12 @@ impl Run<'_, '_> {
             if goal.event == ev.event_type && now - entered <= goal.within {
                 self.st.journeys[j].converted = true;
                 self.record(Some(j as u16), version, None, What::Converted, now);
+                let j = j as u16;
+                let taken = self.st.splits_taken.iter().filter(|t| t.j == j);
+                self.fx.experiment.extend(taken.map(|&taken| ArmEvent {
+                    taken,
+                    converted: true,
+                }));
             }
         }
     }

@@ -70,6 +70,12 @@ impl Run<'_, '_> {
                 mine.version = theirs.version;
                 mine.converted = theirs.converted;
                 goals_from_them.push(mine.id.clone());
+                // The split arms go with the goal.
+                self.st.splits_taken.retain(|t| t.j != j);
+                let theirs_taken = a.splits_taken.iter().filter(|t| usize::from(t.j) == aj);
+                self.st
+                    .splits_taken
+                    .extend(theirs_taken.map(|t| SplitTaken { j, ..*t }));
             }
             // For an inactivity entry, the later of the two last trigger events counts.
             if let Some(armed) = theirs.inactivity {

@@ -96,6 +96,19 @@ pub struct Effects {
     /// deletes both, records of this input included; the state given back is blank but for
     /// what came after the erasure. Set once per input.
     pub erased: bool,
+    /// Experiment events (contract v2, experiment results), in order: an entry took a split
+    /// arm for the first time, or reached its journey's goal after taking arms (one event per
+    /// arm). Journeys are indexes into the state's journey table, as in `records`.
+    pub experiment: Vec<ArmEvent>,
+}
+
+/// One experiment event (see [`Effects::experiment`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArmEvent {
+    /// The split arm.
+    pub taken: crate::SplitTaken,
+    /// `false`: the entry took the arm; `true`: the entry that took it reached the goal.
+    pub converted: bool,
 }
 
 /// The journeys and policies, compiled for fast lookup. Immutable; share it behind an `Arc`

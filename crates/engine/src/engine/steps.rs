@@ -58,8 +58,9 @@ impl Run<'_, '_> {
         mem.entered_at = Some(now);
         mem.version = v;
         mem.converted = false;
-        // This entry is the latest now.
+        // This entry is the latest now; the arms the last one took are forgotten.
         self.st.later_entries.retain(|(x, _)| *x != j);
+        self.st.splits_taken.retain(|t| t.j != j);
         let stored_event = match (journey.steps_use_event, event) {
             (true, Some(e)) => Some(StoredEvent {
                 id: e.id.to_owned(),
@@ -208,6 +209,7 @@ impl Run<'_, '_> {
                     target = arms[chosen].next;
                     let what = What::Split { arm: chosen as u16 };
                     self.record(at.0, at.1, at.2, what, now);
+                    self.took_arm(at.0, at.1, at.2, chosen);
                 }
                 StepKind::Update(assignments) => {
                     let mut values = Vec::with_capacity(assignments.len());
@@ -241,6 +243,34 @@ impl Run<'_, '_> {
             }
         }
         self.end_instance(idx, Ending::StepLimit, now);
+    }
+
+    /// An entry passed a split step and took arm `arm`: the first time it passes the step, the
+    /// arm is remembered (a goal reached later counts for it) and reported.
+    fn took_arm(&mut self, j: Option<u16>, version: u32, step: Option<usize>, arm: usize) {
+        let (Some(j), Some(step)) = (j, step) else {
+            return;
+        };
+        let step = step as u16;
+        if self
+            .st
+            .splits_taken
+            .iter()
+            .any(|t| t.j == j && t.step == step && t.version == version)
+        {
+            return;
+        }
+        let taken = SplitTaken {
+            j,
+            version,
+            step,
+            arm: arm as u16,
+        };
+        self.st.splits_taken.push(taken);
+        self.fx.experiment.push(ArmEvent {
+            taken,
+            converted: false,
+        });
     }
 
     /// Next best action: the eligible option with the highest score (the earlier on a tie),
