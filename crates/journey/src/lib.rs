@@ -9,6 +9,7 @@ mod diag;
 mod document;
 mod duration;
 mod expr;
+pub mod graph;
 mod load;
 mod model;
 mod prefilter;
