@@ -61,6 +61,9 @@ pub struct Metrics {
     pub output_lost: IntCounterVec,
     /// Changelog records read to restore partitions.
     pub restored_records: IntCounter,
+    /// The counts kept with the partitions this replica owns (see
+    /// `journeyd_engine::report`), set from the store at each scrape.
+    pub partition_counts: PartitionGauges,
     /// Changelog records left to read to finish the restores under way.
     pub restore_remaining: IntGauge,
     /// Changelog records produced.
@@ -74,6 +77,99 @@ pub struct Metrics {
     /// Batch transactions aborted, each replayed from the last committed state
     /// (`exactly_once`).
     pub transactions_aborted: IntCounter,
+}
+
+/// Gauges set from the counts kept with the partitions this replica owns: they move with a
+/// partition, so they are gauges, not counters.
+#[derive(Debug, Clone)]
+pub struct PartitionGauges {
+    /// Entries, by journey.
+    pub entered: IntGaugeVec,
+    /// Goals reached, by journey.
+    pub goals: IntGaugeVec,
+    /// Times a step was reached, by journey and step.
+    pub reached: IntGaugeVec,
+    /// Instances waiting at a step now, by journey and step.
+    pub waiting: IntGaugeVec,
+    /// Sends emitted, by journey, step and channel.
+    pub sent: IntGaugeVec,
+    /// Sends suppressed, by journey, step and reason.
+    pub suppressed: IntGaugeVec,
+}
+
+impl PartitionGauges {
+    fn new(r: &Registry) -> prometheus::Result<PartitionGauges> {
+        const OWNED: &str = "summed over the input partitions this replica owns (kept with their state, so they move with a partition)";
+        let vec = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(Opts::new(name, format!("{help}, {OWNED}.")), labels)?;
+            r.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        Ok(PartitionGauges {
+            entered: vec(
+                "journeyd_partition_entries",
+                "Journey entries",
+                &["journey"],
+            )?,
+            goals: vec("journeyd_partition_goals", "Goals reached", &["journey"])?,
+            reached: vec(
+                "journeyd_step_reached",
+                "Times each step was reached",
+                &["journey", "step"],
+            )?,
+            waiting: vec(
+                "journeyd_step_waiting",
+                "Instances waiting at each step now",
+                &["journey", "step"],
+            )?,
+            sent: vec(
+                "journeyd_step_sent",
+                "Sends each step emitted, by channel",
+                &["journey", "step", "channel"],
+            )?,
+            suppressed: vec(
+                "journeyd_step_suppressed",
+                "Sends of each step suppressed, by reason",
+                &["journey", "step", "reason"],
+            )?,
+        })
+    }
+
+    /// Sets every gauge from `counts` (labels no longer counted go).
+    pub fn set(&self, counts: &journeyd_engine::report::Counts) {
+        for g in [
+            &self.entered,
+            &self.goals,
+            &self.reached,
+            &self.waiting,
+            &self.sent,
+            &self.suppressed,
+        ] {
+            g.reset();
+        }
+        for (j, c) in &counts.journeys {
+            let j = j.as_str();
+            self.entered.with_label_values(&[j]).set(c.entered as i64);
+            self.goals
+                .with_label_values(&[j])
+                .set(c.goal_reached as i64);
+            for (s, sc) in &c.steps {
+                let s = s.as_str();
+                self.reached
+                    .with_label_values(&[j, s])
+                    .set(sc.reached as i64);
+                self.waiting.with_label_values(&[j, s]).set(sc.waiting);
+                for (channel, n) in &sc.sent {
+                    self.sent.with_label_values(&[j, s, channel]).set(*n as i64);
+                }
+                for (reason, n) in &sc.suppressed {
+                    self.suppressed
+                        .with_label_values(&[j, s, reason])
+                        .set(*n as i64);
+                }
+            }
+        }
+    }
 }
 
 fn counter(
@@ -256,6 +352,7 @@ impl Metrics {
                 "journeyd_customers_quarantined",
                 "Customers quarantined now: failed and not processed again since.",
             )?,
+            partition_counts: PartitionGauges::new(&r)?,
             output_lost: counter(
                 &r,
                 "journeyd_output_lost_total",

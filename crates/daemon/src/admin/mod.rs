@@ -6,7 +6,11 @@
 //!
 //! | call | access | does |
 //! |---|---|---|
-//! | `GET /journeys` | read | id, name, versions, status, this replica's counts |
+//! | `GET /` (and `/app.js`, `/style.css`) | none | the web page (no data: it asks for a token and calls the routes below) |
+//! | `GET /journeys` | read | id, name, versions, status, counts |
+//! | `GET /journeys/{id}/graph` | read | the journey's graph (as `journey graph` draws it) |
+//! | `GET /journeys/{id}/counts` | read | live counts of every step, and the splits' arms |
+//! | `GET /journeys/{id}/report` | read | the contract's experiment document for the journey |
 //! | `POST /journeys/{id}/{pause,resume,drain,stop}` | write | records the status in the control topic; every replica applies it ([`control`]) |
 //! | `GET /customers/{id}` | write | the customer's state and history |
 //! | `DELETE /customers/{id}` | write | publishes `erasure_requested` for them to the input topic |
@@ -20,6 +24,8 @@
 
 pub mod control;
 mod customers;
+mod page;
+pub mod report;
 pub mod tokens;
 
 use crate::config::{Config, Encoding};
@@ -115,6 +121,9 @@ pub fn router(shared: Arc<Shared>, tokens: Tokens) -> anyhow::Result<Router> {
     });
     Ok(Router::new()
         .route("/journeys", get(journeys))
+        .route("/journeys/{id}/graph", get(report::graph))
+        .route("/journeys/{id}/counts", get(report::counts))
+        .route("/journeys/{id}/report", get(report::report))
         .route("/journeys/{id}/{action}", post(set_status))
         .route(
             "/customers/{id}",
@@ -122,7 +131,8 @@ pub fn router(shared: Arc<Shared>, tokens: Tokens) -> anyhow::Result<Router> {
         )
         .route("/customers/{id}/merge", post(merge_customer))
         .layer(middleware::from_fn_with_state(admin.clone(), check_token))
-        .with_state(admin))
+        .with_state(admin)
+        .merge(page::routes()))
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -216,10 +226,9 @@ async fn journeys(State(admin): State<Arc<Admin>>) -> Response {
     let shared = &admin.shared;
     let engine = shared.engine();
     let statuses = shared.statuses();
-    let m = &shared.metrics;
-    let count = |vec: &prometheus::IntCounterVec, id: &str| {
-        vec.get_metric_with_label_values(&[id])
-            .map_or(0, |c| c.get())
+    let counts = match report::counts_now(shared).await {
+        Ok(c) => c,
+        Err(r) => return r,
     };
     let list: Vec<serde_json::Value> = engine
         .journeys()
@@ -239,15 +248,11 @@ async fn journeys(State(admin): State<Arc<Admin>>) -> Response {
                 "versions": versions,
                 "status": status.as_str(),
                 "status_since": since.map(time::format_rfc3339),
-                "this_replica": {
-                    "entered": count(&m.entries, &j.id),
-                    "steps": count(&m.steps, &j.id),
-                    "conversions": count(&m.conversions, &j.id),
-                },
+                "counts": report::summary(counts.journeys.get(&j.id)),
             })
         })
         .collect();
-    Json(json!({ "journeys": list })).into_response()
+    Json(json!({ "journeys": list, "scope": report::SCOPE })).into_response()
 }
 
 /// `POST /journeys/{id}/{pause|resume|drain|stop}`.

@@ -721,6 +721,10 @@ pub fn update_gauges(shared: &Shared) {
         _ => 0.0,
     };
     m.timer_lag_seconds.set(lag);
+    match crate::admin::report::owned_counts(shared) {
+        Ok(counts) => m.partition_counts.set(&counts),
+        Err(error) => tracing::warn!(%error, "Cannot read the partitions' counts."),
+    }
 }
 
 #[cfg(test)]
