@@ -471,9 +471,19 @@ fn exported_metrics() -> BTreeMap<String, MetricInfo> {
     for c in counters {
         c.with_label_values(&some_labels(c)).inc();
     }
-    m.consumer_lag
-        .with_label_values(&some_labels(&m.consumer_lag))
-        .set(1);
+    let p = &m.partition_counts;
+    let gauges = [
+        &m.consumer_lag,
+        &p.entered,
+        &p.goals,
+        &p.reached,
+        &p.waiting,
+        &p.sent,
+        &p.suppressed,
+    ];
+    for g in gauges {
+        g.with_label_values(&some_labels(g)).set(1);
+    }
     m.batch_seconds
         .with_label_values(&some_labels(&m.batch_seconds))
         .observe(0.1);
@@ -481,12 +491,12 @@ fn exported_metrics() -> BTreeMap<String, MetricInfo> {
         .iter()
         .map(|c| (*c as &dyn Collector, false))
         .collect();
+    collectors.extend(gauges.iter().map(|g| (*g as &dyn Collector, false)));
     collectors.extend([
         (&m.corrupt_states as &dyn Collector, false),
         (&m.timers_fired, false),
         (&m.timers_pending, false),
         (&m.timer_lag_seconds, false),
-        (&m.consumer_lag, false),
         (&m.event_to_action_seconds, true),
         (&m.batch_seconds, true),
         (&m.batch_retries, false),
