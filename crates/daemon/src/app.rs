@@ -116,6 +116,7 @@ pub fn shared(config: Config, opened: Opened) -> Result<Arc<Shared>> {
         lanes: crate::service::Lanes::default(),
         reload: AtomicBool::new(false),
         statuses: RwLock::default(),
+        published_counts: RwLock::default(),
         sweeps: crate::service::Sweeps::default(),
         config,
     }))

@@ -352,3 +352,95 @@ async fn a_stop_cancels_every_outstanding_send_on_every_replica_at_once() {
     first.stop().await;
     second.stop().await;
 }
+
+/// Contract v2, experiment results: `GET /journeys/{id}/report` is the same document as
+/// `journey simulate --report` for the same events, for the whole deployment, whichever replica
+/// is asked, though each holds only some of the customers; `/counts` says the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_reports_the_whole_deployment_as_the_simulator_does() {
+    logs();
+    let rig = Rig::new(&[("welcome.yaml", &welcome("60s"))]);
+    let first = rig.start(rig.config());
+    let mut second_config = rig.config();
+    second_config.store.path = rig.dir.path().join("store-2");
+    let second = rig.start(second_config);
+    first.until_ready().await;
+    second.until_ready().await;
+    let apis = [
+        serve_admin(&first, TOKENS).await,
+        serve_admin(&second, TOKENS).await,
+    ];
+    let t = now();
+    let customers: Vec<String> = (0..30).map(|i| format!("count-{i:02}")).collect();
+    let signups: Vec<_> = customers
+        .iter()
+        .enumerate()
+        .map(|(i, c)| event(&format!("s{i}"), c, "signup", Some("web"), t))
+        .collect();
+    rig.publish(&signups).await;
+    let held = |r: &common::Running| {
+        customers
+            .iter()
+            .filter(|c| r.shared.store.customer(c).unwrap().is_some())
+            .count()
+    };
+    until("the states are written", Duration::from_secs(30), || {
+        held(&first) + held(&second) >= customers.len()
+    })
+    .await;
+    assert!(
+        held(&first) > 0 && held(&second) > 0,
+        "both replicas hold some customers"
+    );
+
+    let catalog = journeyd_journey::load_dir(&rig.journeys_dir())
+        .unwrap()
+        .catalog;
+    let mut sim =
+        journeyd_simulator::Simulator::new(Arc::new(journeyd_engine::Engine::new(catalog)));
+    for e in &signups {
+        sim.push(e).unwrap();
+    }
+    let expected = serde_json::to_value(sim.report()).unwrap();
+    assert_eq!(expected["journeys"]["welcome"]["entered"], 30);
+    for api in apis {
+        let start = Instant::now();
+        loop {
+            let (status, body) =
+                request(api, "GET", "/journeys/welcome/report", Some(VIEWER)).await;
+            assert_eq!(status, 200, "{body}");
+            let mut got: serde_json::Value = serde_json::from_str(&body).unwrap();
+            got.as_object_mut().unwrap().remove("scope");
+            if got == expected {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "{api}: {got} is not the simulator's {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (_, body) = request(api, "GET", "/journeys/welcome/counts", Some(VIEWER)).await;
+        let counts: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let simulated = &sim.counts().journeys["welcome"];
+        assert_eq!(counts["active"], 30, "{counts}");
+        assert_eq!(
+            counts["steps"]["pause"]["waiting"],
+            simulated.steps["pause"].waiting
+        );
+        assert_eq!(
+            counts["sent"]["email"],
+            simulated.steps["hello"].sent["email"]
+        );
+    }
+    // A replica's own gauges count its share only: Prometheus sums the replicas.
+    let own = |r: &common::Running| {
+        journeyd::admin::report::owned_counts(&r.shared)
+            .unwrap()
+            .journeys["welcome"]
+            .entered
+    };
+    assert_eq!(own(&first) + own(&second), 30);
+    first.stop().await;
+    second.stop().await;
+}

@@ -321,6 +321,18 @@ fn the_page_draws_live_counts_pauses_a_journey_and_tells_a_customers_story() {
         Duration::from_secs(10),
     );
     assert_eq!(rows.as_u64(), Some(listed as u64), "one row per journey");
+    // Entries and goals today, beside the totals.
+    let row = b.eval("[...document.querySelectorAll('tr[data-journey=\"acquisition\"] td.n')].map(td => Number(td.textContent.replace(/,/g, '')))");
+    let row: Vec<i64> = serde_json::from_value(row).unwrap();
+    assert_eq!(
+        row.len(),
+        5,
+        "entered, active, goals, entered today, goals today"
+    );
+    assert!(
+        row[0] > 0 && row[3] <= row[0] && row[4] <= row[2],
+        "{row:?}"
+    );
     b.screenshot("page-journeys.png");
 
     // One journey: the picture's counts lie between two scrapes of /metrics around a refresh

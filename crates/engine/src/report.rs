@@ -32,6 +32,51 @@ pub struct JourneyCounts {
     pub steps: BTreeMap<String, StepCounts>,
     /// By split step id, by arm index.
     pub arms: BTreeMap<String, BTreeMap<u16, ArmCounts>>,
+    /// Entries and goals by UTC day (days since 1970-01-01, of the engine time they happened
+    /// at), the last [`DAYS_KEPT`] days only.
+    pub days: BTreeMap<i64, DayCounts>,
+}
+
+/// One day's entries and goals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayCounts {
+    /// Instances entered that day.
+    pub entered: u64,
+    /// Goals reached that day.
+    pub goal_reached: u64,
+}
+
+/// How many days [`JourneyCounts::days`] keeps, counting back from the latest.
+pub const DAYS_KEPT: i64 = 35;
+
+/// The UTC day of an engine time (days since 1970-01-01).
+pub fn day_of(at: journeyd_types::Millis) -> i64 {
+    at.div_euclid(86_400_000)
+}
+
+impl JourneyCounts {
+    /// The entries and goals of `day` (see [`day_of`]).
+    pub fn on(&self, day: i64) -> DayCounts {
+        self.days.get(&day).copied().unwrap_or_default()
+    }
+
+    /// Counts something of the day of `at`, unless that day is older than those kept.
+    fn count_day(&mut self, at: journeyd_types::Millis, count: impl FnOnce(&mut DayCounts)) {
+        let day = day_of(at);
+        if let Some(&latest) = self.days.keys().next_back() {
+            if day <= latest - DAYS_KEPT {
+                return;
+            }
+        }
+        count(self.days.entry(day).or_default());
+        self.prune();
+    }
+
+    fn prune(&mut self) {
+        if let Some(&latest) = self.days.keys().next_back() {
+            self.days.retain(|d, _| *d > latest - DAYS_KEPT);
+        }
+    }
 }
 
 /// One step's counts.
@@ -109,8 +154,14 @@ impl Counts {
             });
             let counts = self.journey(&memory.id);
             match (&r.what, step) {
-                (What::Entered { .. }, _) => counts.entered += 1,
-                (What::Converted, _) => counts.goal_reached += 1,
+                (What::Entered { .. }, _) => {
+                    counts.entered += 1;
+                    counts.count_day(r.at, |d| d.entered += 1);
+                }
+                (What::Converted, _) => {
+                    counts.goal_reached += 1;
+                    counts.count_day(r.at, |d| d.goal_reached += 1);
+                }
                 (What::Step, Some(step)) => step_counts(counts, &step.id).reached += 1,
                 (What::Sent { .. }, Some(step)) => {
                     if let StepKind::Send(send) = &step.kind {
@@ -192,6 +243,12 @@ impl Counts {
                     *m.suppressed.entry(r.clone()).or_default() += n;
                 }
             }
+            for (day, d) in &theirs.days {
+                let e = mine.days.entry(*day).or_default();
+                e.entered += d.entered;
+                e.goal_reached += d.goal_reached;
+            }
+            mine.prune();
             for (s, arms) in &theirs.arms {
                 let m = mine.arms.entry(s.clone()).or_default();
                 for (k, a) in arms {
@@ -361,6 +418,32 @@ pub struct Arm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn days_are_kept_for_a_while_and_add_up() {
+        const DAY: i64 = 86_400_000;
+        let mut a = JourneyCounts::default();
+        a.count_day(-1, |d| d.entered += 1);
+        assert_eq!(a.on(-1).entered, 1, "the day before 1970 is day -1");
+        a.count_day(10 * DAY, |d| d.entered += 1);
+        a.count_day(10 * DAY + 5, |d| d.goal_reached += 1);
+        assert_eq!(a.on(10).entered, 1);
+        assert_eq!(a.on(10).goal_reached, 1);
+        // A day DAYS_KEPT after the latest pushes the oldest out; a day too old is not kept.
+        a.count_day((10 + DAYS_KEPT) * DAY, |d| d.entered += 1);
+        assert_eq!(a.on(10).entered, 0);
+        a.count_day(DAY, |d| d.entered += 1);
+        assert_eq!(a.on(1).entered, 0);
+        assert_eq!(a.days.len(), 1);
+        // Sums add day by day, and keep the latest days.
+        let mut total = Counts::default();
+        let mut one = Counts::default();
+        one.journeys.insert("j".into(), a.clone());
+        total.add(&one);
+        total.add(&one);
+        assert_eq!(total.journeys["j"].on(10 + DAYS_KEPT).entered, 2);
+        assert_eq!(Counts::from_bytes(&total.to_bytes()).unwrap(), total);
+    }
 
     #[test]
     fn the_contract_example_figures() {

@@ -1500,5 +1500,11 @@ steps:
     sim.push(&ev("2026-01-07T11:00:00Z", "c3", "erasure_requested"))
         .unwrap();
     assert_eq!(step(&sim, "pause").waiting, 1);
-    assert_eq!(sim.counts().journeys["nudge"].entered, 5);
+    let nudge = &sim.counts().journeys["nudge"];
+    assert_eq!(nudge.entered, 5);
+    // Entries by the day they happened on.
+    let day = |t: &str| journeyd_engine::report::day_of(time::parse_rfc3339(t).unwrap());
+    assert_eq!(nudge.on(day("2026-01-05T00:00:00Z")).entered, 3);
+    assert_eq!(nudge.on(day("2026-01-06T00:00:00Z")).entered, 0);
+    assert_eq!(nudge.on(day("2026-01-07T23:59:59Z")).entered, 2);
 }

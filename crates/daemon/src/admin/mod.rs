@@ -97,7 +97,7 @@ struct Caller {
 
 /// The producer of the API's records: the `[kafka]` producer settings, idempotent, `acks=all`,
 /// never transactional (the service's own producer may be; they must not share an id).
-fn producer(config: &Config) -> Result<FutureProducer, rdkafka::error::KafkaError> {
+pub(crate) fn producer(config: &Config) -> Result<FutureProducer, rdkafka::error::KafkaError> {
     let mut c = crate::service::client_config(config, crate::service::Role::Producer);
     c.remove("transactional.id");
     c.set("enable.idempotence", "true");
@@ -230,6 +230,7 @@ async fn journeys(State(admin): State<Arc<Admin>>) -> Response {
         Ok(c) => c,
         Err(r) => return r,
     };
+    let today = report::today(shared);
     let list: Vec<serde_json::Value> = engine
         .journeys()
         .iter()
@@ -248,7 +249,7 @@ async fn journeys(State(admin): State<Arc<Admin>>) -> Response {
                 "versions": versions,
                 "status": status.as_str(),
                 "status_since": since.map(time::format_rfc3339),
-                "counts": report::summary(counts.journeys.get(&j.id)),
+                "counts": report::summary(counts.journeys.get(&j.id), today),
             })
         })
         .collect();

@@ -1,6 +1,7 @@
 //! What the operator API and the web page tell of each journey's counts: the counts kept with
-//! the input partitions this replica owns (see `journeyd_engine::report`), summed; a
-//! journey's graph; and the contract's experiment document.
+//! each input partition (see `journeyd_engine::report`), summed for the whole deployment
+//! (those of the partitions this replica owns from its store, the others as published to the
+//! control topic); a journey's graph; and the contract's experiment document.
 
 use crate::service::Shared;
 use axum::extract::{Path, State};
@@ -14,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Where the counts come from, for the answers that show them.
-pub const SCOPE: &str = "the partitions this replica owns";
+pub const SCOPE: &str = "the whole deployment: the partitions this replica owns as stored now, the others as their owners last published them (every 2 s)";
 
 /// The counts kept with the partitions this replica owns, summed. Reads the store: call it
 /// off the async runtime.
@@ -33,10 +34,27 @@ pub fn owned_counts(shared: &Shared) -> Result<Counts, journeyd_store::Error> {
     Ok(total)
 }
 
-/// [`owned_counts`] on a blocking thread; an error answers 500.
+/// The counts of the whole deployment: [`owned_counts`], and for every other partition the
+/// counts its owner last published to the control topic.
+pub fn deployment_counts(shared: &Shared) -> Result<Counts, journeyd_store::Error> {
+    let owned = shared.partitions.owned();
+    let mut total = owned_counts(shared)?;
+    let published = shared
+        .published_counts
+        .read()
+        .unwrap_or_else(|p| p.into_inner());
+    for (p, c) in published.iter() {
+        if !owned.contains(p) {
+            total.add(c);
+        }
+    }
+    Ok(total)
+}
+
+/// [`deployment_counts`] on a blocking thread; an error answers 500.
 pub(super) async fn counts_now(shared: &Arc<Shared>) -> Result<Counts, Response> {
     let s = shared.clone();
-    match tokio::task::spawn_blocking(move || owned_counts(&s)).await {
+    match tokio::task::spawn_blocking(move || deployment_counts(&s)).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(super::error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -49,12 +67,15 @@ pub(super) async fn counts_now(shared: &Arc<Shared>) -> Result<Counts, Response>
     }
 }
 
-/// A journey's summary for `GET /journeys`: entered, active, goals, sends by channel,
-/// suppressions by reason.
-pub fn summary(c: Option<&JourneyCounts>) -> Value {
+/// A journey's summary for `GET /journeys`: entered, active, goals, entries and goals today,
+/// sends by channel, suppressions by reason.
+/// `today` is the processing clock's UTC day (see `journeyd_engine::report::day_of`).
+pub fn summary(c: Option<&JourneyCounts>, today: i64) -> Value {
     let Some(c) = c else {
-        return json!({"entered": 0, "active": 0, "goal_reached": 0, "sent": {}, "suppressed": {}});
+        return json!({"entered": 0, "active": 0, "goal_reached": 0, "entered_today": 0,
+            "goals_today": 0, "sent": {}, "suppressed": {}});
     };
+    let day = c.on(today);
     let mut sent: BTreeMap<&str, u64> = BTreeMap::new();
     let mut suppressed: BTreeMap<&str, u64> = BTreeMap::new();
     for s in c.steps.values() {
@@ -69,13 +90,32 @@ pub fn summary(c: Option<&JourneyCounts>) -> Value {
         "entered": c.entered,
         "active": c.steps.values().map(|s| s.waiting).sum::<i64>(),
         "goal_reached": c.goal_reached,
+        "entered_today": day.entered,
+        "goals_today": day.goal_reached,
         "sent": sent,
         "suppressed": suppressed,
     })
 }
 
+/// The processing clock's UTC day.
+pub fn today(shared: &Shared) -> i64 {
+    journeyd_engine::report::day_of(shared.clock.now())
+}
+
 fn no_journey(id: &str) -> Response {
     super::error(StatusCode::NOT_FOUND, format!("no journey `{id}`"))
+}
+
+/// The engine and the counts, for a journey that exists (404 otherwise).
+async fn journey_counts(
+    admin: &super::Admin,
+    id: &str,
+) -> Result<(Arc<journeyd_engine::Engine>, Counts), Response> {
+    let engine = admin.shared.engine();
+    if !engine.journeys().iter().any(|j| j.id == id) {
+        return Err(no_journey(id));
+    }
+    Ok((engine, counts_now(&admin.shared).await?))
 }
 
 /// `GET /journeys/{id}/graph`: the current version's graph (as `journey graph` draws it).
@@ -102,16 +142,12 @@ pub(super) async fn counts(
     State(admin): State<Arc<super::Admin>>,
     Path(id): Path<String>,
 ) -> Response {
-    let engine = admin.shared.engine();
-    if !engine.journeys().iter().any(|j| j.id == id) {
-        return no_journey(&id);
-    }
-    let all = match counts_now(&admin.shared).await {
-        Ok(c) => c,
+    let (engine, all) = match journey_counts(&admin, &id).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let mine = all.journeys.get(&id);
-    let mut body = summary(mine);
+    let mut body = summary(mine, today(&admin.shared));
     let steps: BTreeMap<&str, Value> = mine
         .map(|c| {
             c.steps
@@ -146,12 +182,8 @@ pub(super) async fn report(
     State(admin): State<Arc<super::Admin>>,
     Path(id): Path<String>,
 ) -> Response {
-    let engine = admin.shared.engine();
-    if !engine.journeys().iter().any(|j| j.id == id) {
-        return no_journey(&id);
-    }
-    let all = match counts_now(&admin.shared).await {
-        Ok(c) => c,
+    let (engine, all) = match journey_counts(&admin, &id).await {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let mut report = all.report(&engine);

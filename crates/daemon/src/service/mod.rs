@@ -101,6 +101,9 @@ pub struct Shared {
     pub statuses: RwLock<std::collections::BTreeMap<String, (Status, Millis)>>,
     /// The sweeps under way after a stop or a resume (see [`sweep`]).
     pub sweeps: Sweeps,
+    /// Each input partition's counts as its owner last published them to the control topic
+    /// (see [`crate::admin::control`]), for the deployment's sums.
+    pub published_counts: RwLock<std::collections::BTreeMap<i32, journeyd_engine::report::Counts>>,
 }
 
 impl Shared {
@@ -269,7 +272,14 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 } => r,
             };
             match followed {
-                Ok(thread) => break Some(thread),
+                Ok(thread) => {
+                    tokio::spawn(crate::admin::control::publish_counts(
+                        shared.clone(),
+                        topic.clone(),
+                        shutdown.clone(),
+                    ));
+                    break Some(thread);
+                }
                 Err(error) if error.is_transient() => {
                     tracing::warn!(%error, "Cannot read the control topic yet; trying again in 2 s.");
                     tokio::select! {

@@ -148,13 +148,13 @@ function route() {
 function journeysPage() {
   document.title = 'Journeys · journeyd';
   const body = h('tbody', { id: 'journeys-body' });
-  const cols = ['Journey', 'Status', 'Versions', 'Entered', 'Active', 'Goals', 'Sends', 'Suppressed'];
+  const cols = ['Journey', 'Status', 'Versions', 'Entered', 'Active', 'Goals', 'Entered today', 'Goals today', 'Sends', 'Suppressed'];
   $('view').replaceChildren(
     h('div', { class: 'page-head' }, h('h1', { text: 'Journeys' }),
-      h('p', { class: 'muted', text: 'Counts are live from this replica and refresh every 3 seconds.' })),
+      h('p', { class: 'muted', text: 'Counts are live for the whole deployment and refresh every 3 seconds; today is the UTC day of journeyd\'s clock.' })),
     h('div', { class: 'card table-card' },
       h('table', { class: 'data journeys', id: 'journeys' },
-        h('thead', {}, h('tr', {}, cols.map((c, i) => h('th', { scope: 'col', class: i > 2 && i < 6 ? 'n' : null, text: c })))),
+        h('thead', {}, h('tr', {}, cols.map((c, i) => h('th', { scope: 'col', class: i > 2 && i < 8 ? 'n' : null, text: c })))),
         body)));
   poll(async () => {
     const data = await api('/journeys');
@@ -170,6 +170,8 @@ function journeysPage() {
         h('td', { class: 'n', text: num(c.entered) }),
         h('td', { class: 'n', text: num(c.active) }),
         h('td', { class: 'n', text: num(c.goal_reached) }),
+        h('td', { class: 'n today-entered', text: num(c.entered_today) }),
+        h('td', { class: 'n today-goals', text: num(c.goals_today) }),
         h('td', { text: breakdown(c.sent) }),
         h('td', { text: breakdown(c.suppressed) }));
     });
