@@ -360,6 +360,19 @@ impl Config {
         Some(format!("{group}.control"))
     }
 
+    /// The counts topic (each partition's counts, for the deployment's sums):
+    /// `admin.counts_topic`, else `<group.id>.counts`.
+    pub fn counts_topic(&self) -> String {
+        if !self.admin.counts_topic.is_empty() {
+            return self.admin.counts_topic.clone();
+        }
+        let group = self
+            .kafka
+            .get("group.id")
+            .map_or("journeyd", String::as_str);
+        format!("{group}.counts")
+    }
+
     /// The action topic of a channel.
     pub fn actions_topic(&self, channel: &str) -> String {
         self.outputs.actions_topic.replace("{channel}", channel)

@@ -160,6 +160,7 @@ async fn run(args: RunArgs) -> Result<()> {
         if let Some(control) = config.control_topic() {
             topics.push((control, 1));
         }
+        topics.push((config.counts_topic(), 1));
         let channels = app::channels(&opened.engine);
         topics.extend(channels.iter().map(|c| (config.actions_topic(c), 1)));
         let e = Embedded::start(&topics).context("cannot start the embedded Kafka mock cluster")?;

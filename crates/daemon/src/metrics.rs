@@ -62,7 +62,7 @@ pub struct Metrics {
     /// Changelog records read to restore partitions.
     pub restored_records: IntCounter,
     /// The counts kept with the partitions this replica owns (see
-    /// `journeyd_engine::report`), set from the store at each scrape.
+    /// `journeyd_engine::report`), set from the store with the other store gauges.
     pub partition_counts: PartitionGauges,
     /// Changelog records left to read to finish the restores under way.
     pub restore_remaining: IntGauge,
@@ -95,6 +95,8 @@ pub struct PartitionGauges {
     pub sent: IntGaugeVec,
     /// Sends suppressed, by journey, step and reason.
     pub suppressed: IntGaugeVec,
+    /// The label sets of the last [`PartitionGauges::set`], by gauge.
+    set_before: std::sync::Arc<std::sync::Mutex<[Vec<Vec<String>>; 6]>>,
 }
 
 impl PartitionGauges {
@@ -132,43 +134,53 @@ impl PartitionGauges {
                 "Sends of each step suppressed, by reason",
                 &["journey", "step", "reason"],
             )?,
+            set_before: Default::default(),
         })
     }
 
-    /// Sets every gauge from `counts` (labels no longer counted go).
-    pub fn set(&self, counts: &journeyd_engine::report::Counts) {
-        for g in [
+    /// Sets every gauge from `counts`; the label sets no longer counted go after the others
+    /// are set, so a scrape meanwhile never misses a series that still counts.
+    pub fn set(&self, counts: &journeyd_engine::report::Counts, engine: &journeyd_engine::Engine) {
+        let mut now: [Vec<Vec<String>>; 6] = Default::default();
+        let mut put = |k: usize, g: &IntGaugeVec, labels: Vec<&str>, n: i64| {
+            g.with_label_values(&labels).set(n);
+            now[k].push(labels.into_iter().map(str::to_owned).collect());
+        };
+        for (j, c) in &counts.journeys {
+            let j = j.as_str();
+            put(0, &self.entered, vec![j], c.entered as i64);
+            put(1, &self.goals, vec![j], c.goal_reached as i64);
+            for (s, sc) in &c.steps {
+                put(2, &self.reached, vec![j, s], sc.reached as i64);
+                for (channel, n) in &sc.sent {
+                    put(3, &self.sent, vec![j, s, channel], *n as i64);
+                }
+                for (reason, n) in &sc.suppressed {
+                    put(4, &self.suppressed, vec![j, s, reason], *n as i64);
+                }
+            }
+            for (s, n) in c.waiting_by_step(engine, j) {
+                put(5, &self.waiting, vec![j, &s], n);
+            }
+        }
+        let mut before = self.set_before.lock().unwrap_or_else(|p| p.into_inner());
+        let gauges = [
             &self.entered,
             &self.goals,
             &self.reached,
-            &self.waiting,
             &self.sent,
             &self.suppressed,
-        ] {
-            g.reset();
-        }
-        for (j, c) in &counts.journeys {
-            let j = j.as_str();
-            self.entered.with_label_values(&[j]).set(c.entered as i64);
-            self.goals
-                .with_label_values(&[j])
-                .set(c.goal_reached as i64);
-            for (s, sc) in &c.steps {
-                let s = s.as_str();
-                self.reached
-                    .with_label_values(&[j, s])
-                    .set(sc.reached as i64);
-                self.waiting.with_label_values(&[j, s]).set(sc.waiting);
-                for (channel, n) in &sc.sent {
-                    self.sent.with_label_values(&[j, s, channel]).set(*n as i64);
-                }
-                for (reason, n) in &sc.suppressed {
-                    self.suppressed
-                        .with_label_values(&[j, s, reason])
-                        .set(*n as i64);
+            &self.waiting,
+        ];
+        for (k, g) in gauges.into_iter().enumerate() {
+            for old in &before[k] {
+                if !now[k].contains(old) {
+                    let labels: Vec<&str> = old.iter().map(String::as_str).collect();
+                    let _ = g.remove_label_values(&labels);
                 }
             }
         }
+        *before = now;
     }
 }
 

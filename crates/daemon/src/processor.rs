@@ -313,7 +313,7 @@ pub fn run_batch_logged(
         };
         slot.original = slot.state.wake;
         // The instances leave the steps they wait at; the final state's take theirs.
-        slot.counts.waiting(engine, &slot.state, -1);
+        slot.counts.waiting(&slot.state, -1);
     }
     // Whether each entry of `clear_timers` is known to be in the index (see `WriteSet`).
     let mut clear_known: Vec<Option<bool>> = Vec::new();
@@ -451,7 +451,7 @@ pub fn run_batch_logged(
         }
         if let Some(p) = slot.owner {
             let mut counts = slot.counts;
-            counts.waiting(engine, &slot.state, 1);
+            counts.waiting(&slot.state, 1);
             match by_partition.get_mut(&p) {
                 Some(c) => c.add(&counts),
                 None => {
@@ -570,13 +570,19 @@ pub fn run_batch_logged(
         })
         .collect();
     for (p, delta) in by_partition {
-        let mut counts = match unwritten.counts(store, p)? {
+        let stored = unwritten.counts(store, p)?;
+        let readable = match stored.as_deref().map(Counts::from_bytes) {
+            Some(Ok(c)) => Some(c),
             // Unreadable counts (a newer journeyd's) start again rather than stop the batch.
-            Some(bytes) => Counts::from_bytes(&bytes).unwrap_or_else(|error| {
-                tracing::error!(partition = p, %error, "The stored counts of a partition are unreadable: they start again from zero.");
-                Counts::default()
-            }),
-            None => Counts::default(),
+            Some(Err(error)) => {
+                tracing::error!(partition = p, %error, "The stored counts of a partition are unreadable: they start again from the instances stored.");
+                None
+            }
+            None => None,
+        };
+        let mut counts = match readable {
+            Some(c) => c,
+            None => waiting_in(store, unwritten, p)?,
         };
         counts.add(&delta);
         let bytes = counts.to_bytes();
@@ -598,6 +604,43 @@ pub fn run_batch_logged(
         }));
     }
     Ok(out)
+}
+
+/// The counts of a partition that has none yet (a store from before counts were kept, or
+/// unreadable ones): the instances its stored customers wait in, as the batches before this
+/// one left them; the other counts start from zero. Reads every customer listed under the
+/// partition, a page at a time, once.
+fn waiting_in(
+    store: &dyn Store,
+    unwritten: &Unwritten,
+    partition: i32,
+) -> Result<Counts, journeyd_store::Error> {
+    const PAGE: usize = 1000;
+    let mut counts = Counts::default();
+    let mut after: Option<String> = None;
+    let mut customers = 0usize;
+    loop {
+        let page = store.customers_of(partition, after.as_deref(), PAGE)?;
+        let ids: Vec<&str> = page.iter().map(String::as_str).collect();
+        for bytes in unwritten.customers(store, &ids)?.into_iter().flatten() {
+            if let Ok(state) = CustomerState::from_bytes(&bytes) {
+                counts.waiting(&state, 1);
+            }
+        }
+        customers += page.len();
+        if page.len() < PAGE {
+            break;
+        }
+        after = page.last().cloned();
+    }
+    if customers > 0 {
+        tracing::info!(
+            partition,
+            customers,
+            "Counted the instances waiting in a partition without counts."
+        );
+    }
+    Ok(counts)
 }
 
 #[cfg(test)]
@@ -875,6 +918,41 @@ mod tests {
     }
 
     #[test]
+    fn a_partition_without_counts_starts_from_the_instances_its_customers_wait_in() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/journeys");
+        let engine = Engine::new(journeyd_journey::load_dir(&dir).unwrap().catalog);
+        let at: Millis = 1_700_000_000_000;
+        // Customers of partition 1 (ids of length 4) wait in journeys, in a store that kept
+        // their states but no counts (as a store from before counts were kept does).
+        let old = MemoryStore::new();
+        let first: Vec<Work> = ["cart", "cat2", "cat3"]
+            .map(|c| event(c, "cart_abandoned", at, 120.0))
+            .to_vec();
+        let out = run_batch(&engine, &old, &Unwritten::none(), &first, &[]).unwrap();
+        let mut without = out.write.clone();
+        without.counts.clear();
+        let store = MemoryStore::new();
+        store.write(&without).unwrap();
+        assert_eq!(store.counts(1).unwrap(), None);
+        // One more customer comes: the partition's counts hold every instance waiting.
+        let next = vec![event("cat4", "cart_abandoned", at + 1, 90.0)];
+        let out = run_batch(&engine, &store, &Unwritten::none(), &next, &[]).unwrap();
+        store.write(&out.write).unwrap();
+        let counts = Counts::from_bytes(&store.counts(1).unwrap().unwrap()).unwrap();
+        let active: i64 = counts.journeys.values().map(|j| j.active()).sum();
+        let mut states = 0;
+        for c in ["cart", "cat2", "cat3", "cat4"] {
+            let s = CustomerState::from_bytes(&store.customer(c).unwrap().unwrap()).unwrap();
+            states += s.instances.len() as i64;
+        }
+        assert!(states >= 4, "they wait: {states}");
+        assert_eq!(active, states);
+        // Entries count from then on: only the new customer's.
+        let entered: u64 = counts.journeys.values().map(|j| j.entered).sum();
+        assert_eq!(entered, 1);
+    }
+
+    #[test]
     fn a_batch_run_over_the_unwritten_previous_batch_does_what_it_does_after_the_write() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/journeys");
         let engine = Engine::new(journeyd_journey::load_dir(&dir).unwrap().catalog);
@@ -948,15 +1026,15 @@ mod tests {
         }
         let mut held = Counts::default();
         for state in serial.customers(&ids).unwrap().into_iter().flatten() {
-            held.waiting(&engine, &CustomerState::from_bytes(&state).unwrap(), 1);
+            held.waiting(&CustomerState::from_bytes(&state).unwrap(), 1);
         }
         let waiting = |c: &Counts| -> Vec<(String, String, i64)> {
             c.journeys
                 .iter()
                 .flat_map(|(j, jc)| {
-                    jc.steps
-                        .iter()
-                        .map(move |(s, sc)| (j.clone(), s.clone(), sc.waiting))
+                    jc.waiting_by_step(&engine, j)
+                        .into_iter()
+                        .map(move |(s, n)| (j.clone(), s, n))
                 })
                 .filter(|w| w.2 != 0)
                 .collect()

@@ -30,8 +30,13 @@ pub struct JourneyCounts {
     pub goal_reached: u64,
     /// By step id.
     pub steps: BTreeMap<String, StepCounts>,
-    /// By split step id, by arm index.
-    pub arms: BTreeMap<String, BTreeMap<u16, ArmCounts>>,
+    /// Active instances at each step now, by `(version, step index)`: an instance of a version
+    /// no longer loaded still leaves its step (see [`JourneyCounts::waiting_by_step`]). In a
+    /// delta, a count may be negative.
+    pub waiting: BTreeMap<(u32, u16), i64>,
+    /// By split step id, by `(version, arm index)`: the report sums each arm's counts over the
+    /// versions where the arm leads to the same step with the same control flag.
+    pub arms: BTreeMap<String, BTreeMap<(u32, u16), ArmCounts>>,
     /// Entries and goals by UTC day (days since 1970-01-01, of the engine time they happened
     /// at), the last [`DAYS_KEPT`] days only.
     pub days: BTreeMap<i64, DayCounts>,
@@ -55,6 +60,30 @@ pub fn day_of(at: journeyd_types::Millis) -> i64 {
 }
 
 impl JourneyCounts {
+    /// The active instances at each step now, by step id (summed over the versions still
+    /// loaded: those of a version gone are ending).
+    pub fn waiting_by_step(&self, engine: &Engine, journey: &str) -> BTreeMap<String, i64> {
+        let mut out: BTreeMap<String, i64> = BTreeMap::new();
+        for (&(version, step), &n) in &self.waiting {
+            if n == 0 {
+                continue;
+            }
+            let Some(step) = engine
+                .journey(journey, version)
+                .and_then(|jr| jr.steps.get(usize::from(step)))
+            else {
+                continue;
+            };
+            *out.entry(step.id.clone()).or_default() += n;
+        }
+        out
+    }
+
+    /// The active instances now.
+    pub fn active(&self) -> i64 {
+        self.waiting.values().sum()
+    }
+
     /// The entries and goals of `day` (see [`day_of`]).
     pub fn on(&self, day: i64) -> DayCounts {
         self.days.get(&day).copied().unwrap_or_default()
@@ -84,8 +113,6 @@ impl JourneyCounts {
 pub struct StepCounts {
     /// Times the step was reached.
     pub reached: u64,
-    /// Active instances at the step now (a change, in a delta, may be negative).
-    pub waiting: i64,
     /// Sends emitted, by channel.
     pub sent: BTreeMap<String, u64>,
     /// Sends suppressed, by reason (`frequency_cap`, `no_consent`).
@@ -198,7 +225,7 @@ impl Counts {
                 .arms
                 .entry(step.id.clone())
                 .or_default()
-                .entry(t.arm)
+                .entry((t.version, t.arm))
                 .or_default();
             if e.converted {
                 arm.converted += 1;
@@ -211,18 +238,17 @@ impl Counts {
     /// Adds `sign` (1 or −1) to the waiting count of the step each of the customer's active
     /// instances is at: −1 with the state before an input, +1 with the state after counts the
     /// input's moves.
-    pub fn waiting(&mut self, engine: &Engine, state: &CustomerState, sign: i64) {
+    pub fn waiting(&mut self, state: &CustomerState, sign: i64) {
         for i in &state.instances {
             let Some(memory) = state.journeys.get(usize::from(i.j)) else {
                 continue;
             };
-            let Some(step) = engine
-                .journey(&memory.id, i.version)
-                .and_then(|jr| jr.steps.get(usize::from(i.step)))
-            else {
-                continue;
-            };
-            step_counts(self.journey(&memory.id), &step.id).waiting += sign;
+            let w = self
+                .journey(&memory.id)
+                .waiting
+                .entry((i.version, i.step))
+                .or_default();
+            *w += sign;
         }
     }
 
@@ -235,7 +261,6 @@ impl Counts {
             for (s, t) in &theirs.steps {
                 let m = step_counts(mine, s);
                 m.reached += t.reached;
-                m.waiting += t.waiting;
                 for (c, n) in &t.sent {
                     *m.sent.entry(c.clone()).or_default() += n;
                 }
@@ -243,6 +268,10 @@ impl Counts {
                     *m.suppressed.entry(r.clone()).or_default() += n;
                 }
             }
+            for (k, n) in &theirs.waiting {
+                *mine.waiting.entry(*k).or_default() += n;
+            }
+            mine.waiting.retain(|_, n| *n != 0);
             for (day, d) in &theirs.days {
                 let e = mine.days.entry(*day).or_default();
                 e.entered += d.entered;
@@ -280,12 +309,34 @@ impl Counts {
                 let StepKind::Split(arms) = &step.kind else {
                     continue;
                 };
-                let counted = counts.arms.get(&step.id);
-                let n = |k: usize| {
-                    counted
-                        .and_then(|c| c.get(&(k as u16)))
-                        .map_or((0, 0), |a| (a.entered, a.converted))
+                // Each counted arm, as (the step it leads to, control) in its version; an arm
+                // of a version no longer loaded by its index in the current one.
+                let target = |t: journeyd_journey::Target, steps: &[journeyd_journey::Step]| {
+                    t.and_then(|t| steps.get(t)).map(|s| s.id.clone())
                 };
+                let mut by_arm = vec![(0u64, 0u64); arms.len()];
+                for (&(version, k), a) in counts.arms.get(&step.id).into_iter().flatten() {
+                    let same = engine.journey(id, version).and_then(|jr| {
+                        let StepKind::Split(theirs) =
+                            &jr.steps.iter().find(|s| s.id == step.id)?.kind
+                        else {
+                            return None;
+                        };
+                        let theirs = theirs.get(usize::from(k))?;
+                        let key = (target(theirs.next, &jr.steps), theirs.control);
+                        arms.iter()
+                            .position(|a| (target(a.next, &current.steps), a.control) == key)
+                    });
+                    let at = same.or_else(|| {
+                        (engine.journey(id, version).is_none() && usize::from(k) < arms.len())
+                            .then_some(usize::from(k))
+                    });
+                    if let Some(at) = at {
+                        by_arm[at].0 += a.entered;
+                        by_arm[at].1 += a.converted;
+                    }
+                }
+                let n = |k: usize| by_arm[k];
                 let control = arms.iter().position(|a| a.control).map(n);
                 let rows = arms
                     .iter()

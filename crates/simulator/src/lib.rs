@@ -209,9 +209,9 @@ impl Simulator {
             Some(c) => c,
             None => self.customers.entry(customer.to_owned()).or_default(),
         };
-        self.counters.waiting(&self.engine, &c.state, -1);
+        self.counters.waiting(&c.state, -1);
         let fx = self.engine.process(&mut c.state, customer, input, now);
-        self.counters.waiting(&self.engine, &c.state, 1);
+        self.counters.waiting(&c.state, 1);
         self.counters.observe(&self.engine, &c.state.journeys, &fx);
         let Effects {
             actions,
@@ -262,8 +262,8 @@ impl Simulator {
         let now = event.occurred_at;
         let mut a = self.customers.remove(from).unwrap_or_default();
         let b = self.customers.entry(into.to_owned()).or_default();
-        self.counters.waiting(&self.engine, &a.state, -1);
-        self.counters.waiting(&self.engine, &b.state, -1);
+        self.counters.waiting(&a.state, -1);
+        self.counters.waiting(&b.state, -1);
         let Merged {
             from: mut a_fx,
             into: b_fx,
@@ -272,7 +272,7 @@ impl Simulator {
         } = self
             .engine
             .merge(&mut a.state, from, &mut b.state, into, event, now);
-        self.counters.waiting(&self.engine, &b.state, 1);
+        self.counters.waiting(&b.state, 1);
         let limit = self.engine.settings().history_limit;
         append_history(&mut a.history, &a_fx.records, limit);
         // A's records (of what was due before the merge) are counted under A, named in B's

@@ -1245,6 +1245,26 @@ steps:
         took("offer_a") > 100 && took("offer_b") > 100 && took("holdout") > 10,
         "{arm_of:?}"
     );
+    // The arms are remembered only while the goal can still be reached: not after a
+    // conversion, nor once its window has passed.
+    let (buyer, stayer) = {
+        let mut it = arm_of.keys().enumerate();
+        let buyer = it.next().unwrap().1.clone(); // i = 0 buys
+        let stayer = it.next().unwrap().1.clone(); // i = 1 does not
+        (buyer, stayer)
+    };
+    sim.push(&ev("2026-02-04T09:00:00Z", &buyer, "page_view"))
+        .unwrap();
+    sim.push(&ev("2026-02-04T09:00:00Z", &stayer, "page_view"))
+        .unwrap();
+    assert!(sim.customer(&buyer).unwrap().splits_taken.is_empty());
+    assert_eq!(sim.customer(&stayer).unwrap().splits_taken.len(), 1);
+    sim.push(&ev("2026-03-05T09:00:01Z", &stayer, "page_view"))
+        .unwrap();
+    assert!(
+        sim.customer(&stayer).unwrap().splits_taken.is_empty(),
+        "the 30-day window has passed"
+    );
 }
 
 /// Contract v2, "Journey status": paused, no entries and instances stop at a send until the
@@ -1464,12 +1484,20 @@ steps:
         sim.push(&ev("2026-01-05T10:00:00Z", c, "visit")).unwrap();
     }
     let step = |sim: &Simulator, s: &str| sim.counts().journeys["nudge"].steps[s].clone();
+    let waiting = |sim: &Simulator, s: &str| {
+        let nudge = &sim.counts().journeys["nudge"];
+        nudge
+            .waiting_by_step(&e, "nudge")
+            .get(s)
+            .copied()
+            .unwrap_or(0)
+    };
     let hello = step(&sim, "hello");
     assert_eq!(hello.reached, 3);
-    assert_eq!(hello.waiting, 0);
+    assert_eq!(waiting(&sim, "hello"), 0);
     assert_eq!(hello.sent.get("email"), Some(&2));
     assert_eq!(hello.suppressed.get("no_consent"), Some(&1), "c3 gave none");
-    assert_eq!(step(&sim, "pause").waiting, 3);
+    assert_eq!(waiting(&sim, "pause"), 3);
     // c2 withdraws consent; a day later everyone moves on and the instances end.
     sim.push(
         &ev("2026-01-05T11:00:00Z", "c2", "consent_changed")
@@ -1479,27 +1507,22 @@ steps:
     .unwrap();
     sim.advance_to(time::parse_rfc3339("2026-01-06T12:00:00Z").unwrap());
     let pause = step(&sim, "pause");
-    assert_eq!((pause.reached, pause.waiting), (3, 0));
+    assert_eq!((pause.reached, waiting(&sim, "pause")), (3, 0));
     let again = step(&sim, "again");
     assert_eq!(again.sent.get("email"), Some(&1));
     assert_eq!(again.suppressed.get("no_consent"), Some(&2));
     // The waiting counts are what the states hold, step by step.
     let active: usize = sim.customers().values().map(|s| s.instances.len()).sum();
-    let waiting: i64 = sim.counts().journeys["nudge"]
-        .steps
-        .values()
-        .map(|s| s.waiting)
-        .sum();
-    assert_eq!((active, waiting), (0, 0));
+    assert_eq!((active, sim.counts().journeys["nudge"].active()), (0, 0));
     // A re-entry waits again; an erasure takes the customer's instance off the count.
     sim.push(&ev("2026-01-07T10:00:00Z", "c1", "visit"))
         .unwrap();
     sim.push(&ev("2026-01-07T10:00:00Z", "c3", "visit"))
         .unwrap();
-    assert_eq!(step(&sim, "pause").waiting, 2);
+    assert_eq!(waiting(&sim, "pause"), 2);
     sim.push(&ev("2026-01-07T11:00:00Z", "c3", "erasure_requested"))
         .unwrap();
-    assert_eq!(step(&sim, "pause").waiting, 1);
+    assert_eq!(waiting(&sim, "pause"), 1);
     let nudge = &sim.counts().journeys["nudge"];
     assert_eq!(nudge.entered, 5);
     // Entries by the day they happened on.

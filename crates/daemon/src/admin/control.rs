@@ -7,12 +7,6 @@
 //! Every replica reads it to its end before it processes input (a restart keeps every status)
 //! and then follows it, applying each change to its engine within a poll (100 ms). A reload
 //! keeps the statuses (see [`crate::service::Shared::set_status`]).
-//!
-//! The same topic carries each input partition's counts (see `journeyd_engine::report`), keyed
-//! `#counts/<partition>` (no journey id starts with `#`), the value as the store keeps them:
-//! each replica publishes the counts of the partitions it owns every [`COUNTS_EVERY`] when they
-//! changed, and every replica keeps the latest of each partition, so that any replica can sum
-//! them for the whole deployment.
 
 use crate::config::Config;
 use crate::service::Shared;
@@ -27,12 +21,6 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-
-/// The key prefix of a partition's counts.
-pub const COUNTS_KEY: &str = "#counts/";
-
-/// How often a replica publishes the counts of the partitions it owns (when they changed).
-pub const COUNTS_EVERY: Duration = Duration::from_secs(2);
 
 /// A journey's status change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,7 +108,7 @@ impl ControlError {
 
 /// The settings of the control topic's reader: the service's client settings without the
 /// group (it reads the one partition from the beginning, and commits nothing).
-fn reader_config(config: &Config) -> ClientConfig {
+pub(crate) fn reader_config(config: &Config) -> ClientConfig {
     let mut c = crate::service::probe_client_config(config);
     c.set("enable.auto.commit", "false");
     c.set("enable.auto.offset.store", "false");
@@ -187,98 +175,9 @@ pub async fn publish(
         .map_err(|(e, _)| e.to_string())
 }
 
-/// Publishes the counts of the partitions this replica owns to the control topic, every
-/// [`COUNTS_EVERY`], those that changed since it last did, until `shutdown`.
-pub async fn publish_counts(shared: Arc<Shared>, topic: String, shutdown: CancellationToken) {
-    let producer = match crate::admin::producer(&shared.config) {
-        Ok(p) => p,
-        Err(error) => {
-            tracing::warn!(%error, "Cannot publish the partitions' counts: no producer.");
-            return;
-        }
-    };
-    let mut last: std::collections::BTreeMap<i32, Vec<u8>> = Default::default();
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(COUNTS_EVERY) => {}
-        }
-        let s = shared.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            s.partitions
-                .owned()
-                .into_iter()
-                .map(|p| Ok((p, s.store.counts(p)?)))
-                .collect::<Result<Vec<_>, journeyd_store::Error>>()
-        })
-        .await;
-        let owned = match read {
-            Ok(Ok(o)) => o,
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "Cannot read the partitions' counts to publish them.");
-                continue;
-            }
-            Err(_) => continue,
-        };
-        for (p, bytes) in owned {
-            let Some(bytes) = bytes else { continue };
-            if last.get(&p) == Some(&bytes) {
-                continue;
-            }
-            let key = format!("{COUNTS_KEY}{p}");
-            let sent = producer
-                .send(
-                    FutureRecord::to(&topic)
-                        .partition(0)
-                        .key(key.as_bytes())
-                        .payload(&bytes),
-                    Duration::from_secs(10),
-                )
-                .await;
-            match sent {
-                Ok(_) => {
-                    last.insert(p, bytes);
-                }
-                Err((error, _)) => {
-                    tracing::warn!(partition = p, %error, "Cannot publish a partition's counts; trying again later.");
-                }
-            }
-        }
-    }
-}
-
 /// Applies one record of the control topic; a record that cannot be read is logged and
 /// skipped (it cannot be fixed by reading it again).
 fn apply(shared: &Shared, key: Option<&[u8]>, payload: Option<&[u8]>, offset: i64) {
-    let counts_of = key
-        .and_then(|k| std::str::from_utf8(k).ok())
-        .and_then(|k| k.strip_prefix(COUNTS_KEY));
-    if let Some(partition) = counts_of {
-        let Ok(partition) = partition.parse::<i32>() else {
-            tracing::warn!(
-                offset,
-                "A control record names no partition's counts; skipped."
-            );
-            return;
-        };
-        let counts = payload.map(journeyd_engine::report::Counts::from_bytes);
-        let mut published = shared
-            .published_counts
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        match counts {
-            Some(Ok(c)) => {
-                published.insert(partition, c);
-            }
-            None => {
-                published.remove(&partition);
-            }
-            Some(Err(error)) => {
-                tracing::warn!(offset, partition, %error, "A partition's published counts cannot be read; skipped.");
-            }
-        }
-        return;
-    }
     let Some(payload) = payload else {
         // A tombstone (someone deleted the journey's record): no status but running.
         if let Some(journey) = key.and_then(|k| std::str::from_utf8(k).ok()) {

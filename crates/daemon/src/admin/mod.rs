@@ -25,6 +25,7 @@
 pub mod control;
 mod customers;
 mod page;
+pub mod published;
 pub mod report;
 pub mod tokens;
 
@@ -58,6 +59,9 @@ pub struct AdminConfig {
     pub tokens_file: Option<std::path::PathBuf>,
     /// The control topic (journey statuses); empty: `<group.id>.control`.
     pub control_topic: String,
+    /// The compacted topic where each replica publishes its partitions' counts, for the
+    /// deployment's sums (see [`published`]); empty: `<group.id>.counts`.
+    pub counts_topic: String,
 }
 
 impl Default for AdminConfig {
@@ -66,6 +70,7 @@ impl Default for AdminConfig {
             listen: "127.0.0.1:9465".into(),
             tokens_file: None,
             control_topic: String::new(),
+            counts_topic: String::new(),
         }
     }
 }

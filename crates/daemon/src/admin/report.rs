@@ -1,7 +1,7 @@
 //! What the operator API and the web page tell of each journey's counts: the counts kept with
 //! each input partition (see `journeyd_engine::report`), summed for the whole deployment
 //! (those of the partitions this replica owns from its store, the others as published to the
-//! control topic); a journey's graph; and the contract's experiment document.
+//! counts topic); a journey's graph; and the contract's experiment document.
 
 use crate::service::Shared;
 use axum::extract::{Path, State};
@@ -35,7 +35,7 @@ pub fn owned_counts(shared: &Shared) -> Result<Counts, journeyd_store::Error> {
 }
 
 /// The counts of the whole deployment: [`owned_counts`], and for every other partition the
-/// counts its owner last published to the control topic.
+/// counts its owner last published (see [`super::published`]).
 pub fn deployment_counts(shared: &Shared) -> Result<Counts, journeyd_store::Error> {
     let owned = shared.partitions.owned();
     let mut total = owned_counts(shared)?;
@@ -43,7 +43,7 @@ pub fn deployment_counts(shared: &Shared) -> Result<Counts, journeyd_store::Erro
         .published_counts
         .read()
         .unwrap_or_else(|p| p.into_inner());
-    for (p, c) in published.iter() {
+    for (p, (_, c)) in published.iter() {
         if !owned.contains(p) {
             total.add(c);
         }
@@ -88,7 +88,7 @@ pub fn summary(c: Option<&JourneyCounts>, today: i64) -> Value {
     }
     json!({
         "entered": c.entered,
-        "active": c.steps.values().map(|s| s.waiting).sum::<i64>(),
+        "active": c.active(),
         "goal_reached": c.goal_reached,
         "entered_today": day.entered,
         "goals_today": day.goal_reached,
@@ -148,24 +148,26 @@ pub(super) async fn counts(
     };
     let mine = all.journeys.get(&id);
     let mut body = summary(mine, today(&admin.shared));
-    let steps: BTreeMap<&str, Value> = mine
-        .map(|c| {
-            c.steps
-                .iter()
-                .map(|(s, sc)| {
-                    (
-                        s.as_str(),
-                        json!({
-                            "reached": sc.reached,
-                            "waiting": sc.waiting,
-                            "sent": sc.sent,
-                            "suppressed": sc.suppressed,
-                        }),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut steps: BTreeMap<String, Value> = BTreeMap::new();
+    if let Some(c) = mine {
+        let waiting = c.waiting_by_step(&engine, &id);
+        for (s, sc) in &c.steps {
+            steps.insert(
+                s.clone(),
+                json!({
+                    "reached": sc.reached,
+                    "waiting": waiting.get(s).copied().unwrap_or(0),
+                    "sent": sc.sent,
+                    "suppressed": sc.suppressed,
+                }),
+            );
+        }
+        for (s, n) in waiting {
+            steps.entry(s).or_insert_with(
+                || json!({"reached": 0, "waiting": n, "sent": {}, "suppressed": {}}),
+            );
+        }
+    }
     let report = all.report(&engine);
     let splits = report.journeys.get(&id).map(|r| json!(r.splits));
     if let Some(map) = body.as_object_mut() {

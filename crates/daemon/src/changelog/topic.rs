@@ -160,6 +160,16 @@ pub(crate) async fn create_compacted(
     topic: &str,
     partitions: usize,
 ) -> Result<(), String> {
+    create_compacted_with(client, topic, partitions, &[]).await
+}
+
+/// [`create_compacted`], with more topic settings.
+pub(crate) async fn create_compacted_with(
+    client: &ClientConfig,
+    topic: &str,
+    partitions: usize,
+    settings: &[(&str, &str)],
+) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = client.create().map_err(|e| e.to_string())?;
     let new = NewTopic::new(
         topic,
@@ -168,6 +178,7 @@ pub(crate) async fn create_compacted(
         TopicReplication::Fixed(-1),
     )
     .set("cleanup.policy", "compact");
+    let new = settings.iter().fold(new, |n, (k, v)| n.set(k, v));
     let options = AdminOptions::new()
         .request_timeout(Some(Duration::from_secs(15)))
         .operation_timeout(Some(Duration::from_secs(15)));

@@ -101,9 +101,9 @@ pub struct Shared {
     pub statuses: RwLock<std::collections::BTreeMap<String, (Status, Millis)>>,
     /// The sweeps under way after a stop or a resume (see [`sweep`]).
     pub sweeps: Sweeps,
-    /// Each input partition's counts as its owner last published them to the control topic
-    /// (see [`crate::admin::control`]), for the deployment's sums.
-    pub published_counts: RwLock<std::collections::BTreeMap<i32, journeyd_engine::report::Counts>>,
+    /// Each input partition's counts as its owner last published them, with the partition's
+    /// position then (see [`crate::admin::published`]), for the deployment's sums.
+    pub published_counts: RwLock<crate::admin::published::Published>,
 }
 
 impl Shared {
@@ -272,14 +272,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                 } => r,
             };
             match followed {
-                Ok(thread) => {
-                    tokio::spawn(crate::admin::control::publish_counts(
-                        shared.clone(),
-                        topic.clone(),
-                        shutdown.clone(),
-                    ));
-                    break Some(thread);
-                }
+                Ok(thread) => break Some(thread),
                 Err(error) if error.is_transient() => {
                     tracing::warn!(%error, "Cannot read the control topic yet; trying again in 2 s.");
                     tokio::select! {
@@ -292,6 +285,8 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         },
         None => None,
     };
+    // Each partition's counts, for the deployment's sums: in the background, never in the way.
+    let _published = crate::admin::published::start(shared.clone(), shutdown.clone());
     let (consumer, producer) = clients(&shared)?;
     let _standby = match &changelog {
         Some(topic) if shared.config.store.standby_replicas > 0 => Some(standby::start(
@@ -732,7 +727,7 @@ pub fn update_gauges(shared: &Shared) {
     };
     m.timer_lag_seconds.set(lag);
     match crate::admin::report::owned_counts(shared) {
-        Ok(counts) => m.partition_counts.set(&counts),
+        Ok(counts) => m.partition_counts.set(&counts, &shared.engine()),
         Err(error) => tracing::warn!(%error, "Cannot read the partitions' counts."),
     }
 }

@@ -58,6 +58,7 @@ impl Rig {
         // The mock cluster cannot create topics for a client: the changelog is made here.
         topics.push((format!("{group}.changelog"), 2));
         topics.push((format!("{group}.control"), 1));
+        topics.push((format!("{group}.counts"), 1));
         let cluster = Embedded::start(&topics).unwrap();
         Rig {
             cluster,

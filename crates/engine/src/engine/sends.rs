@@ -162,6 +162,33 @@ impl Run<'_, '_> {
         let window = self.engine.cap_window;
         self.st.sent.retain(|m| m.at > now - window);
         self.forget_entries(now);
+        self.forget_arms(now);
+    }
+
+    /// Drops the split arms of entries whose goal can no longer be reached (the journey has
+    /// none, it was reached, or its window since the entry has passed): nothing counts them.
+    pub(super) fn forget_arms(&mut self, now: Millis) {
+        if self.st.splits_taken.is_empty() {
+            return;
+        }
+        let live: Vec<bool> = self
+            .st
+            .journeys
+            .iter()
+            .map(|mem| {
+                let goal = self
+                    .engine
+                    .journey(&mem.id, mem.version)
+                    .and_then(|jr| jr.goal.as_ref());
+                match (goal, mem.entered_at) {
+                    (Some(goal), Some(entered)) => !mem.converted && now - entered <= goal.within,
+                    _ => false,
+                }
+            })
+            .collect();
+        self.st
+            .splits_taken
+            .retain(|t| live.get(usize::from(t.j)).copied().unwrap_or(false));
     }
 
     /// Drops the entry records nothing can need any more: the journey's instance has ended,

@@ -215,7 +215,8 @@ function journeyPage(id) {
 
   let graph = null;
   poll(async () => {
-    // The graph is drawn once (first successful poll); later polls only update numbers.
+    // The graph is drawn on the first successful poll, and again when a reload brings a new
+    // version; the other polls only update numbers.
     const [g, rep, list] = await Promise.all([graph || api(`/journeys/${enc}/graph`), api(`/journeys/${enc}/counts`), api('/journeys')])
       .catch((e) => { // an unknown journey (404) or the like: say so in place too
         if (!graph && e.status >= 400 && e.status !== 401) graphBox.replaceChildren(h('p', { class: 'error-text', text: e.message }));
@@ -227,6 +228,11 @@ function journeyPage(id) {
       $('journey-version').textContent = `version ${g.version}`;
       graphBox.replaceChildren(drawGraph(g));
       if ((g.notes || []).length) graphBox.append(h('ul', { class: 'notes' }, g.notes.map((n) => h('li', { text: n }))));
+    }
+    const listed = ((list && list.journeys) || []).find((x) => x.id === id);
+    if (graph && listed && listed.version !== graph.version) {
+      graph = null; // redrawn on the next poll, from the new version's graph
+      return;
     }
     updateCounts(graphBox, rep);
     $('stat-entered').textContent = num(rep.entered);
@@ -345,7 +351,7 @@ function renderExperiments(box, graph, rep) {
       h('td', { class: 'n', text: num(a.converted) }),
       h('td', { class: 'n', text: a.entered ? pct1(rateOf(a)) : '—' }),
       h('td', { class: 'n', text: a.lift === null || a.lift === undefined ? '—' : `${a.lift >= 0 ? '+' : '−'}${Math.round(Math.abs(a.lift) * 100)}%` }),
-      h('td', { class: 'n', text: a.p_value === null || a.p_value === undefined ? '—' : a.p_value.toFixed(3) })));
+      h('td', { class: 'n', text: a.p_value === null || a.p_value === undefined ? '—' : pValue(a.p_value) })));
     return h('div', { class: 'experiment', 'data-split': id },
       h('h3', {}, 'Split ', h('span', { class: 'mono', text: id })),
       rows.length ? h('table', { class: 'data arms' },
