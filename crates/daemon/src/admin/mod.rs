@@ -6,7 +6,7 @@
 //!
 //! | call | access | does |
 //! |---|---|---|
-//! | `GET /` (and `/app.js`, `/style.css`) | none | the web page (no data: it asks for a token and calls the routes below) |
+//! | `GET /` (and `/app.js`, `/graph.js`, `/style.css`) | none | the web page (no data: it asks for a token and calls the routes below) |
 //! | `GET /journeys` | read | id, name, versions, status, counts |
 //! | `GET /journeys/{id}/graph` | read | the journey's graph (as `journey graph` draws it) |
 //! | `GET /journeys/{id}/counts` | read | live counts of every step, and the splits' arms |

@@ -8,6 +8,7 @@ use axum::Router;
 
 const INDEX: &str = include_str!("page/index.html");
 const SCRIPT: &str = include_str!("page/app.js");
+const GRAPH: &str = include_str!("page/graph.js");
 const STYLE: &str = include_str!("page/style.css");
 
 /// Everything comes from this listener; nothing runs but the page's own script.
@@ -25,7 +26,7 @@ fn file(kind: &'static str, body: &'static str) -> impl IntoResponse {
     )
 }
 
-/// `GET /`, `/app.js` and `/style.css`, without a token.
+/// `GET /`, `/app.js`, `/graph.js` and `/style.css`, without a token.
 pub(super) fn routes() -> Router {
     Router::new()
         .route(
@@ -35,6 +36,10 @@ pub(super) fn routes() -> Router {
         .route(
             "/app.js",
             get(|| async { file("text/javascript; charset=utf-8", SCRIPT) }),
+        )
+        .route(
+            "/graph.js",
+            get(|| async { file("text/javascript; charset=utf-8", GRAPH) }),
         )
         .route(
             "/style.css",
