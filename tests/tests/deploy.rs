@@ -467,6 +467,7 @@ fn exported_metrics() -> BTreeMap<String, MetricInfo> {
         &m.reloads,
         &m.actions_dead_lettered,
         &m.output_lost,
+        &m.audience_customers,
     ];
     for c in counters {
         c.with_label_values(&some_labels(c)).inc();

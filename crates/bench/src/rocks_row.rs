@@ -105,7 +105,7 @@ pub fn measure(events: usize) -> anyhow::Result<Vec<Row>> {
         .flat_map(|(work, _, _)| work)
         .filter_map(|w| match w {
             Work::Event { event, .. } => Some(event.customer_id.as_str()),
-            Work::Timer { .. } | Work::Settle { .. } => None,
+            Work::Timer { .. } | Work::Settle { .. } | Work::Audience { .. } => None,
         })
         .collect::<std::collections::HashSet<_>>()
         .len();

@@ -57,16 +57,6 @@ pub fn open(config: &Config) -> Result<Opened> {
         new_versions = loaded.new_versions.len(),
         "Journeys loaded."
     );
-    for j in loaded.engine.journeys() {
-        if matches!(j.entry.trigger, journeyd_journey::Trigger::Audience { .. }) {
-            // The simulator runs them; the service's scan of its partitions is still to come.
-            tracing::warn!(
-                journey = %j.id,
-                "This journey enters by audience runs, which the service does not run yet: \
-                 nobody enters it here (journey simulate and journey test do run it)."
-            );
-        }
-    }
     Ok(Opened {
         store,
         engine: loaded.engine,
@@ -117,6 +107,7 @@ pub fn shared(config: Config, opened: Opened) -> Result<Arc<Shared>> {
         reload: AtomicBool::new(false),
         statuses: RwLock::default(),
         published_counts: RwLock::default(),
+        runs: Default::default(),
         sweeps: crate::service::Sweeps::default(),
         config,
     }))

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub quarantined_now: IntGauge,
     /// Dead letters Kafka refused too (logged, then dropped), by kind and reason.
     pub output_lost: IntCounterVec,
+    /// Customers given an audience run, by journey.
+    pub audience_customers: IntCounterVec,
     /// Changelog records read to restore partitions.
     pub restored_records: IntCounter,
     /// The counts kept with the partitions this replica owns (see
@@ -365,6 +367,12 @@ impl Metrics {
                 "Customers quarantined now: failed and not processed again since.",
             )?,
             partition_counts: PartitionGauges::new(&r)?,
+            audience_customers: counter(
+                &r,
+                "journeyd_audience_customers_total",
+                "Customers given an audience run (a run's progress), by journey.",
+                &["journey"],
+            )?,
             output_lost: counter(
                 &r,
                 "journeyd_output_lost_total",

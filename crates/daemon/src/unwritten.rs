@@ -218,7 +218,7 @@ impl Unwritten {
             .iter()
             .filter_map(|w| match w {
                 Work::Timer { due, customer, .. } => Some((*due, customer.clone())),
-                Work::Event { .. } | Work::Settle { .. } => None,
+                Work::Event { .. } | Work::Settle { .. } | Work::Audience { .. } => None,
             })
             .collect();
         next.push(Arc::new(WriteSet {

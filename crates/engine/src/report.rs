@@ -40,6 +40,10 @@ pub struct JourneyCounts {
     /// Entries and goals by UTC day (days since 1970-01-01, of the engine time they happened
     /// at), the last [`DAYS_KEPT`] days only.
     pub days: BTreeMap<i64, DayCounts>,
+    /// The time of the last audience run given to every customer counted here (the service
+    /// keeps it with each partition's counts, so a restart neither misses a run nor gives one
+    /// twice); summed counts keep the latest.
+    pub last_run: Option<journeyd_types::Millis>,
 }
 
 /// One day's entries and goals.
@@ -157,6 +161,11 @@ impl Counts {
     /// Whether nothing is counted.
     pub fn is_empty(&self) -> bool {
         self.journeys.is_empty()
+    }
+
+    /// A journey's counts, added when missing.
+    pub fn journey_mut(&mut self, id: &str) -> &mut JourneyCounts {
+        self.journey(id)
     }
 
     fn journey(&mut self, id: &str) -> &mut JourneyCounts {
@@ -278,6 +287,7 @@ impl Counts {
                 e.goal_reached += d.goal_reached;
             }
             mine.prune();
+            mine.last_run = mine.last_run.max(theirs.last_run);
             for (s, arms) in &theirs.arms {
                 let m = mine.arms.entry(s.clone()).or_default();
                 for (k, a) in arms {

@@ -57,6 +57,21 @@ pub enum Work {
         /// The status it changed to (applied as it was then, even if it has changed since).
         status: journeyd_engine::Status,
     },
+    /// A customer of a partition given an audience run (see [`crate::service::audience`]):
+    /// processed at the run's time; written only when it changed them.
+    Audience {
+        /// The customer.
+        customer: String,
+        /// The input partition they are listed under.
+        partition: i32,
+        /// The run's time.
+        at: Millis,
+        /// The audience journey.
+        journey: Arc<str>,
+        /// Whether this is the partition's last customer of the run: the batch records the
+        /// run as given to the partition.
+        last: bool,
+    },
     /// A due entry of the timer index.
     Timer {
         /// When it fell due.
@@ -74,7 +89,7 @@ impl Work {
         match self {
             Work::Event { event, .. } => event.occurred_at,
             Work::Timer { due, .. } => *due,
-            Work::Settle { at, .. } => *at,
+            Work::Settle { at, .. } | Work::Audience { at, .. } => *at,
         }
     }
 }
@@ -272,6 +287,11 @@ pub fn run_batch_logged(
                 customer,
                 partition,
                 ..
+            }
+            | Work::Audience {
+                customer,
+                partition,
+                ..
             } => (customer.as_str(), Some(*partition)),
         };
         let i = *index.entry(id).or_insert_with(|| {
@@ -283,7 +303,9 @@ pub fn run_batch_logged(
         // entry's.
         let slot = &mut slots[i];
         match (w, partition) {
-            (Work::Event { .. } | Work::Settle { .. }, Some(p)) => slot.owner = Some(p),
+            (Work::Event { .. } | Work::Settle { .. } | Work::Audience { .. }, Some(p)) => {
+                slot.owner = Some(p)
+            }
             (Work::Timer { .. }, Some(p)) => {
                 slot.owner.get_or_insert(p);
             }
@@ -351,8 +373,16 @@ pub fn run_batch_logged(
                 }
                 (Input::Apply(journey, *status), *at)
             }
+            Work::Audience { at, journey, .. } => {
+                // Nobody to run: the customer is not stored (erased meanwhile, or never).
+                if !slot.existed && !slot.changed {
+                    continue;
+                }
+                (Input::Audience(journey), *at)
+            }
         };
-        let settle = matches!(w, Work::Settle { .. });
+        // Written only if it changed something (a run leaves most customers as they were).
+        let settle = matches!(w, Work::Settle { .. } | Work::Audience { .. });
         if slot.poison.is_some() {
             continue;
         }
@@ -424,8 +454,23 @@ pub fn run_batch_logged(
     let mut existed = Vec::with_capacity(slots.len());
     // The batch's latest time, events' and timers' alike.
     let latest = work.iter().map(Work::at).max().unwrap_or(0);
-    // What the batch changed of each partition's counts.
+    // What the batch changed of each partition's counts; and the audience runs it finished
+    // giving to a partition.
     let mut by_partition: BTreeMap<i32, Counts> = BTreeMap::new();
+    let mut runs_given: Vec<(i32, Arc<str>, Millis)> = Vec::new();
+    for w in work {
+        if let Work::Audience {
+            partition,
+            at,
+            journey,
+            last: true,
+            ..
+        } = w
+        {
+            by_partition.entry(*partition).or_default();
+            runs_given.push((*partition, journey.clone(), *at));
+        }
+    }
     for (i, slot) in slots.into_iter().enumerate() {
         let id = slot.id;
         if let Some(error) = slot.poison {
@@ -585,6 +630,10 @@ pub fn run_batch_logged(
             None => waiting_in(store, unwritten, p)?,
         };
         counts.add(&delta);
+        for (_, journey, at) in runs_given.iter().filter(|(q, _, _)| *q == p) {
+            let given = &mut counts.journey_mut(journey).last_run;
+            *given = (*given).max(Some(*at));
+        }
         let bytes = counts.to_bytes();
         if changelog {
             out.changes.push(Change {

@@ -408,3 +408,75 @@ fn a_batch_run_over_the_unwritten_previous_batch_does_what_it_does_after_the_wri
         .count();
     assert_eq!(sent, sends as u64, "every send is counted at its step");
 }
+
+#[test]
+fn an_audience_run_enters_those_it_reaches_once_and_records_the_partition_given() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../journeys");
+    let engine = Engine::new(journeyd_journey::load_dir(&dir).unwrap().catalog);
+    let store = MemoryStore::new();
+    let run: Millis = journeyd_types::time::parse_rfc3339("2026-03-06T09:00:00Z").unwrap();
+    // Two customers of partition 2 who last transacted 40 days before the run (lapsed.yaml's
+    // audience), one who did yesterday.
+    let profile = |c: &str, days: i64| {
+        let mut attributes = Attributes::new();
+        let last = journeyd_types::time::format_rfc3339(run - days * 86_400_000);
+        attributes.insert("last_transaction_at".into(), Value::from(last.as_str()));
+        attributes.insert("balance".into(), Value::from(80.0));
+        Work::Event {
+            event: Event {
+                event_id: format!("{c}-p"),
+                customer_id: c.into(),
+                event_type: "profile_updated".into(),
+                channel: None,
+                occurred_at: run - 3_600_000,
+                attributes,
+            },
+            partition: 2,
+            read_at: None,
+        }
+    };
+    let first = vec![profile("a", 40), profile("b", 40), profile("c", 1)];
+    let out = run_batch(&engine, &store, &Unwritten::none(), &first, &[]).unwrap();
+    store.write(&out.write).unwrap();
+    let given = |last: bool| -> Vec<Work> {
+        ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Work::Audience {
+                customer: (*c).into(),
+                partition: 2,
+                at: run,
+                journey: "lapsed_reactivation".into(),
+                last: last && i == 2,
+            })
+            .collect()
+    };
+    let state = |c: &str| CustomerState::from_bytes(&store.customer(c).unwrap().unwrap()).unwrap();
+    // A run cut short (no last customer): entries, but the partition is not recorded as given.
+    let out = run_batch(&engine, &store, &Unwritten::none(), &given(false), &[]).unwrap();
+    store.write(&out.write).unwrap();
+    let after_first = [state("a"), state("b")];
+    assert!(
+        after_first.iter().all(|s| s.instances.len() == 1),
+        "a and b entered"
+    );
+    let last_run = |store: &MemoryStore| {
+        Counts::from_bytes(&store.counts(2).unwrap().unwrap())
+            .unwrap()
+            .journeys
+            .get("lapsed_reactivation")
+            .and_then(|j| j.last_run)
+    };
+    assert_eq!(last_run(&store), None);
+    // Given again from its start: nobody enters twice; now the partition has had the run.
+    let out = run_batch(&engine, &store, &Unwritten::none(), &given(true), &[]).unwrap();
+    assert!(
+        out.actions.is_empty(),
+        "nobody enters twice: {:?}",
+        out.actions
+    );
+    store.write(&out.write).unwrap();
+    assert_eq!(last_run(&store), Some(run));
+    assert_eq!([state("a"), state("b")], after_first);
+    assert!(state("c").instances.is_empty(), "c transacted yesterday");
+}

@@ -48,6 +48,7 @@ pub use partitions::Partitions;
 pub use readiness::Progress;
 pub use standby::Lanes;
 pub use sweep::Sweeps;
+pub mod audience;
 
 use crate::clock::{wall_now, Clock};
 use crate::config::{Config, Encoding};
@@ -101,6 +102,8 @@ pub struct Shared {
     pub statuses: RwLock<std::collections::BTreeMap<String, (Status, Millis)>>,
     /// The sweeps under way after a stop or a resume (see [`sweep`]).
     pub sweeps: Sweeps,
+    /// The audience runs under way (see [`audience`]).
+    pub runs: audience::Runs,
     /// Each input partition's counts as its owner last published them, with the partition's
     /// position then (see [`crate::admin::published`]), for the deployment's sums.
     pub published_counts: RwLock<crate::admin::published::Published>,
@@ -460,6 +463,27 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
                         customer: t.customer,
                         partition: t.partition,
                     }));
+                    // A page of an audience run, between live batches, once its partition is
+                    // read past the run's time (as its timers are).
+                    let read_past = |p, at| partitions.fires(p, if real_time { at } else { Millis::MIN });
+                    if let Err(error) = s.runs.schedule(&s.engine(), s.store.as_ref(), &partitions, s.clock.now(), &read_past) {
+                        tracing::error!(%error, "Cannot read when the partitions had their audience runs; trying again.");
+                    }
+                    if s.runs.pending() {
+                        match s.runs.next_page(s.store.as_ref(), &partitions, limit) {
+                            Ok(page) => {
+                                if let Some(Work::Audience { journey, .. }) = page.first() {
+                                    s.metrics
+                                        .audience_customers
+                                        .with_label_values(&[journey.as_ref()])
+                                        .inc_by(page.len() as u64);
+                                }
+                                p.backlogged |= !page.is_empty();
+                                p.work.extend(page);
+                            }
+                            Err(error) => tracing::error!(%error, "Cannot read a page of an audience run; trying again."),
+                        }
+                    }
                     // A page of a sweep after a status change, between live batches.
                     if s.sweeps.pending() {
                         match s.sweeps.next_page(s.store.as_ref(), &partitions, limit) {

@@ -131,6 +131,15 @@ impl Run<'_, '_> {
         else {
             return;
         };
+        // A run given again (the service's replica restarted during it) enters nobody twice.
+        if self
+            .st
+            .journeys
+            .iter()
+            .any(|m| m.id == journey.id && m.entered_at.is_some_and(|e| e >= now))
+        {
+            return;
+        }
         // Most customers of a run fail a plain test on their profile: they cost no more.
         if let Some(c) = &journey.entry.condition {
             if ruled_out(c, &self.st.profile, now) {
