@@ -18,8 +18,8 @@ fn campaign(at: i64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_reaches_every_partitions_customers_as_the_simulator_says_and_only_once() {
     let t = now();
-    // The run a few seconds from now: the customers are known by then.
-    let run_at = (t / 1000 + 6) * 1000;
+    // The run some seconds from now: the customers are known by then (checked below).
+    let run_at = (t / 1000 + 15) * 1000;
     let rig = Rig::new(&[("gold.yaml", &campaign(run_at))]);
     let first = rig.start(rig.config());
     let mut second_config = rig.config();
@@ -40,10 +40,23 @@ async fn a_run_reaches_every_partitions_customers_as_the_simulator_says_and_only
         })
         .collect();
     rig.publish(&events).await;
+    let held = |r: &Running| {
+        customers
+            .iter()
+            .filter(|c| r.shared.store.customer(c).unwrap().is_some())
+            .count()
+    };
+    while held(&first) + held(&second) < customers.len() {
+        assert!(
+            now() < run_at - 500,
+            "the machine was too slow: the customers were not known before the run"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let expected = simulated(&rig, &events, run_at + 1000);
     assert_eq!(expected.len(), 14, "one offer per gold customer");
     let mut reader = rig.reader();
-    until_every_expected(&mut reader, &expected, Duration::from_secs(30)).await;
+    until_every_expected(&mut reader, &expected, Duration::from_secs(40)).await;
     assert_eq!(
         reader.actions.len(),
         expected.len(),

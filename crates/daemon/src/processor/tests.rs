@@ -414,9 +414,9 @@ fn an_audience_run_enters_those_it_reaches_once_and_records_the_partition_given(
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../journeys");
     let engine = Engine::new(journeyd_journey::load_dir(&dir).unwrap().catalog);
     let store = MemoryStore::new();
-    let run: Millis = journeyd_types::time::parse_rfc3339("2026-03-06T09:00:00Z").unwrap();
-    // Two customers of partition 2 who last transacted 40 days before the run (lapsed.yaml's
-    // audience), one who did yesterday.
+    let run: Millis = journeyd_types::time::parse_rfc3339("2026-03-04T09:00:00Z").unwrap(); // lapsed.yaml: 2 Feb, then every 30 days
+                                                                                            // Two customers of partition 2 who last transacted 40 days before the run (lapsed.yaml's
+                                                                                            // audience), one who did yesterday.
     let profile = |c: &str, days: i64| {
         let mut attributes = Attributes::new();
         let last = journeyd_types::time::format_rfc3339(run - days * 86_400_000);
@@ -468,7 +468,8 @@ fn an_audience_run_enters_those_it_reaches_once_and_records_the_partition_given(
             .and_then(|j| j.last_run)
     };
     assert_eq!(last_run(&store), None);
-    // Given again from its start: nobody enters twice; now the partition has had the run.
+    // Given again from its start: nobody enters twice (their clock is past the run); now the
+    // partition has had the run.
     let out = run_batch(&engine, &store, &Unwritten::none(), &given(true), &[]).unwrap();
     assert!(
         out.actions.is_empty(),

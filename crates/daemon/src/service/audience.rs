@@ -9,8 +9,10 @@
 //! first run after that one that is due by its processing clock; a partition that never had
 //! one gets the latest run due, not every run since the journey's first. A partition's run
 //! waits, as its timers do, until its input has been read past the run's time. A run interrupted
-//! (a crash, a partition moving) is given again from its start: the engine enters nobody twice
-//! for the same run, and those it had not reached get it.
+//! (a crash, a partition moving) is given again from its start: the engine gives a run to a
+//! customer once (a customer whose clock is past it has had it), and those it had not reached
+//! get it. A customer whose next event comes before the scan reaches them is given the run by
+//! that event, at the run's time, first (see the engine's `run_due`).
 //!
 //! Not covered: a partition's customers stored before the per-partition lists existed (they
 //! are not listed), and the last run of a partition with no customer is not recorded (a later
@@ -143,6 +145,15 @@ impl Runs {
             }
         }
         Ok(())
+    }
+
+    /// Forgets the runs under way and given out (a transaction aborted: the batches since the
+    /// last commit went): they are given again from their start.
+    pub fn reset(&self) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.queue.clear();
+        inner.given.clear();
+        inner.checked = None;
     }
 
     /// Whether any run is under way.

@@ -386,8 +386,10 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             restores.finish(&shared, &consumer);
         }
         if past.take_rewound() {
-            // A transaction aborted: what was read since goes, and is read again.
+            // A transaction aborted: what was read since goes, and is read again; the audience
+            // runs under way start again (their pages since went too).
             prefetched = None;
+            shared.runs.reset();
             continue;
         }
         let mut begun = false;
@@ -528,6 +530,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             }
             if past.take_rewound() {
                 prefetched = None;
+                shared.runs.reset();
             }
             continue;
         }
@@ -654,8 +657,10 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
             break;
         }
         if past.take_rewound() {
-            // This batch read through the aborted one: it is dropped, and read again.
+            // This batch read through the aborted one: it is dropped, and read again (an
+            // audience run's page in it too: the runs under way start again).
             prefetched = None;
+            shared.runs.reset();
             continue;
         }
         if transactional {

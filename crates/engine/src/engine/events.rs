@@ -120,7 +120,8 @@ impl Run<'_, '_> {
         }
     }
 
-    /// An audience run of journey `id` for this customer (see [`Input::Audience`]).
+    /// An audience run of journey `id` for this customer at `now` (given by `run_due`, once per
+    /// run and customer: see [`Input::Audience`]).
     pub(super) fn on_audience(&mut self, id: &str, now: Millis) {
         let Some(journey) = self
             .engine
@@ -131,15 +132,6 @@ impl Run<'_, '_> {
         else {
             return;
         };
-        // A run given again (the service's replica restarted during it) enters nobody twice.
-        if self
-            .st
-            .journeys
-            .iter()
-            .any(|m| m.id == journey.id && m.entered_at.is_some_and(|e| e >= now))
-        {
-            return;
-        }
         // Most customers of a run fail a plain test on their profile: they cost no more.
         if let Some(c) = &journey.entry.condition {
             if ruled_out(c, &self.st.profile, now) {

@@ -61,7 +61,9 @@ pub enum Input<'a> {
     /// An audience run of this journey (by id) at the input's time: the customer enters if
     /// the entry condition holds (with `event` the synthetic audience event: type `audience`,
     /// no channel, `occurred_at` the run time, no attributes), subject to `reentry`, to one
-    /// active instance at a time and to the journey status.
+    /// active instance at a time and to the journey status. Every input gives a known
+    /// customer the runs due since their last one, this one included; given again (or after
+    /// a later input of theirs), a run does nothing.
     Audience(&'a str),
     /// The status of this journey (by id) changed: apply what the new status (the engine's)
     /// does to the customer at once (a stop ends their instance and cancels the journey's
@@ -321,7 +323,9 @@ impl Engine {
             Input::Event(ev) => run.on_event(ev, now),
             Input::Status(id) => run.on_status(id, now),
             Input::Apply(id, status) => run.apply_status(id, status, now),
-            Input::Audience(id) => run.on_audience(id, now),
+            // The run is given by `run_due`, with every other run due since the customer's
+            // last input, in time order; given again, it does nothing.
+            Input::Audience(_) => {}
             Input::Timer => {}
         })
     }
@@ -383,12 +387,14 @@ impl Engine {
         input: impl FnOnce(&mut Run<'_, '_>, Millis),
     ) -> Effects {
         let before = state.wake;
+        let known = state.clock != 0 || *state != CustomerState::default();
         let now = now.max(state.clock);
         let mut run = Run {
             engine: self,
             st: state,
             cid: customer_id,
             fx: Effects::default(),
+            known,
         };
         run.settle_status(now);
         run.run_due(now);
@@ -527,6 +533,9 @@ struct Run<'e, 's> {
     st: &'s mut CustomerState,
     cid: &'s str,
     fx: Effects,
+    /// Whether the customer was known before this input (had a state): only a known customer
+    /// is given the audience runs due since their last input.
+    known: bool,
 }
 
 impl Run<'_, '_> {

@@ -3,9 +3,59 @@
 use super::*;
 
 impl Run<'_, '_> {
-    /// Runs every deadline due at or before `now`, each at its own time, in due order.
+    /// Runs every deadline and audience run due at or before `now`, each at its own time, in
+    /// due order (a run before a deadline due at the same time).
+    ///
+    /// A known customer is given every audience run due after their clock (the time of their
+    /// last input) when their next input comes, at the run's time: so a run reaches each
+    /// customer exactly once, before any later input of theirs, whether the service's scan
+    /// of their partition or an event of theirs comes first (`journey simulate` gives it to
+    /// every known customer at its time).
     pub(super) fn run_due(&mut self, now: Millis) {
-        while let Some(due) = self.st.next_deadline().filter(|d| *d <= now) {
+        loop {
+            let deadline = self.st.next_deadline().filter(|d| *d <= now);
+            let run = self.next_run(now);
+            match (run, deadline) {
+                (Some((at, id)), d) if d.is_none_or(|d| at <= d) => {
+                    self.st.clock = at;
+                    self.on_audience(&id, at);
+                }
+                (_, Some(due)) => self.run_deadline(due),
+                _ => break,
+            }
+        }
+    }
+
+    /// The earliest audience run after the customer's clock and at or before `now`, if they
+    /// are known: its time and journey.
+    fn next_run(&self, now: Millis) -> Option<(Millis, Arc<str>)> {
+        if !self.known {
+            return None;
+        }
+        let clock = self.st.clock;
+        let mut best: Option<(Millis, Arc<str>)> = None;
+        for j in &self.engine.current {
+            let Trigger::Audience { at, every } = j.entry.trigger else {
+                continue;
+            };
+            let next = if clock < at {
+                at
+            } else {
+                match every.filter(|e| *e > 0) {
+                    Some(e) => at.saturating_add(((clock - at) / e + 1).saturating_mul(e)),
+                    None => continue,
+                }
+            };
+            if next <= now && best.as_ref().is_none_or(|(b, _)| next < *b) {
+                best = Some((next, j.id.as_str().into()));
+            }
+        }
+        best
+    }
+
+    /// Runs the deadlines due at `due`.
+    fn run_deadline(&mut self, due: Millis) {
+        {
             let t = due.max(self.st.clock);
             self.st.clock = t;
             let mut batch = Vec::new();
