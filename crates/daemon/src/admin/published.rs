@@ -78,32 +78,70 @@ pub fn keep(published: &mut Published, partition: i32, record: Option<(i64, Coun
     }
 }
 
-/// Starts publishing and following the counts topic, in the background; both stop at
-/// `shutdown`. A topic that cannot be had is logged: each replica then reports its own
-/// partitions only.
-pub fn start(shared: Arc<Shared>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let topic = shared.config.counts_topic();
-        if let Err(error) = ensure(&shared, &topic).await {
+/// The counts topic's publisher and follower: stopped when dropped, and holding the shared
+/// state (and with it the store) only while they use it, so the store closes with the service.
+#[derive(Debug)]
+pub struct Running {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    follower: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.task.abort();
+        let thread = self
+            .follower
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts publishing and following the counts topic, in the background, until `shutdown` or
+/// until the [`Running`] is dropped. A topic that cannot be had is logged: each replica then
+/// reports its own partitions only.
+pub fn start(shared: &Arc<Shared>, shutdown: &CancellationToken) -> Running {
+    let stop = shutdown.child_token();
+    let follower: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>> = Arc::default();
+    let (weak, config) = (Arc::downgrade(shared), shared.config.clone());
+    let (slot, token) = (follower.clone(), stop.clone());
+    let task = tokio::spawn(async move {
+        let topic = config.counts_topic();
+        if let Err(error) = ensure(&config, &topic).await {
             tracing::warn!(topic, %error, "No counts topic: each replica reports the counts of its own partitions only.");
             return;
         }
-        let follower = {
-            let (shared, topic, shutdown) = (shared.clone(), topic.clone(), shutdown.clone());
+        let thread = {
+            let (weak, topic, token) = (weak.clone(), topic.clone(), token.clone());
             std::thread::Builder::new()
                 .name("journeyd-counts".into())
-                .spawn(move || follow(&shared, &topic, &shutdown))
+                .spawn(move || follow(&weak, &config, &topic, &token))
         };
-        if let Err(error) = follower {
-            tracing::warn!(%error, "Cannot follow the counts topic.");
+        match thread {
+            Ok(t) => {
+                *slot
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(t);
+            }
+            Err(error) => tracing::warn!(%error, "Cannot follow the counts topic."),
         }
-        publish(shared, topic, shutdown).await;
-    })
+        publish(weak, topic, token).await;
+    });
+    Running {
+        stop,
+        task,
+        follower,
+    }
 }
 
 /// Creates the topic when missing.
-async fn ensure(shared: &Shared, topic: &str) -> Result<(), String> {
-    let client = super::control::reader_config(&shared.config);
+async fn ensure(config: &crate::config::Config, topic: &str) -> Result<(), String> {
+    let client = super::control::reader_config(config);
     let exists = {
         let (mut client, topic) = (client.clone(), topic.to_owned());
         tokio::task::spawn_blocking(move || -> Result<bool, String> {
@@ -137,8 +175,13 @@ async fn ensure(shared: &Shared, topic: &str) -> Result<(), String> {
 }
 
 /// Follows the topic from its beginning until `shutdown`, keeping each partition's counts.
-fn follow(shared: &Shared, topic: &str, shutdown: &CancellationToken) {
-    let consumer: BaseConsumer = match super::control::reader_config(&shared.config).create() {
+fn follow(
+    shared: &std::sync::Weak<Shared>,
+    config: &crate::config::Config,
+    topic: &str,
+    shutdown: &CancellationToken,
+) {
+    let consumer: BaseConsumer = match super::control::reader_config(config).create() {
         Ok(c) => c,
         Err(error) => {
             tracing::warn!(%error, "Cannot read the counts topic.");
@@ -157,6 +200,9 @@ fn follow(shared: &Shared, topic: &str, shutdown: &CancellationToken) {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => match decode(m.key(), m.payload()) {
                 Ok((partition, record)) => {
+                    let Some(shared) = shared.upgrade() else {
+                        return;
+                    };
                     let mut published = shared
                         .published_counts
                         .write()
@@ -199,8 +245,11 @@ fn owned(shared: &Shared) -> Result<Vec<Owned>, journeyd_store::Error> {
 }
 
 /// Publishes the counts of the partitions this replica owns until `shutdown`.
-async fn publish(shared: Arc<Shared>, topic: String, shutdown: CancellationToken) {
-    let producer = match super::producer(&shared.config) {
+async fn publish(shared: std::sync::Weak<Shared>, topic: String, shutdown: CancellationToken) {
+    let Some(config) = shared.upgrade().map(|s| s.config.clone()) else {
+        return;
+    };
+    let producer = match super::producer(&config) {
         Ok(p) => p,
         Err(error) => {
             tracing::warn!(%error, "Cannot publish the partitions' counts: no producer.");
@@ -218,7 +267,9 @@ async fn publish(shared: Arc<Shared>, topic: String, shutdown: CancellationToken
             last.clear();
             refreshed = Instant::now();
         }
-        let s = shared.clone();
+        let Some(s) = shared.upgrade() else {
+            return;
+        };
         let owned = match tokio::task::spawn_blocking(move || owned(&s)).await {
             Ok(Ok(o)) => o,
             Ok(Err(error)) => {

@@ -289,7 +289,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) -> anyhow::Re
         None => None,
     };
     // Each partition's counts, for the deployment's sums: in the background, never in the way.
-    let _published = crate::admin::published::start(shared.clone(), shutdown.clone());
+    let _published = crate::admin::published::start(&shared, &shutdown);
     let (consumer, producer) = clients(&shared)?;
     let _standby = match &changelog {
         Some(topic) if shared.config.store.standby_replicas > 0 => Some(standby::start(
