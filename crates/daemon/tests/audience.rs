@@ -22,8 +22,7 @@ async fn a_run_reaches_every_partitions_customers_as_the_simulator_says_and_only
     let run_at = (t / 1000 + 15) * 1000;
     let rig = Rig::new(&[("gold.yaml", &campaign(run_at))]);
     let first = rig.start(rig.config());
-    let mut second_config = rig.config();
-    second_config.store.path = rig.dir.path().join("store-2");
+    let second_config = rig.second_config();
     let second = rig.start(second_config.clone());
     first.until_ready().await;
     second.until_ready().await;

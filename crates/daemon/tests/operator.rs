@@ -124,8 +124,7 @@ async fn a_status_reaches_every_replica_and_outlives_a_restart() {
     logs();
     let rig = Rig::new(&[("welcome.yaml", &welcome("60s"))]);
     let first = rig.start(rig.config());
-    let mut second_config = rig.config();
-    second_config.store.path = rig.dir.path().join("store-2");
+    let second_config = rig.second_config();
     let second = rig.start(second_config.clone());
     first.until_ready().await;
     let api = serve_admin(&first, TOKENS).await;
@@ -285,8 +284,7 @@ async fn a_stop_cancels_every_outstanding_send_on_every_replica_at_once() {
     logs();
     let rig = Rig::new(&[("welcome.yaml", &welcome("60s"))]);
     let first = rig.start(rig.config());
-    let mut second_config = rig.config();
-    second_config.store.path = rig.dir.path().join("store-2");
+    let second_config = rig.second_config();
     let second = rig.start(second_config);
     first.until_ready().await;
     second.until_ready().await;
@@ -361,8 +359,7 @@ async fn every_replica_reports_the_whole_deployment_as_the_simulator_does() {
     logs();
     let rig = Rig::new(&[("welcome.yaml", &welcome("60s"))]);
     let first = rig.start(rig.config());
-    let mut second_config = rig.config();
-    second_config.store.path = rig.dir.path().join("store-2");
+    let second_config = rig.second_config();
     let second = rig.start(second_config);
     first.until_ready().await;
     second.until_ready().await;

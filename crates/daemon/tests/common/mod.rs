@@ -96,6 +96,13 @@ impl Rig {
         c
     }
 
+    /// The configuration of a second replica in the same group, with a store of its own.
+    pub fn second_config(&self) -> Config {
+        let mut c = self.config();
+        c.store.path = self.dir.path().join("store-2");
+        c
+    }
+
     /// Starts the service; stop it with [`Running::stop`].
     pub fn start(&self, config: Config) -> Running {
         let opened = journeyd::app::open(&config).expect("the service opens");
