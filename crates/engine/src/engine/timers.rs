@@ -16,9 +16,10 @@ impl Run<'_, '_> {
             let deadline = self.st.next_deadline().filter(|d| *d <= now);
             let run = self.next_run(now);
             match (run, deadline) {
-                (Some((at, id)), d) if d.is_none_or(|d| at <= d) => {
+                (Some((at, j)), d) if d.is_none_or(|d| at <= d) => {
                     self.st.clock = at;
-                    self.on_audience(&id, at);
+                    let engine = self.engine;
+                    self.on_audience(&engine.current[j].id, at);
                 }
                 (_, Some(due)) => self.run_deadline(due),
                 _ => break,
@@ -27,14 +28,14 @@ impl Run<'_, '_> {
     }
 
     /// The earliest audience run after the customer's clock and at or before `now`, if they
-    /// are known: its time and journey.
-    fn next_run(&self, now: Millis) -> Option<(Millis, Arc<str>)> {
+    /// are known: its time and journey (an index into the current journeys).
+    fn next_run(&self, now: Millis) -> Option<(Millis, usize)> {
         if !self.known {
             return None;
         }
         let clock = self.st.clock;
-        let mut best: Option<(Millis, Arc<str>)> = None;
-        for j in &self.engine.current {
+        let mut best: Option<(Millis, usize)> = None;
+        for (k, j) in self.engine.current.iter().enumerate() {
             let Trigger::Audience { at, every } = j.entry.trigger else {
                 continue;
             };
@@ -46,8 +47,8 @@ impl Run<'_, '_> {
                     None => continue,
                 }
             };
-            if next <= now && best.as_ref().is_none_or(|(b, _)| next < *b) {
-                best = Some((next, j.id.as_str().into()));
+            if next <= now && best.is_none_or(|(b, _)| next < b) {
+                best = Some((next, k));
             }
         }
         best
