@@ -98,7 +98,7 @@ pub struct PartitionGauges {
     /// Sends suppressed, by journey, step and reason.
     pub suppressed: IntGaugeVec,
     /// The label sets of the last [`PartitionGauges::set`], by gauge.
-    set_before: std::sync::Arc<std::sync::Mutex<[Vec<Vec<String>>; 6]>>,
+    set_before: std::sync::Arc<std::sync::Mutex<[std::collections::BTreeSet<Vec<String>>; 6]>>,
 }
 
 impl PartitionGauges {
@@ -143,10 +143,10 @@ impl PartitionGauges {
     /// Sets every gauge from `counts`; the label sets no longer counted go after the others
     /// are set, so a scrape meanwhile never misses a series that still counts.
     pub fn set(&self, counts: &journeyd_engine::report::Counts, engine: &journeyd_engine::Engine) {
-        let mut now: [Vec<Vec<String>>; 6] = Default::default();
+        let mut now: [std::collections::BTreeSet<Vec<String>>; 6] = Default::default();
         let mut put = |k: usize, g: &IntGaugeVec, labels: Vec<&str>, n: i64| {
             g.with_label_values(&labels).set(n);
-            now[k].push(labels.into_iter().map(str::to_owned).collect());
+            now[k].insert(labels.into_iter().map(str::to_owned).collect());
         };
         for (j, c) in &counts.journeys {
             let j = j.as_str();

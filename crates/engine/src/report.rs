@@ -165,10 +165,6 @@ impl Counts {
 
     /// A journey's counts, added when missing.
     pub fn journey_mut(&mut self, id: &str) -> &mut JourneyCounts {
-        self.journey(id)
-    }
-
-    fn journey(&mut self, id: &str) -> &mut JourneyCounts {
         if !self.journeys.contains_key(id) {
             self.journeys
                 .insert(id.to_owned(), JourneyCounts::default());
@@ -188,7 +184,7 @@ impl Counts {
                     .journey(&memory.id, r.version)
                     .and_then(|jr| jr.steps.get(usize::from(s)))
             });
-            let counts = self.journey(&memory.id);
+            let counts = self.journey_mut(&memory.id);
             match (&r.what, step) {
                 (What::Entered { .. }, _) => {
                     counts.entered += 1;
@@ -230,7 +226,7 @@ impl Counts {
                 continue;
             };
             let arm = self
-                .journey(&memory.id)
+                .journey_mut(&memory.id)
                 .arms
                 .entry(step.id.clone())
                 .or_default()
@@ -253,7 +249,7 @@ impl Counts {
                 continue;
             };
             let w = self
-                .journey(&memory.id)
+                .journey_mut(&memory.id)
                 .waiting
                 .entry((i.version, i.step))
                 .or_default();
@@ -264,7 +260,7 @@ impl Counts {
     /// Adds `other`'s counts to these.
     pub fn add(&mut self, other: &Counts) {
         for (id, theirs) in &other.journeys {
-            let mine = self.journey(id);
+            let mine = self.journey_mut(id);
             mine.entered += theirs.entered;
             mine.goal_reached += theirs.goal_reached;
             for (s, t) in &theirs.steps {

@@ -20,8 +20,16 @@ pub const SCOPE: &str = "the whole deployment: the partitions this replica owns 
 /// The counts kept with the partitions this replica owns, summed. Reads the store: call it
 /// off the async runtime.
 pub fn owned_counts(shared: &Shared) -> Result<Counts, journeyd_store::Error> {
+    stored_counts(shared, &shared.partitions.owned())
+}
+
+/// The stored counts of `partitions`, summed.
+fn stored_counts(
+    shared: &Shared,
+    partitions: &std::collections::BTreeSet<i32>,
+) -> Result<Counts, journeyd_store::Error> {
     let mut total = Counts::default();
-    for p in shared.partitions.owned() {
+    for &p in partitions {
         if let Some(bytes) = shared.store.counts(p)? {
             match Counts::from_bytes(&bytes) {
                 Ok(c) => total.add(&c),
@@ -37,8 +45,9 @@ pub fn owned_counts(shared: &Shared) -> Result<Counts, journeyd_store::Error> {
 /// The counts of the whole deployment: [`owned_counts`], and for every other partition the
 /// counts its owner last published (see [`super::published`]).
 pub fn deployment_counts(shared: &Shared) -> Result<Counts, journeyd_store::Error> {
+    // One reading of what is owned: a partition moving meanwhile is counted once.
     let owned = shared.partitions.owned();
-    let mut total = owned_counts(shared)?;
+    let mut total = stored_counts(shared, &owned)?;
     let published = shared
         .published_counts
         .read()
